@@ -1,0 +1,411 @@
+//! Storage: one interface ([`Store`]) over two sqlx backends, Postgres for production and
+//! multi-replica deployments, SQLite as the embedded single-replica default.
+//!
+//! Only this module knows SQL. Every secret column arrives here already encrypted by
+//! [`crate::crypto::Keyring`] (a `…_enc` string); the store never sees plaintext secrets.
+//! Timestamps are Unix milliseconds (`i64`) in both databases so that the same SQL and the
+//! same comparisons work on both.
+//!
+//! Both backends share their SQL (SQLite accepts `$N` placeholders, `ON CONFLICT` and
+//! `RETURNING`); they differ only in how a connection row is locked for a refresh:
+//! Postgres takes `SELECT … FOR UPDATE` under a `lock_timeout`, SQLite takes the database's
+//! single write lock with `BEGIN IMMEDIATE` (SQLite is the one-replica default).
+
+mod postgres;
+mod sqlite;
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Unix time in milliseconds, the one time representation of the storage layer.
+pub type Millis = i64;
+
+/// A customer's External Client App credentials (one per tenant).
+#[derive(Clone)]
+pub struct TenantAppRecord {
+    pub tenant_id: String,
+    /// `https://…` login host, normalised (no trailing slash).
+    pub login_url: String,
+    /// Encrypted consumer key (AAD: `tenant_apps/{tenant_id}/consumer_key`).
+    pub consumer_key_enc: String,
+    /// A masked hint of the consumer key, safe to show (`3MVG…Xy9Q`).
+    pub consumer_key_hint: String,
+    /// Encrypted consumer secret (AAD: `tenant_apps/{tenant_id}/consumer_secret`).
+    pub consumer_secret_enc: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// One pending authorization-code flow (RFC 6749 §4.1), keyed by the SHA-256 of its state.
+#[derive(Clone)]
+pub struct AuthorizationSession {
+    /// SHA-256 of the state value; the state itself is never stored.
+    pub state_hash: Vec<u8>,
+    pub id: Uuid,
+    pub tenant_id: String,
+    /// Encrypted PKCE verifier (AAD: `authorization_sessions/{id}/pkce_verifier`).
+    pub pkce_verifier_enc: String,
+    pub return_to: Option<String>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub consumed_at: Option<Millis>,
+}
+
+/// What consuming a state found. Consumption is atomic: of two concurrent callers with the
+/// same state, exactly one gets `Consumed`.
+pub enum ConsumeOutcome {
+    Consumed(AuthorizationSession),
+    /// No session has that state hash.
+    Unknown,
+    /// The session was consumed before (a replay).
+    AlreadyConsumed,
+    /// The session exists but expired; it is marked consumed all the same.
+    Expired,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionStatus {
+    Active,
+    NeedsReauthorization,
+    Revoked,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::NeedsReauthorization => "needs_reauthorization",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "needs_reauthorization" => Some(Self::NeedsReauthorization),
+            "revoked" => Some(Self::Revoked),
+            _ => None,
+        }
+    }
+}
+
+/// One Salesforce user of one org, connected for one tenant.
+#[derive(Clone)]
+pub struct ConnectionRecord {
+    pub id: Uuid,
+    pub tenant_id: String,
+    /// 18-character Salesforce org id (`00D…`).
+    pub org_id: String,
+    /// 18-character Salesforce user id (`005…`).
+    pub user_id: String,
+    pub login_url: String,
+    pub instance_url: String,
+    /// Granted scopes, space-separated, as Salesforce returned them.
+    pub scopes: String,
+    /// Encrypted access token (AAD: `connections/{id}/access_token`).
+    pub access_token_enc: String,
+    /// Encrypted refresh token (AAD: `connections/{id}/refresh_token`).
+    pub refresh_token_enc: String,
+    /// When Salesforce issued the current access token.
+    pub issued_at: Millis,
+    /// When the current access token expires (introspected, or assumed).
+    pub access_expires_at: Millis,
+    /// True when `access_expires_at` is the configured lifetime, not Salesforce's answer.
+    pub expiry_assumed: bool,
+    pub status: ConnectionStatus,
+    /// Why the last refresh failed (a short, secret-free reason).
+    pub last_error: Option<String>,
+    /// Consecutive transient refresh failures (for back-off).
+    pub failure_count: i32,
+    /// No refresh attempt before this time (back-off after transient failures).
+    pub next_attempt_at: Option<Millis>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_refreshed_at: Millis,
+    /// Incremented on every change of the token material.
+    pub version: i64,
+}
+
+/// The token material and metadata of a freshly authorized connection.
+pub struct AuthorizedConnection {
+    pub login_url: String,
+    pub instance_url: String,
+    pub scopes: String,
+    pub access_token_enc: String,
+    pub refresh_token_enc: String,
+    pub issued_at: Millis,
+    pub access_expires_at: Millis,
+    pub expiry_assumed: bool,
+}
+
+/// The result of upserting an authorized connection.
+pub struct SavedConnection {
+    pub connection: ConnectionRecord,
+    /// The row as it was before, when the same org user re-authorized: its refresh token
+    /// is now replaced and should be revoked at Salesforce.
+    pub replaced: Option<ConnectionRecord>,
+}
+
+/// A successful refresh, committed while the connection row is locked.
+pub struct RefreshedTokens {
+    pub instance_url: String,
+    pub scopes: Option<String>,
+    pub access_token_enc: String,
+    /// The rotated refresh token, or the old one when Salesforce did not rotate.
+    pub refresh_token_enc: String,
+    pub issued_at: Millis,
+    pub access_expires_at: Millis,
+    pub expiry_assumed: bool,
+    pub now: Millis,
+}
+
+/// A failed refresh, committed while the connection row is locked.
+pub enum RefreshFailure {
+    /// Salesforce refused the grant for good: status becomes `needs_reauthorization`.
+    NeedsReauthorization { reason: String, now: Millis },
+    /// A passing fault: the status and the refresh token stay, the back-off grows.
+    Transient {
+        reason: String,
+        failure_count: i32,
+        next_attempt_at: Millis,
+        now: Millis,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or did not answer in time (pool timeout, I/O).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Another holder kept the connection's row lock longer than the lock timeout.
+    #[error("timed out waiting for the connection's refresh lock")]
+    LockTimeout,
+    /// The schema is not (fully) migrated.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A row failed a check on read (an unknown status value and the like).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+}
+
+/// Pool settings shared by both backends.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The storage interface: one of the two backends, chosen by the database URL.
+#[derive(Clone)]
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+/// Runs the same call on whichever backend this store is.
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($s) => $call,
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
+
+/// Runs the same call on whichever backend this lock is.
+macro_rules! dispatch_lock {
+    ($self:expr, $l:ident => $call:expr) => {
+        match $self {
+            ConnectionLock::Postgres($l) => $call,
+            ConnectionLock::Sqlite($l) => $call,
+        }
+    };
+}
+
+impl Store {
+    /// Connects by URL scheme: `postgres://`/`postgresql://` or `sqlite://` (the file and its
+    /// folder are created when missing). Does not migrate.
+    pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(PgStore::connect(url, options).await?))
+        } else if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
+        } else {
+            Err(StoreError::Corrupt(
+                "database URL must start with postgres:// or sqlite://".into(),
+            ))
+        }
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Applies the backend's embedded migrations (idempotent, safe from many replicas).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.migrate().await)
+    }
+
+    /// Readiness: the database answers and every embedded migration is applied.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.check_ready().await)
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self, s => s.close().await)
+    }
+
+    // --- tenant apps -------------------------------------------------------------------
+
+    /// Inserts or replaces the tenant's app; `created_at` of an existing row is kept.
+    /// Returns the stored row and whether it was created (true) or replaced (false).
+    pub async fn put_tenant_app(
+        &self,
+        app: &TenantAppRecord,
+    ) -> Result<(TenantAppRecord, bool), StoreError> {
+        dispatch!(self, s => s.put_tenant_app(app).await)
+    }
+
+    pub async fn get_tenant_app(&self, tenant_id: &str) -> Result<Option<TenantAppRecord>, StoreError> {
+        dispatch!(self, s => s.get_tenant_app(tenant_id).await)
+    }
+
+    /// Deletes the app and, by cascade, its authorization sessions and connections.
+    /// Returns whether a row was deleted.
+    pub async fn delete_tenant_app(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_tenant_app(tenant_id).await)
+    }
+
+    // --- authorization sessions ----------------------------------------------------------
+
+    pub async fn insert_authorization_session(
+        &self,
+        session: &AuthorizationSession,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, s => s.insert_authorization_session(session).await)
+    }
+
+    /// Atomically marks the session with this state hash consumed (single use).
+    pub async fn consume_authorization_session(
+        &self,
+        state_hash: &[u8],
+        now: Millis,
+    ) -> Result<ConsumeOutcome, StoreError> {
+        dispatch!(self, s => s.consume_authorization_session(state_hash, now).await)
+    }
+
+    /// Housekeeping: deletes sessions that expired before `before`. Returns how many.
+    pub async fn delete_expired_authorization_sessions(&self, before: Millis) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.delete_expired_authorization_sessions(before).await)
+    }
+
+    // --- connections ---------------------------------------------------------------------
+
+    /// Upserts the connection of (tenant, org, user) in one transaction. `build` gets the
+    /// row id the tokens will live under (the existing row's, else `new_id`) so that they can
+    /// be encrypted with that id in their associated data. Status becomes `active`, the
+    /// failure state is cleared, `version` grows.
+    pub async fn save_authorized_connection<E>(
+        &self,
+        tenant_id: &str,
+        org_id: &str,
+        user_id: &str,
+        new_id: Uuid,
+        now: Millis,
+        build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
+    ) -> Result<Result<SavedConnection, E>, StoreError> {
+        dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build).await)
+    }
+
+    pub async fn list_connections(&self, tenant_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+        dispatch!(self, s => s.list_connections(tenant_id).await)
+    }
+
+    /// One connection of one tenant (a connection id of another tenant is `None`).
+    pub async fn get_connection(
+        &self,
+        tenant_id: &str,
+        id: Uuid,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        dispatch!(self, s => s.get_connection(tenant_id, id).await)
+    }
+
+    /// Deletes one connection of one tenant; returns whether a row was deleted.
+    pub async fn delete_connection(&self, tenant_id: &str, id: Uuid) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_connection(tenant_id, id).await)
+    }
+
+    /// Ids of active connections last refreshed before `refreshed_before` and not backing
+    /// off at `now`, oldest first, at most `limit`.
+    pub async fn connections_due_for_keepalive(
+        &self,
+        refreshed_before: Millis,
+        now: Millis,
+        limit: i64,
+    ) -> Result<Vec<(String, Uuid)>, StoreError> {
+        dispatch!(self, s => s.connections_due_for_keepalive(refreshed_before, now, limit).await)
+    }
+
+    /// Takes the connection's exclusive refresh lock (Postgres: row lock with
+    /// `lock_timeout`; SQLite: `BEGIN IMMEDIATE` with the busy timeout) and reads the row
+    /// under it. `None` when the connection does not exist (for that tenant).
+    pub async fn lock_connection(
+        &self,
+        tenant_id: &str,
+        id: Uuid,
+        lock_timeout: Duration,
+    ) -> Result<Option<ConnectionLock>, StoreError> {
+        match self {
+            Self::Postgres(s) => Ok(s.lock_connection(tenant_id, id, lock_timeout).await?.map(ConnectionLock::Postgres)),
+            Self::Sqlite(s) => Ok(s.lock_connection(tenant_id, id, lock_timeout).await?.map(ConnectionLock::Sqlite)),
+        }
+    }
+}
+
+/// A connection row held exclusively for a refresh. Dropping it without committing rolls
+/// back and releases the lock.
+pub enum ConnectionLock {
+    Postgres(postgres::PgConnectionLock),
+    Sqlite(sqlite::SqliteConnectionLock),
+}
+
+impl ConnectionLock {
+    /// The row as read under the lock (re-check it: another holder may have refreshed).
+    pub fn record(&self) -> &ConnectionRecord {
+        dispatch_lock!(self, l => l.record())
+    }
+
+    /// Writes the refreshed tokens and commits; returns the new row.
+    pub async fn commit_refreshed(self, update: RefreshedTokens) -> Result<ConnectionRecord, StoreError> {
+        dispatch_lock!(self, l => l.commit_refreshed(update).await)
+    }
+
+    /// Records a failed refresh and commits; returns the new row.
+    pub async fn commit_failure(self, failure: RefreshFailure) -> Result<ConnectionRecord, StoreError> {
+        dispatch_lock!(self, l => l.commit_failure(failure).await)
+    }
+
+    /// Releases the lock without changing anything.
+    pub async fn release(self) -> Result<(), StoreError> {
+        dispatch_lock!(self, l => l.release().await)
+    }
+}
