@@ -2,3 +2,11 @@
 //!
 //! Data flows one way: [`http`] → [`broker`] → ([`salesforce`], [`store`], [`crypto`]).
 //! Nothing below `http` knows about axum; nothing but `store` knows SQL.
+
+pub mod app;
+pub mod broker;
+pub mod config;
+pub mod crypto;
+pub mod http;
+pub mod metrics;
+pub mod telemetry;

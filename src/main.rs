@@ -1,1 +1,206 @@
-fn main(){}
+//! The `valo-oauth` command line: a thin layer over the library.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use valo_oauth::app::Application;
+use valo_oauth::config::{self, ApiKey, Environment, Settings};
+use valo_oauth::crypto::Keyring;
+
+#[derive(Parser)]
+#[command(name = "valo-oauth", version, about = "OAuth 2.0 broker for customers' Salesforce orgs")]
+struct Cli {
+    /// An extra TOML settings file, read after config/default.toml (also VALO_OAUTH_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print a fresh encryption key as KEY_ID:BASE64 (for VALO_OAUTH_ENCRYPTION_KEYS).
+    Keygen {
+        /// The key id (default: k + today's date, e.g. k20261127).
+        #[arg(long)]
+        key_id: Option<String>,
+    },
+    /// Print an API token signed with the configured HS256 secret, for trying the API.
+    DevToken {
+        /// Space-separated scopes, e.g. "apps:write connections:write connections:read tokens:read".
+        #[arg(long)]
+        scope: String,
+        /// Confine the token to one tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
+    /// Exit 0 if the local service answers /healthz (for container health checks).
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: config::EnvMap = std::env::vars().collect::<BTreeMap<_, _>>();
+    let settings = match config::load(
+        std::path::Path::new("config/default.toml"),
+        cli.config.as_deref(),
+        &env,
+    ) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("valo-oauth: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    match command {
+        Command::Keygen { key_id } => keygen(key_id),
+        Command::DevToken { scope, tenant, ttl_secs } => dev_token(&settings, &scope, tenant, ttl_secs),
+        command => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("valo-oauth: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(command, settings))
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> ExitCode {
+    if matches!(command, Command::Healthcheck) {
+        return healthcheck(&settings).await;
+    }
+    if let Err(e) = valo_oauth::telemetry::init_stderr(&settings.log, settings.log_format) {
+        eprintln!("valo-oauth: configuration error: VALO_OAUTH_LOG: {e}");
+        return ExitCode::from(2);
+    }
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
+    }
+    let result = match command {
+        Command::Migrate => migrate(settings).await,
+        _ => serve(settings).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "valo-oauth stopped");
+            eprintln!("valo-oauth: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let development = settings.env == Environment::Development;
+    let callback = settings.callback_url();
+    let app = Application::build(settings).await?;
+    let addr = app.local_addr()?;
+    if development {
+        eprintln!(
+            "\nvalo-oauth (development) listening on http://{addr}\n\
+             callback URL for your External Client App: {callback}\n\
+             mint an API token:  TOKEN=$(cargo run -q --release -- dev-token --scope \"apps:write connections:write connections:read tokens:read\")\n\
+             call the API:       curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/v1/tenants/acme/connections\n"
+        );
+    }
+    app.run_until_stopped().await?;
+    Ok(())
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store = valo_oauth::store::Store::connect(
+        settings.database_url.expose_secret(),
+        &valo_oauth::store::StoreOptions::default(),
+    )
+    .await
+    .context("cannot open the database")?;
+    store.migrate().await.context("migration failed")?;
+    tracing::info!(database = store.backend_name(), "migrations applied");
+    Ok(())
+}
+
+fn keygen(key_id: Option<String>) -> ExitCode {
+    let key_id = key_id.unwrap_or_else(|| {
+        let today = time::OffsetDateTime::now_utc().date();
+        format!("k{:04}{:02}{:02}", today.year(), u8::from(today.month()), today.day())
+    });
+    let spec = Keyring::generate_key_spec(&key_id);
+    // Validate what we print, so a bad --key-id fails here and not at start-up.
+    if let Err(e) = Keyring::parse(&spec) {
+        eprintln!("valo-oauth: {e}");
+        return ExitCode::from(2);
+    }
+    println!("{}", spec.expose_secret());
+    ExitCode::SUCCESS
+}
+
+fn dev_token(settings: &Settings, scope: &str, tenant: Option<String>, ttl_secs: u64) -> ExitCode {
+    let ApiKey::Hs256(secret) = &settings.api_auth.key else {
+        eprintln!("valo-oauth: dev-token needs an HS256 secret (VALO_OAUTH_API_JWT_SECRET); a public key cannot sign");
+        return ExitCode::from(2);
+    };
+    if settings.env == Environment::Production {
+        eprintln!("valo-oauth: warning: minting a token with the production API secret");
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut claims = serde_json::json!({
+        "sub": "dev-token",
+        "aud": settings.api_auth.audience,
+        "iat": now,
+        "exp": now.saturating_add(i64::try_from(ttl_secs).unwrap_or(3600)),
+        "scope": scope,
+    });
+    if let Some(tenant) = tenant {
+        claims["tenant"] = serde_json::Value::String(tenant);
+    }
+    if let Some(issuer) = &settings.api_auth.issuer {
+        claims["iss"] = serde_json::Value::String(issuer.clone());
+    }
+    match jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+    ) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("valo-oauth: cannot sign the token: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn healthcheck(settings: &Settings) -> ExitCode {
+    let mut addr = settings.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()
+    {
+        Ok(c) => c,
+        Err(_) => return ExitCode::FAILURE,
+    };
+    match client.get(format!("http://{addr}/healthz")).send().await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,126 @@
+//! Building the application from settings, binding, serving, shutting down.
+//!
+//! `Application::build` connects the store (migrating it when configured), builds the one
+//! shared Salesforce client and the API verifier, and binds the listener — port 0 works,
+//! which is how the tests run many instances side by side.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::{Broker, Clock, SystemClock};
+use crate::config::Settings;
+use crate::http::{self, AppState, auth::ApiAuth};
+use crate::salesforce::{ClientSettings, SalesforceClient};
+use crate::store::{Store, StoreOptions};
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Builds with the wall clock.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = Store::connect(
+            settings.database_url.expose_secret(),
+            &StoreOptions {
+                max_connections: settings.db_max_connections,
+                acquire_timeout: settings.db_acquire_timeout,
+            },
+        )
+        .await
+        .context("cannot open the database")?;
+        if settings.migrate_on_start {
+            store.migrate().await.context("cannot migrate the database")?;
+        }
+        let salesforce = SalesforceClient::new(
+            ClientSettings {
+                connect_timeout: settings.salesforce.connect_timeout,
+                request_timeout: settings.salesforce.request_timeout,
+                max_response_bytes: settings.salesforce.max_response_bytes,
+            },
+            settings.login_hosts.clone(),
+        )
+        .context("cannot build the HTTP client for Salesforce")?;
+        let auth = ApiAuth::new(&settings.api_auth)
+            .map_err(|e| anyhow::anyhow!("api_jwt_public_key_file {e}"))?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let broker = Broker::new(store, salesforce, clock, Arc::new(settings));
+        Ok(Self {
+            listener,
+            state: AppState {
+                broker,
+                auth: Arc::new(auth),
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The domain object, for tests that drive the broker directly.
+    pub fn broker(&self) -> &Broker {
+        &self.state.broker
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes. The keep-alive sweeper stops with it; a sweep in
+    /// progress finishes first.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let keepalive = tokio::spawn(self.state.broker.clone().run_keepalive(stop_rx));
+        let store = self.state.broker.store.clone();
+        let app = http::router(self.state);
+        tracing::info!(addr = %self.listener.local_addr()?, "listening");
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+            })
+            .await;
+        let _ = stop_tx.send(true);
+        let _ = keepalive.await;
+        store.close().await;
+        served
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

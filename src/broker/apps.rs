@@ -1,0 +1,155 @@
+//! Tenants' External Client App credentials ("bring your own ECA").
+//!
+//! The consumer key and secret are both sealed before they reach the store (the setup guide
+//! treats both as secret) and are never returned: reads answer metadata and a masked hint.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{Broker, BrokerError, TenantId};
+use crate::crypto::Binding;
+use crate::store::{Millis, TenantAppRecord};
+
+/// The longest consumer key or secret accepted (Salesforce's are far shorter).
+const MAX_CREDENTIAL_LEN: usize = 256;
+
+/// What the API may show of a tenant's app.
+#[derive(Clone, Debug)]
+pub struct AppMetadata {
+    pub tenant_id: String,
+    pub login_url: String,
+    pub consumer_key_hint: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl From<&TenantAppRecord> for AppMetadata {
+    fn from(r: &TenantAppRecord) -> Self {
+        Self {
+            tenant_id: r.tenant_id.clone(),
+            login_url: r.login_url.clone(),
+            consumer_key_hint: r.consumer_key_hint.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The new credentials of a tenant's app, as submitted.
+pub struct AppRegistration {
+    pub consumer_key: SecretString,
+    pub consumer_secret: SecretString,
+    pub login_url: String,
+}
+
+/// Shows the first and last four characters of a key, enough to tell two apps apart.
+fn key_hint(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() >= 16 {
+        let head: String = chars[..4].iter().collect();
+        let tail: String = chars[chars.len() - 4..].iter().collect();
+        format!("{head}…{tail}")
+    } else {
+        "…".to_owned()
+    }
+}
+
+/// Trims surrounding whitespace (pasted values often carry some) and checks the rest.
+fn credential(field: &str, value: &SecretString) -> Result<SecretString, BrokerError> {
+    let trimmed = value.expose_secret().trim();
+    if trimmed.is_empty() {
+        return Err(BrokerError::InvalidRequest(format!("{field} must not be empty")));
+    }
+    if trimmed.chars().count() > MAX_CREDENTIAL_LEN {
+        return Err(BrokerError::InvalidRequest(format!(
+            "{field} must be at most {MAX_CREDENTIAL_LEN} characters"
+        )));
+    }
+    if trimmed.chars().any(char::is_control) || trimmed.contains(' ') {
+        return Err(BrokerError::InvalidRequest(format!(
+            "{field} must not contain spaces or control characters"
+        )));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+impl Broker {
+    /// Stores (or replaces) the tenant's app. Returns its metadata and whether it is new.
+    pub async fn put_app(
+        &self,
+        tenant: &TenantId,
+        registration: AppRegistration,
+    ) -> Result<(AppMetadata, bool), BrokerError> {
+        let key = credential("consumer_key", &registration.consumer_key)?;
+        let secret = credential("consumer_secret", &registration.consumer_secret)?;
+        let login_url = self
+            .settings
+            .login_hosts
+            .validate_login_url(&registration.login_url)
+            .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        let seal = |value: &SecretString, column: &str| {
+            self.keyring.seal(
+                value.expose_secret(),
+                Binding::new("tenant_apps", tenant.as_str(), column),
+            )
+        };
+        let now = self.now();
+        let record = TenantAppRecord {
+            tenant_id: tenant.as_str().to_owned(),
+            login_url,
+            consumer_key_enc: seal(&key, "consumer_key")?,
+            consumer_key_hint: key_hint(key.expose_secret()),
+            consumer_secret_enc: seal(&secret, "consumer_secret")?,
+            created_at: now,
+            updated_at: now,
+        };
+        let (stored, created) = self.store.put_tenant_app(&record).await?;
+        tracing::info!(tenant = tenant.as_str(), created, "tenant app stored");
+        Ok((AppMetadata::from(&stored), created))
+    }
+
+    pub async fn get_app(&self, tenant: &TenantId) -> Result<AppMetadata, BrokerError> {
+        Ok(AppMetadata::from(&self.tenant_app(tenant).await?))
+    }
+
+    /// Revokes every connection of the tenant at Salesforce, then deletes them and the app.
+    /// With Salesforce unreachable nothing is deleted, unless `force`.
+    pub async fn delete_app(&self, tenant: &TenantId, force: bool) -> Result<(), BrokerError> {
+        let app = self.tenant_app(tenant).await?;
+        let connections = self.store.list_connections(tenant.as_str()).await?;
+        for connection in &connections {
+            self.revoke_connection(connection, force).await?;
+        }
+        self.store.delete_tenant_app(tenant.as_str()).await?;
+        for connection in &connections {
+            self.tokens.forget(connection.id);
+        }
+        tracing::info!(
+            tenant = app.tenant_id.as_str(),
+            connections = connections.len(),
+            "tenant app deleted"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hint_shows_only_the_ends() {
+        assert_eq!(key_hint("3MVG9abcdefghijklmnopXy9Q"), "3MVG…Xy9Q");
+        assert_eq!(key_hint("short"), "…");
+    }
+
+    #[test]
+    fn credentials_are_trimmed_and_bounded() {
+        let ok = credential("consumer_key", &SecretString::from(" abc \n".to_owned()));
+        assert!(matches!(ok, Ok(s) if s.expose_secret() == "abc"));
+        for bad in ["", "   ", "a b", "x\u{7}y"] {
+            assert!(credential("k", &SecretString::from(bad.to_owned())).is_err());
+        }
+        let long = "a".repeat(MAX_CREDENTIAL_LEN + 1);
+        assert!(credential("k", &SecretString::from(long)).is_err());
+    }
+}

@@ -1,0 +1,107 @@
+//! Keep-alive: refreshes active connections nobody asked a token for in a while, so that
+//! they survive "expire refresh token if not used for N" policies and Salesforce's idle
+//! limit for External Client Apps (salesforce.md, "Refresh-token policies").
+//!
+//! Every replica may run the sweeper: each refresh goes through the same exclusive path as
+//! the API ([`Broker::access_token`] with [`Want::KeepAlive`]), which re-checks
+//! `last_refreshed_at` under the row lock, so a connection another replica just refreshed is
+//! left alone.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::tokens::Want;
+use super::{Broker, BrokerError, TenantId};
+
+/// At most this many connections are looked at per sweep; the rest wait for the next one.
+const SWEEP_LIMIT: i64 = 500;
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepReport {
+    pub due: usize,
+    pub refreshed: usize,
+    pub failed: usize,
+}
+
+impl Broker {
+    /// Refreshes, a few at a time, every active connection not refreshed for the
+    /// configured interval. Does nothing when keep-alive is disabled.
+    pub async fn keepalive_sweep(&self) -> Result<SweepReport, BrokerError> {
+        let Some(interval) = self.settings.tokens.keepalive_interval else {
+            return Ok(SweepReport::default());
+        };
+        let now = self.now();
+        let refreshed_before =
+            now.saturating_sub(i64::try_from(interval.as_millis()).unwrap_or(i64::MAX));
+        let due = self
+            .store
+            .connections_due_for_keepalive(refreshed_before, now, SWEEP_LIMIT)
+            .await?;
+        let mut report = SweepReport {
+            due: due.len(),
+            ..SweepReport::default()
+        };
+        let permits = Arc::new(Semaphore::new(self.settings.tokens.keepalive_concurrency));
+        let mut tasks = JoinSet::new();
+        for (tenant, id) in due {
+            let Ok(tenant) = TenantId::parse(&tenant) else {
+                continue;
+            };
+            let broker = self.clone();
+            let permits = permits.clone();
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let before = broker.now();
+                let result = broker
+                    .access_token(&tenant, id, Want::KeepAlive { refreshed_before })
+                    .await;
+                (id, before, result)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, _, Ok(_))) => {
+                    report.refreshed += 1;
+                    crate::metrics::KEEPALIVE_REFRESHES.inc();
+                }
+                Ok((id, _, Err(e))) => {
+                    report.failed += 1;
+                    tracing::warn!(connection = %id, error = %e, "keep-alive refresh failed");
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    tracing::error!(error = %e, "keep-alive task failed");
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs [`Broker::keepalive_sweep`] every `keepalive_sweep_secs` until `shutdown` turns
+    /// true. A sweep under way is finished, never cut off mid-refresh.
+    pub async fn run_keepalive(self, mut shutdown: watch::Receiver<bool>) {
+        if self.settings.tokens.keepalive_interval.is_none() {
+            return;
+        }
+        let period = self.settings.tokens.keepalive_sweep;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.changed() => return,
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.keepalive_sweep().await {
+                Ok(report) if report.due > 0 => {
+                    tracing::info!(due = report.due, refreshed = report.refreshed, failed = report.failed, "keep-alive sweep");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "keep-alive sweep failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! `/v1/tenants/{tenant}/salesforce-app`: a tenant's External Client App credentials.
+//! Write-only secrets: responses carry metadata and a masked key hint, never the secret.
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authenticated;
+use super::extract::{JsonBody, Target, force_flag, rfc3339};
+use super::{ApiResult, AppState, no_store_json};
+use crate::broker::apps::{AppMetadata, AppRegistration};
+
+const SCOPE: &str = "apps:write";
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(
+        "/v1/tenants/{tenant}/salesforce-app",
+        get(get_app).put(put_app).delete(delete_app),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutApp {
+    consumer_key: SecretString,
+    consumer_secret: SecretString,
+    login_url: String,
+}
+
+#[derive(Serialize)]
+struct AppView {
+    tenant_id: String,
+    login_url: String,
+    consumer_key_hint: String,
+    callback_url: String,
+    created_at: String,
+    updated_at: String,
+}
+
+fn view(state: &AppState, m: AppMetadata) -> AppView {
+    AppView {
+        tenant_id: m.tenant_id,
+        login_url: m.login_url,
+        consumer_key_hint: m.consumer_key_hint,
+        callback_url: state.broker.settings.callback_url(),
+        created_at: rfc3339(m.created_at),
+        updated_at: rfc3339(m.updated_at),
+    }
+}
+
+async fn put_app(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+    JsonBody(body): JsonBody<PutApp>,
+) -> ApiResult {
+    caller.require(SCOPE, &target.tenant)?;
+    let (metadata, created) = state
+        .broker
+        .put_app(
+            &target.tenant,
+            AppRegistration {
+                consumer_key: body.consumer_key,
+                consumer_secret: body.consumer_secret,
+                login_url: body.login_url,
+            },
+        )
+        .await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(no_store_json(status, view(&state, metadata)))
+}
+
+async fn get_app(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+) -> ApiResult {
+    caller.require(SCOPE, &target.tenant)?;
+    let metadata = state.broker.get_app(&target.tenant).await?;
+    Ok(no_store_json(StatusCode::OK, view(&state, metadata)))
+}
+
+async fn delete_app(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    caller.require(SCOPE, &target.tenant)?;
+    state
+        .broker
+        .delete_app(&target.tenant, force_flag(query.as_deref()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,182 @@
+//! Internal API authentication: a bearer JWT signed by the Valo backend (RFC 7519, RFC 6750).
+//!
+//! The algorithm is pinned by configuration — HS256 for a shared secret, EdDSA or RS256 for
+//! a public key — so `alg: none` and algorithm-confusion tokens fail. `aud` and `exp` are
+//! required, `iss` when configured. `scope` (one space-separated string) grants what is
+//! allowed; an optional `tenant` claim confines the caller to one tenant.
+//!
+//! Verifying a signature on every request dominates the hot path, so verified tokens are
+//! remembered by the SHA-256 of their exact bytes until their `exp` (bounded in number).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::problem::Problem;
+use crate::broker::TenantId;
+use crate::config::{ApiAuthSettings, ApiKey};
+
+/// Clock skew tolerated on `exp` (RFC 7519 §4.1.4 allows "a small leeway").
+const LEEWAY_SECS: u64 = 30;
+
+/// The claims this service reads.
+#[derive(Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+/// An authenticated caller.
+#[derive(Debug)]
+pub struct Caller {
+    scopes: Vec<String>,
+    tenant: Option<String>,
+    expires_at: u64,
+}
+
+impl Caller {
+    /// 403 unless the token grants `scope` and, if confined to a tenant, this tenant.
+    pub fn require(&self, scope: &str, tenant: &TenantId) -> Result<(), Problem> {
+        if !self.scopes.iter().any(|s| s == scope) {
+            return Err(Problem::forbidden(format!("the token lacks the scope {scope}")));
+        }
+        if let Some(own) = &self.tenant
+            && own != tenant.as_str()
+        {
+            return Err(Problem::forbidden("the token is confined to another tenant"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks that a PEM holds an Ed25519 or RSA public key (for configuration errors).
+pub fn check_public_key(pem: &[u8]) -> Result<(), String> {
+    public_key(pem).map(|_| ())
+}
+
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), String> {
+    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+        return Ok((key, Algorithm::EdDSA));
+    }
+    DecodingKey::from_rsa_pem(pem)
+        .map(|key| (key, Algorithm::RS256))
+        .map_err(|_| "is not a PEM Ed25519 or RSA public key".to_owned())
+}
+
+/// The verifier, with its cache of verified tokens.
+pub struct ApiAuth {
+    key: DecodingKey,
+    validation: Validation,
+    capacity: usize,
+    verified: RwLock<HashMap<[u8; 32], Arc<Caller>>>,
+}
+
+impl ApiAuth {
+    pub fn new(settings: &ApiAuthSettings) -> Result<Self, String> {
+        let (key, algorithm) = match &settings.key {
+            ApiKey::Hs256(secret) => (
+                DecodingKey::from_secret(secret.expose_secret().as_bytes()),
+                Algorithm::HS256,
+            ),
+            ApiKey::PublicKeyPem(pem) => public_key(pem)?,
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = LEEWAY_SECS;
+        validation.set_audience(&[settings.audience.as_str()]);
+        let mut required = vec!["exp", "aud"];
+        if let Some(issuer) = &settings.issuer {
+            validation.set_issuer(&[issuer.as_str()]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        Ok(Self {
+            key,
+            validation,
+            capacity: settings.cache_capacity,
+            verified: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Verifies a bearer token (or finds it verified before and not yet expired).
+    pub fn verify(&self, token: &str, now_secs: u64) -> Result<Arc<Caller>, Problem> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(caller) = self.verified.read().ok().and_then(|m| m.get(&digest).cloned())
+            && now_secs < caller.expires_at.saturating_add(LEEWAY_SECS)
+        {
+            return Ok(caller);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| {
+                tracing::debug!(reason = %e.kind_name(), "bearer token refused");
+                Problem::unauthenticated("the bearer token is missing, malformed, expired or not signed for this service")
+            })?;
+        let caller = Arc::new(Caller {
+            scopes: data.claims.scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            tenant: data.claims.tenant,
+            expires_at: data.claims.exp,
+        });
+        if self.capacity > 0
+            && let Ok(mut map) = self.verified.write()
+        {
+            if map.len() >= self.capacity {
+                // Drop what expired; if the cache is still full, start over (bounded memory).
+                map.retain(|_, c| now_secs < c.expires_at.saturating_add(LEEWAY_SECS));
+                if map.len() >= self.capacity {
+                    map.clear();
+                }
+            }
+            map.insert(digest, caller.clone());
+        }
+        Ok(caller)
+    }
+}
+
+/// Names the error kind without its payload.
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for jsonwebtoken::errors::Error {
+    fn kind_name(&self) -> String {
+        format!("{:?}", self.kind())
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// The extractor: a verified caller, or a 401 problem.
+pub struct Authenticated(pub Arc<Caller>);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Problem::unauthenticated("an Authorization: Bearer token is required"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Problem::unauthenticated("the Authorization header must be Bearer <token>"))?;
+        let now_secs = u64::try_from(state.broker.now() / 1000).unwrap_or(0);
+        state.auth.verify(token, now_secs).map(Authenticated)
+    }
+}

@@ -1,0 +1,92 @@
+//! `GET /oauth2/v1/callback/salesforce`: where Salesforce sends the person's browser back
+//! (RFC 6749 §4.1.2). Success and Salesforce-side errors redirect (303) to the flow's
+//! `return_to`, or render a small page without one. A missing, unknown, expired or replayed
+//! state gets an error page and never a redirect: without a valid state there is no
+//! trustworthy destination.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use secrecy::SecretString;
+use url::Url;
+
+use super::AppState;
+use super::pages;
+use crate::broker::flow::{CallbackParams, StateProblem};
+use crate::config::CALLBACK_PATH;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(CALLBACK_PATH, get(callback))
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    // Query decodes percent-encoding exactly once: Salesforce's codes end in "%3D%3D".
+    let Ok(Query(mut query)) = query else {
+        crate::metrics::CALLBACK_INVALID_STATE.inc();
+        return pages::invalid_state(StateProblem::Malformed);
+    };
+    let params = CallbackParams {
+        state: query.remove("state"),
+        code: query.remove("code").map(SecretString::from),
+        error: query.remove("error"),
+        error_description: query.remove("error_description"),
+    };
+    let outcome = match state.broker.complete_authorization(params).await {
+        Ok(outcome) => outcome,
+        Err(problem) => {
+            tracing::warn!(problem = ?problem, "callback with an unusable state");
+            crate::metrics::CALLBACK_INVALID_STATE.inc();
+            return pages::invalid_state(problem);
+        }
+    };
+    match &outcome.result {
+        Ok(_) => crate::metrics::CALLBACK_CONNECTED.inc(),
+        Err(e) => {
+            if e.code == "invalid_signature" {
+                crate::metrics::INVALID_SIGNATURES.inc();
+            }
+            crate::metrics::CALLBACK_FAILED.inc();
+        }
+    }
+    match outcome.return_to.as_deref().and_then(|r| Url::parse(r).ok()) {
+        Some(mut url) => {
+            {
+                let mut pairs = url.query_pairs_mut();
+                match &outcome.result {
+                    Ok(id) => {
+                        pairs.append_pair("status", "connected");
+                        pairs.append_pair("connection_id", &id.to_string());
+                    }
+                    Err(e) => {
+                        pairs.append_pair("status", "error");
+                        pairs.append_pair("error", &e.code);
+                        pairs.append_pair("error_description", &e.description);
+                    }
+                }
+            }
+            redirect(&url)
+        }
+        None => match &outcome.result {
+            Ok(id) => pages::connected(*id),
+            Err(e) => pages::flow_failed(e),
+        },
+    }
+}
+
+fn redirect(url: &Url) -> Response {
+    let Ok(location) = HeaderValue::from_str(url.as_str()) else {
+        return pages::internal_error();
+    };
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, location);
+    pages::protective_headers(headers);
+    response
+}

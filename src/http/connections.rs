@@ -1,0 +1,173 @@
+//! `/v1/tenants/{tenant}/connections…`: listing, reading and deleting connections, and the
+//! access-token endpoint the Valo backend calls before its Salesforce API requests.
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::auth::Authenticated;
+use super::extract::{OptionalJsonBody, Target, force_flag, rfc3339};
+use super::problem::Problem;
+use super::{ApiResult, AppState, no_store_json};
+use crate::broker::tokens::Want;
+use crate::store::ConnectionRecord;
+
+/// The default and the largest `min_ttl_seconds`.
+const DEFAULT_MIN_TTL_SECS: u64 = 300;
+const MAX_MIN_TTL_SECS: u64 = 86_400;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/connections", get(list))
+        .route(
+            "/v1/tenants/{tenant}/connections/{id}",
+            get(read).delete(delete),
+        )
+        .route(
+            "/v1/tenants/{tenant}/connections/{id}/access-token",
+            post(access_token),
+        )
+}
+
+/// A connection as the API shows it: no token material.
+#[derive(Serialize)]
+struct ConnectionView {
+    id: String,
+    tenant_id: String,
+    org_id: String,
+    user_id: String,
+    login_url: String,
+    instance_url: String,
+    status: &'static str,
+    scopes: Vec<String>,
+    access_token_expires_at: String,
+    created_at: String,
+    updated_at: String,
+    last_refreshed_at: String,
+    last_error: Option<String>,
+}
+
+impl From<ConnectionRecord> for ConnectionView {
+    fn from(c: ConnectionRecord) -> Self {
+        Self {
+            id: c.id.to_string(),
+            tenant_id: c.tenant_id,
+            org_id: c.org_id,
+            user_id: c.user_id,
+            login_url: c.login_url,
+            instance_url: c.instance_url,
+            status: c.status.as_str(),
+            scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+            access_token_expires_at: rfc3339(c.access_expires_at),
+            created_at: rfc3339(c.created_at),
+            updated_at: rfc3339(c.updated_at),
+            last_refreshed_at: rfc3339(c.last_refreshed_at),
+            last_error: c.last_error,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConnectionList {
+    connections: Vec<ConnectionView>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+) -> ApiResult {
+    caller.require("connections:read", &target.tenant)?;
+    let connections = state.broker.list_connections(&target.tenant).await?;
+    Ok(no_store_json(
+        StatusCode::OK,
+        ConnectionList {
+            connections: connections.into_iter().map(ConnectionView::from).collect(),
+        },
+    ))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+) -> ApiResult {
+    caller.require("connections:read", &target.tenant)?;
+    let connection = state
+        .broker
+        .get_connection(&target.tenant, target.connection_id()?)
+        .await?;
+    Ok(no_store_json(StatusCode::OK, ConnectionView::from(connection)))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    caller.require("connections:write", &target.tenant)?;
+    state
+        .broker
+        .delete_connection(&target.tenant, target.connection_id()?, force_flag(query.as_deref()))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    min_ttl_seconds: Option<u64>,
+    rejected_token: Option<SecretString>,
+}
+
+#[derive(Serialize)]
+struct TokenResponse<'a> {
+    access_token: &'a str,
+    token_type: &'static str,
+    instance_url: &'a str,
+    issued_at: String,
+    expires_at: String,
+}
+
+async fn access_token(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+    OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
+) -> ApiResult {
+    caller.require("tokens:read", &target.tenant)?;
+    let min_ttl = body.min_ttl_seconds.unwrap_or(DEFAULT_MIN_TTL_SECS);
+    if min_ttl > MAX_MIN_TTL_SECS {
+        return Err(Problem::invalid_request(format!(
+            "min_ttl_seconds must be at most {MAX_MIN_TTL_SECS}"
+        )));
+    }
+    let min_ttl_ms = i64::try_from(min_ttl * 1000).unwrap_or(i64::MAX);
+    let want = match body.rejected_token {
+        Some(rejected) if !rejected.expose_secret().is_empty() => Want::Replacing {
+            rejected,
+            min_ttl_ms,
+        },
+        Some(_) => return Err(Problem::invalid_request("rejected_token must not be empty")),
+        None => Want::Fresh { min_ttl_ms },
+    };
+    let token = state
+        .broker
+        .access_token(&target.tenant, target.connection_id()?, want)
+        .await?;
+    Ok(no_store_json(
+        StatusCode::OK,
+        TokenResponse {
+            access_token: token.access_token.expose_secret(),
+            token_type: "Bearer",
+            instance_url: &token.instance_url,
+            issued_at: rfc3339(token.issued_at),
+            expires_at: rfc3339(token.expires_at),
+        },
+    ))
+}

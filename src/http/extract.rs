@@ -1,0 +1,142 @@
+//! Request parsing that answers problems, not axum's plain-text rejections: JSON bodies,
+//! path parameters, and the RFC 3339 rendering of timestamps.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::problem::Problem;
+use crate::broker::TenantId;
+use crate::store::Millis;
+
+/// A JSON body (`Content-Type: application/json`), parsed into `T`.
+pub struct JsonBody<T>(pub T);
+
+/// Like [`JsonBody`], but an empty body means `T::default()`.
+pub struct OptionalJsonBody<T>(pub T);
+
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<(HeaderMap, Bytes), Problem> {
+    let headers = request.headers().clone();
+    let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            Problem::payload_too_large("the request body is larger than the configured limit")
+        } else {
+            Problem::invalid_request("the request body could not be read")
+        }
+    })?;
+    Ok((headers, bytes))
+}
+
+fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false);
+    if !is_json {
+        return Err(Problem::unsupported_media_type(
+            "the body must be JSON with Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        // serde's messages can quote the offending value, which may be a secret: keep only
+        // those that name fields.
+        let message = e.to_string();
+        let detail = if message.contains("missing field") || message.contains("unknown field") {
+            message
+                .split(" at line")
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        } else if e.is_syntax() || e.is_eof() {
+            "the body is not valid JSON".to_owned()
+        } else {
+            "a field of the JSON body has the wrong type or value".to_owned()
+        };
+        Problem::invalid_request(detail)
+    })
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let (headers, bytes) = body_bytes(request, state).await?;
+        parse(&headers, &bytes).map(Self)
+    }
+}
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = Problem;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
+        let (headers, bytes) = body_bytes(request, state).await?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        parse(&headers, &bytes).map(Self)
+    }
+}
+
+/// `{tenant}` and, on connection routes, `{id}` from the path.
+pub struct Target {
+    pub tenant: TenantId,
+    pub connection: Option<Uuid>,
+}
+
+impl Target {
+    /// The connection id (routes that have one always set it).
+    pub fn connection_id(&self) -> Result<Uuid, Problem> {
+        self.connection
+            .ok_or_else(|| Problem::not_found("no such connection for this tenant"))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Target {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Problem::invalid_request("the path parameters could not be read"))?;
+        let tenant = TenantId::parse(params.get("tenant").map(String::as_str).unwrap_or_default())
+            .map_err(Problem::from)?;
+        let connection = match params.get("id") {
+            None => None,
+            // A malformed id names no connection: the same answer as an unknown one.
+            Some(raw) => Some(
+                Uuid::parse_str(raw)
+                    .map_err(|_| Problem::not_found("no such connection for this tenant"))?,
+            ),
+        };
+        Ok(Self { tenant, connection })
+    }
+}
+
+/// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
+pub fn rfc3339(ms: Millis) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Parses `?force=true` (anything else, or nothing, is false).
+pub fn force_flag(query: Option<&str>) -> bool {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .any(|pair| pair == "force=true" || pair == "force=1")
+}

@@ -1,0 +1,63 @@
+//! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
+//! None needs authentication; none reveals a secret.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::AppState;
+use super::problem::Problem;
+
+/// The OpenAPI 3.1 description of the API, kept beside the code it describes.
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// Alive: the process answers. Touches nothing else, so it stays cheap.
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+/// Ready: the database answers and every migration is applied.
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.broker.store.check_ready().await {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ready", "database": state.broker.store.backend_name()})),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            Problem::service_unavailable(std::time::Duration::from_secs(5))
+                .with_detail("the database is unreachable or not migrated")
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let cached = u64::try_from(state.broker.tokens.len()).unwrap_or(u64::MAX);
+    let body = crate::metrics::render(&[(
+        "valo_oauth_token_cache_entries",
+        "Access tokens held in this replica's memory.",
+        cached,
+    )]);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}

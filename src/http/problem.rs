@@ -1,0 +1,176 @@
+//! RFC 9457 problem documents: every error this API answers, in one shape, with a stable
+//! `code` that clients branch on. 5xx bodies are opaque; their cause is logged here, inside
+//! the request's span (which carries the request id).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::broker::BrokerError;
+
+/// An error response. Build with the constructors, which fix status and code together.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    detail: Option<String>,
+    retry_after: Option<Duration>,
+    www_authenticate: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    title: &'a str,
+    status: u16,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+        Self {
+            status,
+            code,
+            title,
+            detail: None,
+            retry_after: None,
+            www_authenticate: None,
+        }
+    }
+
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", "Invalid request").with_detail(detail)
+    }
+
+    pub fn unauthenticated(detail: &str) -> Self {
+        let mut p = Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "Authentication required")
+            .with_detail(detail);
+        // RFC 6750 §3: a 401 names the scheme; `invalid_token` tells why.
+        p.www_authenticate = Some("Bearer error=\"invalid_token\"");
+        p
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").with_detail(detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found").with_detail(detail)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed")
+    }
+
+    pub fn payload_too_large(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large")
+            .with_detail(detail)
+    }
+
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+        )
+        .with_detail(detail)
+    }
+
+    pub fn service_unavailable(retry_after: Duration) -> Self {
+        let mut p = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "Service unavailable",
+        )
+        .with_detail("the service cannot reach its database right now; retry later");
+        p.retry_after = Some(retry_after);
+        p
+    }
+
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error")
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<BrokerError> for Problem {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::InvalidRequest(detail) => Self::invalid_request(detail),
+            BrokerError::NotFound(detail) => Self::not_found(detail),
+            BrokerError::NeedsReauthorization { reason } => Self::new(
+                StatusCode::CONFLICT,
+                "needs_reauthorization",
+                "The connection needs reauthorization",
+            )
+            .with_detail(format!(
+                "a person must connect the Salesforce org again (start a new authorization): {reason}"
+            )),
+            BrokerError::Upstream(reason) => {
+                tracing::warn!(error = %reason, "salesforce error");
+                Self::new(StatusCode::BAD_GATEWAY, "upstream_error", "Salesforce error")
+                    .with_detail(reason)
+            }
+            BrokerError::UpstreamUnavailable { reason, retry_after } => {
+                let mut p = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_unavailable",
+                    "Salesforce is unavailable",
+                )
+                .with_detail(reason);
+                p.retry_after = Some(retry_after);
+                p
+            }
+            BrokerError::Unavailable(reason) => {
+                tracing::error!(error = %reason, "service unavailable");
+                Self::service_unavailable(Duration::from_secs(1))
+            }
+            BrokerError::Internal(reason) => {
+                tracing::error!(error = %reason, "internal error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = Body {
+            kind: "about:blank",
+            title: self.title,
+            status: self.status.as_u16(),
+            code: self.code,
+            detail: self.detail.as_deref(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(retry) = self.retry_after {
+            let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Some(challenge) = self.www_authenticate {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+}

@@ -1,0 +1,114 @@
+//! Process-wide counters, rendered in the Prometheus text format at `GET /metrics`.
+//!
+//! A handful of fixed counters on atomics: nothing on the hot path takes a lock. The names
+//! are listed in the README's operations section; keep the two in step.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A monotonically increasing counter.
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+pub static TOKEN_CACHE_HITS: Counter = Counter::new();
+pub static REFRESH_SUCCESS: Counter = Counter::new();
+pub static REFRESH_REAUTHORIZE: Counter = Counter::new();
+pub static REFRESH_TRANSIENT: Counter = Counter::new();
+pub static REFRESH_UPSTREAM: Counter = Counter::new();
+pub static CALLBACK_CONNECTED: Counter = Counter::new();
+pub static CALLBACK_FAILED: Counter = Counter::new();
+pub static CALLBACK_INVALID_STATE: Counter = Counter::new();
+pub static INVALID_SIGNATURES: Counter = Counter::new();
+pub static KEEPALIVE_REFRESHES: Counter = Counter::new();
+pub static HTTP_2XX: Counter = Counter::new();
+pub static HTTP_3XX: Counter = Counter::new();
+pub static HTTP_4XX: Counter = Counter::new();
+pub static HTTP_5XX: Counter = Counter::new();
+
+/// Counts one HTTP response by status class.
+pub fn record_status(status: u16) {
+    match status {
+        200..=299 => HTTP_2XX.inc(),
+        300..=399 => HTTP_3XX.inc(),
+        400..=499 => HTTP_4XX.inc(),
+        _ => HTTP_5XX.inc(),
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) of every counter, plus `gauges`.
+pub fn render(gauges: &[(&str, &str, u64)]) -> String {
+    let families: [(&str, &str, &[(&str, &Counter)]); 6] = [
+        (
+            "valo_oauth_token_cache_hits_total",
+            "Access tokens served from this replica's memory.",
+            &[("", &TOKEN_CACHE_HITS)],
+        ),
+        (
+            "valo_oauth_refreshes_total",
+            "Refresh-token grants sent to Salesforce, by outcome.",
+            &[
+                ("outcome=\"success\"", &REFRESH_SUCCESS),
+                ("outcome=\"needs_reauthorization\"", &REFRESH_REAUTHORIZE),
+                ("outcome=\"upstream_unavailable\"", &REFRESH_TRANSIENT),
+                ("outcome=\"upstream_error\"", &REFRESH_UPSTREAM),
+            ],
+        ),
+        (
+            "valo_oauth_keepalive_refreshes_total",
+            "Refreshes made by the keep-alive sweeper.",
+            &[("", &KEEPALIVE_REFRESHES)],
+        ),
+        (
+            "valo_oauth_callbacks_total",
+            "OAuth callbacks, by outcome.",
+            &[
+                ("outcome=\"connected\"", &CALLBACK_CONNECTED),
+                ("outcome=\"error\"", &CALLBACK_FAILED),
+                ("outcome=\"invalid_state\"", &CALLBACK_INVALID_STATE),
+            ],
+        ),
+        (
+            "valo_oauth_invalid_signatures_total",
+            "Salesforce token responses whose signature did not verify (security event).",
+            &[("", &INVALID_SIGNATURES)],
+        ),
+        (
+            "valo_oauth_http_responses_total",
+            "HTTP responses, by status class.",
+            &[
+                ("class=\"2xx\"", &HTTP_2XX),
+                ("class=\"3xx\"", &HTTP_3XX),
+                ("class=\"4xx\"", &HTTP_4XX),
+                ("class=\"5xx\"", &HTTP_5XX),
+            ],
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, series) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, counter) in series {
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {}", counter.get());
+            } else {
+                let _ = writeln!(out, "{name}{{{labels}}} {}", counter.get());
+            }
+        }
+    }
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+    }
+    out
+}
