@@ -50,6 +50,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keygen { key_id }) = cli.command {
+        // Needs no settings: it is how an operator makes the first key.
+        return keygen(key_id);
+    }
     let env: config::EnvMap = std::env::vars().collect::<BTreeMap<_, _>>();
     let settings = match config::load(
         std::path::Path::new("config/default.toml"),

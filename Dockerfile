@@ -1,0 +1,26 @@
+# Build: the same steps as .ci/run (cargo build --release --locked). rustls only: no OpenSSL.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src src
+COPY migrations migrations
+COPY docs docs
+COPY examples examples
+RUN cargo build --release --locked --bin valo-oauth
+
+# Run: the binary on a slim base, as a non-root user, in production mode.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin valo \
+ && mkdir -p /app/data && chown 10001:10001 /app/data
+COPY --from=build /src/target/release/valo-oauth /usr/local/bin/valo-oauth
+COPY config /app/config
+WORKDIR /app
+USER 10001
+ENV VALO_OAUTH_ENV=production \
+    VALO_OAUTH_LISTEN=0.0.0.0:8080
+EXPOSE 8080
+# No shell tools needed: the binary checks its own /healthz.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/valo-oauth", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/valo-oauth"]
+CMD ["serve"]
