@@ -455,7 +455,10 @@ async fn data_api(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Resp
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("OAuth ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("OAuth "))
+        })
         .unwrap_or("");
     if shared.lock().access_active(token) {
         json_response(
