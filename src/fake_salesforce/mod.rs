@@ -281,13 +281,13 @@ impl FakeSalesforce {
             response
         };
         let status = response.status();
-        if status.is_redirection() {
-            if let Some(location) = response.headers().get(reqwest::header::LOCATION) {
-                return location
-                    .to_str()
-                    .map(str::to_owned)
-                    .map_err(|e| format!("non-ASCII Location header: {e}"));
-            }
+        if status.is_redirection()
+            && let Some(location) = response.headers().get(reqwest::header::LOCATION)
+        {
+            return location
+                .to_str()
+                .map(str::to_owned)
+                .map_err(|e| format!("non-ASCII Location header: {e}"));
         }
         let body = response.text().await.unwrap_or_default();
         Err(format!("HTTP {status}: {body}"))

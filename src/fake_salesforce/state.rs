@@ -347,10 +347,8 @@ impl State {
             }
         }
         let rotate = self.options.rotate_refresh_tokens && issue_refresh;
-        if rotate {
-            if let Some(entry) = self.refresh.get_mut(refresh_token) {
-                entry.status = RefreshStatus::RotatedOut;
-            }
+        if rotate && let Some(entry) = self.refresh.get_mut(refresh_token) {
+            entry.status = RefreshStatus::RotatedOut;
         }
         self.counters.refreshes += 1;
         Ok(self.issue(family, rotate, secret))
