@@ -7,6 +7,7 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod crypto;
+pub mod fake_salesforce;
 pub mod http;
 pub mod metrics;
 pub mod telemetry;
