@@ -10,4 +10,5 @@ pub mod crypto;
 pub mod fake_salesforce;
 pub mod http;
 pub mod metrics;
+pub mod salesforce;
 pub mod telemetry;

@@ -1,0 +1,733 @@
+//! HTTP client for a tenant's Salesforce login host: authorize URL, authorization-code and
+//! refresh-token grants (through the `oauth2` crate), RFC 7662 introspection and RFC 7009
+//! revocation.
+//!
+//! One shared `reqwest::Client` with redirects disabled (a redirect could carry credentials
+//! to another host: SSRF), connect and total timeouts, and a bounded response size.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenIntrospectionResponse,
+    BasicTokenType,
+};
+use oauth2::http::{self, HeaderValue, header};
+use oauth2::{
+    AuthType, AuthorizationCode, Client, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use tracing::{Span, debug, instrument};
+use url::Url;
+
+use super::{
+    HostPolicy, SalesforceError, parse_identity_url, sanitize, signature::verify_signature,
+};
+
+const CONTENT_TYPE_FORM: &str = "application/x-www-form-urlencoded";
+const CONTENT_TYPE_JSON: &str = "application/json";
+
+/// Timeouts and limits of the shared HTTP client.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// TCP + TLS connect timeout (default 3 s).
+    pub connect_timeout: Duration,
+    /// Total time for one request, body included (default 10 s).
+    pub request_timeout: Duration,
+    /// Largest response body accepted (default 64 KiB).
+    pub max_response_bytes: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        ClientSettings {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            max_response_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A tenant's External Client App credentials and login host.
+pub struct AppCredentials {
+    pub login_url: String,
+    pub client_id: SecretString,
+    pub client_secret: SecretString,
+}
+
+impl fmt::Debug for AppCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppCredentials")
+            .field("login_url", &self.login_url)
+            .field("client_id", &"[redacted]")
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Parameters of the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3).
+#[derive(Debug)]
+pub struct AuthorizeRequest<'a> {
+    pub login_url: &'a str,
+    pub client_id: &'a str,
+    pub redirect_uri: &'a str,
+    /// Space-separated, e.g. `api refresh_token offline_access`.
+    pub scopes: &'a str,
+    pub state: &'a str,
+    /// base64url(SHA-256(verifier)), unpadded (RFC 7636 §4.2).
+    pub code_challenge: &'a str,
+    pub login_hint: Option<&'a str>,
+    /// `login`, `consent`, `select_account`, space-separated.
+    pub prompt: Option<&'a str>,
+}
+
+/// The useful content of a Salesforce token response.
+pub struct TokenGrant {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    /// Validated by [`HostPolicy::validate_instance_url`] and normalised.
+    pub instance_url: String,
+    /// 18-character org id from `id`.
+    pub org_id: String,
+    /// 18-character user id from `id`.
+    pub user_id: String,
+    /// From `issued_at` (ms since the epoch, string or number); now when missing.
+    pub issued_at_ms: i64,
+    /// Space-separated granted scopes, when Salesforce listed them.
+    pub scopes: Option<String>,
+    /// False only when the response carried no signature.
+    pub signature_verified: bool,
+}
+
+impl fmt::Debug for TokenGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenGrant")
+            .field("access_token", &"[redacted]")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("instance_url", &self.instance_url)
+            .field("org_id", &self.org_id)
+            .field("user_id", &self.user_id)
+            .field("issued_at_ms", &self.issued_at_ms)
+            .field("scopes", &self.scopes)
+            .field("signature_verified", &self.signature_verified)
+            .finish()
+    }
+}
+
+/// `issued_at` is documented as a string of milliseconds; accept a JSON number too.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(untagged)]
+enum IssuedAt {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl IssuedAt {
+    fn as_text(&self) -> String {
+        match self {
+            IssuedAt::Text(s) => s.clone(),
+            IssuedAt::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// Salesforce's additions to the RFC 6749 §5.1 token response (salesforce.md "Token").
+#[derive(Clone, Deserialize, Serialize)]
+struct SalesforceFields {
+    instance_url: String,
+    id: String,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    issued_at: Option<IssuedAt>,
+    #[serde(default)]
+    id_token: Option<String>,
+    #[serde(default)]
+    sfdc_community_url: Option<String>,
+    #[serde(default)]
+    sfdc_community_id: Option<String>,
+}
+
+impl fmt::Debug for SalesforceFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SalesforceFields")
+            .field("instance_url", &self.instance_url)
+            .field("id", &self.id)
+            .field("issued_at", &self.issued_at)
+            .field("signature", &self.signature.as_ref().map(|_| "[present]"))
+            .field("id_token", &self.id_token.as_ref().map(|_| "[redacted]"))
+            .field("sfdc_community_url", &self.sfdc_community_url)
+            .field("sfdc_community_id", &self.sfdc_community_id)
+            .finish()
+    }
+}
+
+impl ExtraTokenFields for SalesforceFields {}
+
+type SalesforceToken = StandardTokenResponse<SalesforceFields, BasicTokenType>;
+
+/// An `oauth2` client with only the token endpoint set.
+type TokenClient = Client<
+    BasicErrorResponse,
+    SalesforceToken,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// Transport-level failures of one HTTP exchange (before any OAuth interpretation).
+#[derive(Debug, thiserror::Error)]
+enum Transport {
+    #[error("request timed out")]
+    Timeout,
+    #[error("connection failed")]
+    Connect,
+    #[error("network error")]
+    Network,
+    #[error("unexpected redirect (HTTP {0}); redirects are not followed")]
+    Redirect(u16),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the HTTP request could not be built")]
+    Build,
+}
+
+impl Transport {
+    /// reqwest errors are reduced to a kind: their Display includes the URL.
+    fn from_reqwest(e: &reqwest::Error) -> Transport {
+        if e.is_timeout() {
+            Transport::Timeout
+        } else if e.is_connect() {
+            Transport::Connect
+        } else if e.is_builder() {
+            Transport::Build
+        } else {
+            Transport::Network
+        }
+    }
+}
+
+impl From<Transport> for SalesforceError {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Timeout | Transport::Connect | Transport::Network | Transport::Status(_) => {
+                SalesforceError::Unavailable(t.to_string())
+            }
+            Transport::Redirect(_) | Transport::TooLarge(_) => {
+                SalesforceError::InvalidResponse(t.to_string())
+            }
+            Transport::Build => SalesforceError::Request(t.to_string()),
+        }
+    }
+}
+
+/// The OAuth client to customers' Salesforce orgs. Cheap to clone (one shared connection
+/// pool).
+#[derive(Clone, Debug)]
+pub struct SalesforceClient {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    hosts: HostPolicy,
+}
+
+impl SalesforceClient {
+    pub fn new(
+        settings: ClientSettings,
+        hosts: HostPolicy,
+    ) -> Result<SalesforceClient, SalesforceError> {
+        let http = reqwest::Client::builder()
+            // Never follow redirects: they could send credentials elsewhere (oauth2 crate
+            // docs, "Security Warning"; RFC 6749 §10 / SSRF).
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .use_rustls_tls()
+            .user_agent(concat!("valo-oauth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|_| SalesforceError::Request("cannot build the HTTP client".into()))?;
+        Ok(SalesforceClient {
+            http,
+            settings,
+            hosts,
+        })
+    }
+
+    /// The URL policy this client enforces.
+    pub fn hosts(&self) -> &HostPolicy {
+        &self.hosts
+    }
+
+    /// `{login_url}/services/oauth2/authorize?response_type=code&client_id&redirect_uri&code_challenge&code_challenge_method=S256&state&scope[&login_hint][&prompt]`
+    /// (RFC 6749 §4.1.1, RFC 7636 §4.3), properly percent-encoded (spaces as `%20`).
+    pub fn authorize_url(&self, req: &AuthorizeRequest<'_>) -> Result<Url, SalesforceError> {
+        let origin = self.login_origin(req.login_url)?;
+        let bad = |why: &str| SalesforceError::Request(why.to_owned());
+        if req.client_id.is_empty() {
+            return Err(bad("client_id is empty"));
+        }
+        Url::parse(req.redirect_uri).map_err(|_| bad("redirect_uri is not a valid URL"))?;
+        if req.state.is_empty() {
+            return Err(bad("state is empty"));
+        }
+        // RFC 7636 §4.2: S256 challenge = BASE64URL(SHA256(verifier)), 43 characters.
+        if req.code_challenge.len() != 43
+            || !req
+                .code_challenge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                "code_challenge is not an unpadded base64url SHA-256 digest",
+            ));
+        }
+        if let Some(prompt) = req.prompt {
+            let valid = !prompt.trim().is_empty()
+                && prompt
+                    .split(' ')
+                    .all(|p| matches!(p, "login" | "consent" | "select_account"));
+            if !valid {
+                return Err(bad(
+                    "prompt must be login, consent or select_account (space-separated)",
+                ));
+            }
+        }
+        let mut params: Vec<(&str, &str)> = vec![
+            ("response_type", "code"),
+            ("client_id", req.client_id),
+            ("redirect_uri", req.redirect_uri),
+            ("code_challenge", req.code_challenge),
+            ("code_challenge_method", "S256"),
+            ("state", req.state),
+            ("scope", req.scopes),
+        ];
+        if let Some(hint) = req.login_hint {
+            params.push(("login_hint", hint));
+        }
+        if let Some(prompt) = req.prompt {
+            params.push(("prompt", prompt));
+        }
+        let query = params
+            .iter()
+            .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut url = Url::parse(&format!("{origin}/services/oauth2/authorize"))
+            .map_err(|_| bad("cannot build the authorize URL"))?;
+        url.set_query(Some(&query));
+        Ok(url)
+    }
+
+    /// grant_type=authorization_code (RFC 6749 §4.1.3) with client_secret_post (RFC 6749
+    /// §2.3.1), redirect_uri and code_verifier (RFC 7636 §4.5), through the `oauth2` crate.
+    /// `code` is already percent-decoded once; it is form-encoded exactly once here.
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty, grant = "authorization_code"))]
+    pub async fn exchange_code(
+        &self,
+        app: &AppCredentials,
+        redirect_uri: &str,
+        code: &str,
+        pkce_verifier: &SecretString,
+    ) -> Result<TokenGrant, SalesforceError> {
+        let origin = self.login_origin(&app.login_url)?;
+        let redirect = RedirectUrl::new(redirect_uri.to_owned())
+            .map_err(|_| SalesforceError::Request("redirect_uri is not a valid URL".into()))?;
+        let client = token_client(&origin, app)?.set_redirect_uri(redirect);
+        let status = AtomicU16::new(0);
+        let http = |req: HttpRequest| self.send(req, &status);
+        let result = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .set_pkce_verifier(PkceCodeVerifier::new(
+                pkce_verifier.expose_secret().to_owned(),
+            ))
+            .request_async(&http)
+            .await;
+        let status = status.load(Ordering::Relaxed);
+        self.finish_grant(result, status, app)
+    }
+
+    /// grant_type=refresh_token (RFC 6749 §6), client_secret_post, through the `oauth2`
+    /// crate. A response without refresh_token is fine (no Refresh Token Rotation).
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty, grant = "refresh_token"))]
+    pub async fn refresh(
+        &self,
+        app: &AppCredentials,
+        refresh_token: &SecretString,
+    ) -> Result<TokenGrant, SalesforceError> {
+        let origin = self.login_origin(&app.login_url)?;
+        let client = token_client(&origin, app)?;
+        let status = AtomicU16::new(0);
+        let http = |req: HttpRequest| self.send(req, &status);
+        let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
+        let result = client
+            .exchange_refresh_token(&token)
+            .request_async(&http)
+            .await;
+        let status = status.load(Ordering::Relaxed);
+        self.finish_grant(result, status, app)
+    }
+
+    /// RFC 7662 introspection at `{login_url}/services/oauth2/introspect` (Salesforce Help
+    /// "Token Introspection Endpoint"): form `token`, `token_type_hint=access_token`,
+    /// `client_id`, `client_secret`. `Ok(Some(exp in unix ms))` when active with `exp`;
+    /// `Ok(None)` when inactive or without `exp`.
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty))]
+    pub async fn introspect_access_token_expiry(
+        &self,
+        app: &AppCredentials,
+        access_token: &SecretString,
+    ) -> Result<Option<i64>, SalesforceError> {
+        let origin = self.login_origin(&app.login_url)?;
+        let body = form_body(&[
+            ("token", access_token.expose_secret()),
+            ("token_type_hint", "access_token"),
+            ("client_id", app.client_id.expose_secret()),
+            ("client_secret", app.client_secret.expose_secret()),
+        ]);
+        let response = self
+            .post_form(&format!("{origin}/services/oauth2/introspect"), body)
+            .await
+            .inspect_err(log_failure)?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let e = error_from_body(status, response.body());
+            log_failure(&e);
+            return Err(e);
+        }
+        // RFC 7662 §2.2: `active` is required; `exp` is seconds since the epoch.
+        #[derive(Deserialize)]
+        struct Introspection {
+            active: bool,
+            #[serde(default)]
+            exp: Option<serde_json::Number>,
+        }
+        let parsed: Introspection = serde_json::from_slice(response.body()).map_err(|_| {
+            non_conforming_body(
+                200,
+                response.body(),
+                "introspection response lacks `active`",
+            )
+        })?;
+        if !parsed.active {
+            debug!("introspection: token inactive");
+            return Ok(None);
+        }
+        let exp_ms = parsed.exp.and_then(|n| {
+            n.as_i64()
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .map(|s| s.saturating_mul(1000))
+        });
+        debug!(has_exp = exp_ms.is_some(), "introspection: token active");
+        Ok(exp_ms)
+    }
+
+    /// RFC 7009 revocation at `{login_url}/services/oauth2/revoke` (Salesforce Mobile SDK
+    /// "Revoking OAuth Tokens"): form `token`, no client authentication. 200 → Ok; 400
+    /// `invalid_token` (already revoked or unknown) → Ok as well, the goal is reached.
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty))]
+    pub async fn revoke(
+        &self,
+        login_url: &str,
+        token: &SecretString,
+    ) -> Result<(), SalesforceError> {
+        let origin = self.login_origin(login_url)?;
+        let body = form_body(&[("token", token.expose_secret())]);
+        let response = self
+            .post_form(&format!("{origin}/services/oauth2/revoke"), body)
+            .await
+            .inspect_err(log_failure)?;
+        let status = response.status();
+        if status.is_success() {
+            debug!("token revoked");
+            return Ok(());
+        }
+        match error_from_body(status.as_u16(), response.body()) {
+            SalesforceError::Refused { error, .. } if error == "invalid_token" => {
+                debug!("token already revoked or unknown");
+                Ok(())
+            }
+            e => {
+                log_failure(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates the login URL against the host policy and records it on the current span.
+    fn login_origin(&self, login_url: &str) -> Result<String, SalesforceError> {
+        let origin = self
+            .hosts
+            .validate_login_url(login_url)
+            .map_err(|e| SalesforceError::Request(e.to_string()))?;
+        Span::current().record("login_host", origin.as_str());
+        Ok(origin)
+    }
+
+    /// Turns the `oauth2` result into a [`TokenGrant`] (or a classified error).
+    fn finish_grant(
+        &self,
+        result: Result<SalesforceToken, RequestTokenError<Transport, BasicErrorResponse>>,
+        status: u16,
+        app: &AppCredentials,
+    ) -> Result<TokenGrant, SalesforceError> {
+        let outcome = match result {
+            Ok(token) => self.grant_from(&token, app),
+            Err(e) => Err(token_error(e, status)),
+        };
+        match &outcome {
+            Ok(grant) => debug!(
+                org_id = %grant.org_id,
+                signature_verified = grant.signature_verified,
+                rotated = grant.refresh_token.is_some(),
+                "token grant received"
+            ),
+            Err(e) => log_failure(e),
+        }
+        outcome
+    }
+
+    fn grant_from(
+        &self,
+        token: &SalesforceToken,
+        app: &AppCredentials,
+    ) -> Result<TokenGrant, SalesforceError> {
+        let extra = token.extra_fields();
+        let issued_at = extra.issued_at.as_ref().map(IssuedAt::as_text);
+        // Salesforce Help "OAuth 2.0 Web Server Flow": signature = Base64(HMAC-SHA256(
+        // consumer secret, id + issued_at)). Checked before anything else is trusted.
+        let signature_verified = match &extra.signature {
+            Some(sig) => {
+                let message_tail = issued_at.as_deref().unwrap_or("");
+                if !verify_signature(&app.client_secret, &extra.id, message_tail, sig) {
+                    return Err(SalesforceError::InvalidSignature);
+                }
+                true
+            }
+            None => false,
+        };
+        let (org_id, user_id) = parse_identity_url(&extra.id)?;
+        let instance_url = self
+            .hosts
+            .validate_instance_url(&extra.instance_url)
+            .map_err(|e| SalesforceError::InvalidResponse(e.to_string()))?;
+        let issued_at_ms = match issued_at {
+            Some(text) => text.trim().parse::<i64>().map_err(|_| {
+                SalesforceError::InvalidResponse("issued_at is not a number of milliseconds".into())
+            })?,
+            None => now_ms(),
+        };
+        if token.access_token().secret().is_empty() {
+            return Err(SalesforceError::InvalidResponse(
+                "access_token is empty".into(),
+            ));
+        }
+        let scopes = token.scopes().map(|s| {
+            s.iter()
+                .map(|scope| scope.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
+        Ok(TokenGrant {
+            access_token: SecretString::from(token.access_token().secret().clone()),
+            refresh_token: token
+                .refresh_token()
+                .map(|t| SecretString::from(t.secret().clone())),
+            instance_url,
+            org_id,
+            user_id,
+            issued_at_ms,
+            scopes,
+            signature_verified,
+        })
+    }
+
+    async fn post_form(&self, url: &str, body: String) -> Result<HttpResponse, SalesforceError> {
+        let request = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(url)
+            .header(header::ACCEPT, HeaderValue::from_static(CONTENT_TYPE_JSON))
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(CONTENT_TYPE_FORM),
+            )
+            .body(body.into_bytes())
+            .map_err(|_| SalesforceError::Request("cannot build the HTTP request".into()))?;
+        let status = AtomicU16::new(0);
+        Ok(self.send(request, &status).await?)
+    }
+
+    /// One HTTP exchange over the shared client; the `oauth2` crate's `AsyncHttpClient`
+    /// for closures calls this. 3xx, 5xx and 429 become errors here; the body is read in
+    /// chunks and refused past `max_response_bytes`. The final status is stored in `status`
+    /// so that OAuth error bodies can be reported with it.
+    async fn send(
+        &self,
+        request: HttpRequest,
+        status: &AtomicU16,
+    ) -> Result<HttpResponse, Transport> {
+        let request = reqwest::Request::try_from(request).map_err(|_| Transport::Build)?;
+        let mut response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| Transport::from_reqwest(&e))?;
+        let code = response.status();
+        status.store(code.as_u16(), Ordering::Relaxed);
+        if code.is_redirection() {
+            return Err(Transport::Redirect(code.as_u16()));
+        }
+        if code.is_server_error() || code == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(Transport::Status(code.as_u16()));
+        }
+        let max = self.settings.max_response_bytes;
+        if response
+            .content_length()
+            .is_some_and(|len| len > max as u64)
+        {
+            return Err(Transport::TooLarge(max));
+        }
+        let mut builder = http::Response::builder()
+            .status(code)
+            .version(response.version());
+        for (name, value) in response.headers() {
+            builder = builder.header(name, value);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Transport::from_reqwest(&e))?
+        {
+            if body.len() + chunk.len() > max {
+                return Err(Transport::TooLarge(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        builder.body(body).map_err(|_| Transport::Build)
+    }
+}
+
+/// An `oauth2` client for the tenant's token endpoint with client_secret_post.
+fn token_client(origin: &str, app: &AppCredentials) -> Result<TokenClient, SalesforceError> {
+    let token_url = TokenUrl::new(format!("{origin}/services/oauth2/token"))
+        .map_err(|_| SalesforceError::Request("cannot build the token URL".into()))?;
+    Ok(
+        Client::new(ClientId::new(app.client_id.expose_secret().to_owned()))
+            .set_client_secret(ClientSecret::new(
+                app.client_secret.expose_secret().to_owned(),
+            ))
+            // RFC 6749 §2.3.1 client_secret_post: what Salesforce clients use.
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(token_url),
+    )
+}
+
+/// Classifies an `oauth2` token-request error (salesforce.md "Token-endpoint errors").
+fn token_error(
+    e: RequestTokenError<Transport, BasicErrorResponse>,
+    status: u16,
+) -> SalesforceError {
+    match e {
+        RequestTokenError::ServerResponse(r) => SalesforceError::Refused {
+            status,
+            error: sanitize(r.error().as_ref()),
+            description: r.error_description().map(|d| sanitize(d)),
+        },
+        RequestTokenError::Request(t) => t.into(),
+        RequestTokenError::Parse(err, body) => {
+            if status == 200 {
+                if serde_json::from_slice::<serde_json::Value>(&body).is_ok() {
+                    SalesforceError::InvalidResponse(describe_shape_error(
+                        &err.inner().to_string(),
+                        &err.path().to_string(),
+                    ))
+                } else {
+                    SalesforceError::Unavailable("HTTP 200 with a non-JSON body".into())
+                }
+            } else {
+                non_conforming_body(status, &body, "without an OAuth error body")
+            }
+        }
+        // Empty body or a non-JSON content type.
+        RequestTokenError::Other(_) => {
+            SalesforceError::Unavailable(format!("HTTP {status} without a JSON body"))
+        }
+    }
+}
+
+/// A non-200 answer from introspect/revoke: an OAuth error body → `Refused`, else classified
+/// by whether the body is JSON at all.
+fn error_from_body(status: u16, body: &[u8]) -> SalesforceError {
+    #[derive(Deserialize)]
+    struct OAuthError {
+        error: String,
+        #[serde(default)]
+        error_description: Option<String>,
+    }
+    match serde_json::from_slice::<OAuthError>(body) {
+        Ok(e) => SalesforceError::Refused {
+            status,
+            error: sanitize(&e.error),
+            description: e.error_description.as_deref().map(sanitize),
+        },
+        Err(_) => non_conforming_body(status, body, "without an OAuth error body"),
+    }
+}
+
+/// JSON of the wrong shape is a protocol violation; non-JSON (HTML error pages, maintenance
+/// pages) is treated as an outage (salesforce.md: "non-JSON bodies: transient").
+fn non_conforming_body(status: u16, body: &[u8], what: &str) -> SalesforceError {
+    if serde_json::from_slice::<serde_json::Value>(body).is_ok() {
+        SalesforceError::InvalidResponse(format!("HTTP {status} {what}"))
+    } else {
+        SalesforceError::Unavailable(format!("HTTP {status} with a non-JSON body"))
+    }
+}
+
+/// Describes a token-response shape error without echoing values (serde's "invalid type"
+/// messages quote the offending value, which could be a token).
+fn describe_shape_error(message: &str, path: &str) -> String {
+    if message.starts_with("missing field") {
+        let field = message.split('`').nth(1).unwrap_or("?");
+        format!("token response lacks `{field}`")
+    } else {
+        format!("token response has an unexpected value at `{path}`")
+    }
+}
+
+fn log_failure(e: &SalesforceError) {
+    tracing::warn!(class = ?e.class(), error = %e.summary(), "salesforce request failed");
+}
+
+/// `application/x-www-form-urlencoded` body (each value encoded exactly once).
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+/// Percent-encodes a query value, spaces as `%20` (form encoding writes them as `+`, and a
+/// literal `+` as `%2B`, so every `+` in the output is a space).
+fn percent_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
+        .unwrap_or(i64::MAX)
+}
