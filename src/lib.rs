@@ -2,3 +2,5 @@
 //!
 //! Data flows one way: [`http`] → [`broker`] → ([`salesforce`], [`store`], [`crypto`]).
 //! Nothing below `http` knows about axum; nothing but `store` knows SQL.
+
+pub mod store;
