@@ -11,4 +11,5 @@ pub mod fake_salesforce;
 pub mod http;
 pub mod metrics;
 pub mod salesforce;
+pub mod store;
 pub mod telemetry;

@@ -1,3 +1,4 @@
+<<<<<<< HEAD
 //! The `valo-oauth` command line: a thin layer over the library.
 
 use std::collections::BTreeMap;
@@ -208,3 +209,6 @@ async fn healthcheck(settings: &Settings) -> ExitCode {
         _ => ExitCode::FAILURE,
     }
 }
+=======
+fn main() {}
+>>>>>>> store

@@ -12,6 +12,7 @@
 //! single write lock with `BEGIN IMMEDIATE` (SQLite is the one-replica default).
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::time::Duration;
@@ -285,7 +286,10 @@ impl Store {
         dispatch!(self, s => s.put_tenant_app(app).await)
     }
 
-    pub async fn get_tenant_app(&self, tenant_id: &str) -> Result<Option<TenantAppRecord>, StoreError> {
+    pub async fn get_tenant_app(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Option<TenantAppRecord>, StoreError> {
         dispatch!(self, s => s.get_tenant_app(tenant_id).await)
     }
 
@@ -314,7 +318,10 @@ impl Store {
     }
 
     /// Housekeeping: deletes sessions that expired before `before`. Returns how many.
-    pub async fn delete_expired_authorization_sessions(&self, before: Millis) -> Result<u64, StoreError> {
+    pub async fn delete_expired_authorization_sessions(
+        &self,
+        before: Millis,
+    ) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_authorization_sessions(before).await)
     }
 
@@ -336,7 +343,10 @@ impl Store {
         dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build).await)
     }
 
-    pub async fn list_connections(&self, tenant_id: &str) -> Result<Vec<ConnectionRecord>, StoreError> {
+    pub async fn list_connections(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<ConnectionRecord>, StoreError> {
         dispatch!(self, s => s.list_connections(tenant_id).await)
     }
 
@@ -375,8 +385,14 @@ impl Store {
         lock_timeout: Duration,
     ) -> Result<Option<ConnectionLock>, StoreError> {
         match self {
-            Self::Postgres(s) => Ok(s.lock_connection(tenant_id, id, lock_timeout).await?.map(ConnectionLock::Postgres)),
-            Self::Sqlite(s) => Ok(s.lock_connection(tenant_id, id, lock_timeout).await?.map(ConnectionLock::Sqlite)),
+            Self::Postgres(s) => Ok(s
+                .lock_connection(tenant_id, id, lock_timeout)
+                .await?
+                .map(ConnectionLock::Postgres)),
+            Self::Sqlite(s) => Ok(s
+                .lock_connection(tenant_id, id, lock_timeout)
+                .await?
+                .map(ConnectionLock::Sqlite)),
         }
     }
 }
@@ -395,12 +411,18 @@ impl ConnectionLock {
     }
 
     /// Writes the refreshed tokens and commits; returns the new row.
-    pub async fn commit_refreshed(self, update: RefreshedTokens) -> Result<ConnectionRecord, StoreError> {
+    pub async fn commit_refreshed(
+        self,
+        update: RefreshedTokens,
+    ) -> Result<ConnectionRecord, StoreError> {
         dispatch_lock!(self, l => l.commit_refreshed(update).await)
     }
 
     /// Records a failed refresh and commits; returns the new row.
-    pub async fn commit_failure(self, failure: RefreshFailure) -> Result<ConnectionRecord, StoreError> {
+    pub async fn commit_failure(
+        self,
+        failure: RefreshFailure,
+    ) -> Result<ConnectionRecord, StoreError> {
         dispatch_lock!(self, l => l.commit_failure(failure).await)
     }
 
