@@ -322,10 +322,14 @@ fn load_toml(path: &Path, layers: &mut Layers) -> Result<(), ConfigError> {
             toml::Value::Boolean(b) => b.to_string(),
             toml::Value::Array(items) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()))
+                .map(|v| match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    _ => String::new(),
+                })
                 .collect::<Vec<_>>()
                 .join(","),
-            other => return Err(file_err(format!("{key}: unsupported value {other}"))),
+            _ => return Err(file_err(format!("{key}: unsupported value (use a string, number, boolean or list)"))),
         };
         let origin = Origin::File(path.to_owned());
         if let Some(base) = key.strip_suffix("_file").and_then(known).filter(|k| is_secret(k)) {

@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 //! The `valo-oauth` command line: a thin layer over the library.
 
 use std::collections::BTreeMap;
@@ -209,6 +208,3 @@ async fn healthcheck(settings: &Settings) -> ExitCode {
         _ => ExitCode::FAILURE,
     }
 }
-=======
-fn main() {}
->>>>>>> store

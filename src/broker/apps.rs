@@ -86,19 +86,19 @@ impl Broker {
             .login_hosts
             .validate_login_url(&registration.login_url)
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
-        let seal = |value: &SecretString, column: &str| {
-            self.keyring.seal(
-                value.expose_secret(),
-                Binding::new("tenant_apps", tenant.as_str(), column),
-            )
-        };
         let now = self.now();
         let record = TenantAppRecord {
             tenant_id: tenant.as_str().to_owned(),
             login_url,
-            consumer_key_enc: seal(&key, "consumer_key")?,
+            consumer_key_enc: self.keyring.seal(
+                key.expose_secret(),
+                Binding::new("tenant_apps", tenant.as_str(), "consumer_key"),
+            )?,
             consumer_key_hint: key_hint(key.expose_secret()),
-            consumer_secret_enc: seal(&secret, "consumer_secret")?,
+            consumer_secret_enc: self.keyring.seal(
+                secret.expose_secret(),
+                Binding::new("tenant_apps", tenant.as_str(), "consumer_secret"),
+            )?,
             created_at: now,
             updated_at: now,
         };

@@ -341,16 +341,12 @@ impl Broker {
                 now,
                 |id| {
                     let id = id.to_string();
-                    let seal = |value: &SecretString, column: &str| {
-                        self.keyring
-                            .seal(value.expose_secret(), Binding::new("connections", &id, column))
-                    };
                     Ok::<_, crate::crypto::KeyringError>(AuthorizedConnection {
                         login_url: app.login_url.clone(),
                         instance_url: grant.instance_url.clone(),
                         scopes: grant.scopes.clone().unwrap_or_default(),
-                        access_token_enc: seal(&grant.access_token, "access_token")?,
-                        refresh_token_enc: seal(&refresh_token, "refresh_token")?,
+                        access_token_enc: self.seal_connection_secret(&id, "access_token", &grant.access_token)?,
+                        refresh_token_enc: self.seal_connection_secret(&id, "refresh_token", &refresh_token)?,
                         issued_at: grant.issued_at_ms,
                         access_expires_at,
                         expiry_assumed,

@@ -17,7 +17,7 @@ pub mod tokens;
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Settings;
 use crate::crypto::{Binding, Keyring, KeyringError};
@@ -155,6 +155,19 @@ impl Broker {
             client_id: self.open_app_secret(app, &app.consumer_key_enc, "consumer_key")?,
             client_secret: self.open_app_secret(app, &app.consumer_secret_enc, "consumer_secret")?,
         })
+    }
+
+    /// Seals a connection's token bound to its row and column.
+    fn seal_connection_secret(
+        &self,
+        connection_id: &str,
+        column: &str,
+        value: &SecretString,
+    ) -> Result<String, KeyringError> {
+        self.keyring.seal(
+            value.expose_secret(),
+            Binding::new("connections", connection_id, column),
+        )
     }
 
     fn open_app_secret(

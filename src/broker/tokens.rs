@@ -262,17 +262,13 @@ impl Broker {
             Ok(grant) => {
                 let (expires_at, assumed) = self.access_token_expiry(&credentials, &grant).await;
                 let row_id = row.id.to_string();
-                let seal = |value: &SecretString, column: &str| {
-                    self.keyring
-                        .seal(value.expose_secret(), Binding::new("connections", &row_id, column))
-                };
                 // Legacy Connected Apps do not rotate: the old refresh token stays valid.
                 let new_refresh = grant.refresh_token.as_ref().unwrap_or(&refresh_token);
                 let update = RefreshedTokens {
                     instance_url: grant.instance_url.clone(),
                     scopes: grant.scopes.clone(),
-                    access_token_enc: seal(&grant.access_token, "access_token")?,
-                    refresh_token_enc: seal(new_refresh, "refresh_token")?,
+                    access_token_enc: self.seal_connection_secret(&row_id, "access_token", &grant.access_token)?,
+                    refresh_token_enc: self.seal_connection_secret(&row_id, "refresh_token", new_refresh)?,
                     issued_at: grant.issued_at_ms,
                     access_expires_at: expires_at,
                     expiry_assumed: assumed,

@@ -235,6 +235,26 @@ impl From<Transport> for SalesforceError {
     }
 }
 
+/// The `oauth2` crate's HTTP transport: [`SalesforceClient::send`] over the shared
+/// reqwest client. A named type with a boxed `Send` future rather than a closure: the
+/// crate's blanket impl for closures makes the callers' futures fail the `Send` check
+/// ("implementation of `Send` is not general enough"), which axum and `tokio::spawn` need.
+struct OauthHttp<'a> {
+    client: &'a SalesforceClient,
+    status: &'a AtomicU16,
+}
+
+impl<'c> oauth2::AsyncHttpClient<'c> for OauthHttp<'_> {
+    type Error = Transport;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<HttpResponse, Transport>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.client.send(request, self.status))
+    }
+}
+
 /// The OAuth client to customers' Salesforce orgs. Cheap to clone (one shared connection
 /// pool).
 #[derive(Clone, Debug)]
@@ -347,7 +367,10 @@ impl SalesforceClient {
             .map_err(|_| SalesforceError::Request("redirect_uri is not a valid URL".into()))?;
         let client = token_client(&origin, app)?.set_redirect_uri(redirect);
         let status = AtomicU16::new(0);
-        let http = |req: HttpRequest| self.send(req, &status);
+        let http = OauthHttp {
+            client: self,
+            status: &status,
+        };
         let result = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(
@@ -370,7 +393,10 @@ impl SalesforceClient {
         let origin = self.login_origin(&app.login_url)?;
         let client = token_client(&origin, app)?;
         let status = AtomicU16::new(0);
-        let http = |req: HttpRequest| self.send(req, &status);
+        let http = OauthHttp {
+            client: self,
+            status: &status,
+        };
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let result = client
             .exchange_refresh_token(&token)
