@@ -72,8 +72,8 @@ impl fmt::Debug for AppCredentials {
     }
 }
 
-/// Parameters of the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3).
-#[derive(Debug)]
+/// Parameters of the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3). No `Debug`:
+/// `state` is a CSRF secret until the callback.
 pub struct AuthorizeRequest<'a> {
     pub login_url: &'a str,
     pub client_id: &'a str,

@@ -112,6 +112,8 @@ impl HostPolicy {
     /// "acme--dev.sandbox.my.salesforce.com" but NOT "my.salesforce.com" itself), or
     /// "http://HOST" which ALSO allows plain http to exactly that host on any port (tests use
     /// "http://127.0.0.1"). Hosts compared case-insensitively. Errors name the bad entry.
+    /// "https://HOST" is accepted as a synonym of "HOST"; an exact IP entry allows that IP
+    /// only; empty entries are skipped, but an empty list is an error.
     pub fn parse(list: &str) -> Result<HostPolicy, String> {
         let mut policy = HostPolicy {
             https: Vec::new(),
