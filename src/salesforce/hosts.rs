@@ -175,7 +175,7 @@ impl HostPolicy {
     /// user-info, no query/fragment, path empty or "/" (trailing slashes normalised away), IP
     /// literals refused unless the exact IP is listed, `*.lightning.force.com` refused with a
     /// hint to use the My Domain `*.my.salesforce.com` URL. Returns the normalised origin
-    /// string "https://host[:port]".
+    /// string `https://host[:port]`.
     pub fn validate_login_url(&self, raw: &str) -> Result<String, UrlPolicyError> {
         let field = UrlField::LoginUrl;
         let (url, host) = self.check_shape(raw, field)?;
