@@ -6,6 +6,8 @@
 //! to another host: SSRF), connect and total timeouts, and a bounded response size.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -15,9 +17,10 @@ use oauth2::basic::{
 };
 use oauth2::http::{self, HeaderValue, header};
 use oauth2::{
-    AuthType, AuthorizationCode, Client, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
-    ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, StandardRevocableToken, StandardTokenResponse, TokenResponse, TokenUrl,
+    AsyncHttpClient, AuthType, AuthorizationCode, Client, ClientId, ClientSecret, EndpointNotSet,
+    EndpointSet, ExtraTokenFields, HttpRequest, HttpResponse, PkceCodeVerifier, RedirectUrl,
+    RefreshToken, RequestTokenError, StandardRevocableToken, StandardTokenResponse, TokenResponse,
+    TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -69,8 +72,8 @@ impl fmt::Debug for AppCredentials {
     }
 }
 
-/// Parameters of the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3).
-#[derive(Debug)]
+/// Parameters of the authorization request (RFC 6749 §4.1.1, RFC 7636 §4.3). No `Debug`:
+/// `state` is a CSRF secret until the callback.
 pub struct AuthorizeRequest<'a> {
     pub login_url: &'a str,
     pub client_id: &'a str,
@@ -187,6 +190,27 @@ type TokenClient = Client<
     EndpointSet,
 >;
 
+/// The future of one HTTP exchange.
+type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<HttpResponse, Transport>> + Send + 'a>>;
+
+/// The `oauth2` crate's HTTP hook: one exchange over the shared client (see
+/// [`SalesforceClient::send`]), remembering the response status. A named type rather than a
+/// closure: a closure returning a borrowing future makes the request future fail the
+/// compiler's higher-ranked `Send` check, and handlers need `Send` futures.
+struct HttpCall<'a> {
+    client: &'a SalesforceClient,
+    status: &'a AtomicU16,
+}
+
+impl<'c> AsyncHttpClient<'c> for HttpCall<'_> {
+    type Error = Transport;
+    type Future = SendFuture<'c>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.client.send(request, self.status))
+    }
+}
+
 /// Transport-level failures of one HTTP exchange (before any OAuth interpretation).
 #[derive(Debug, thiserror::Error)]
 enum Transport {
@@ -232,26 +256,6 @@ impl From<Transport> for SalesforceError {
             }
             Transport::Build => SalesforceError::Request(t.to_string()),
         }
-    }
-}
-
-/// The `oauth2` crate's HTTP transport: [`SalesforceClient::send`] over the shared
-/// reqwest client. A named type with a boxed `Send` future rather than a closure: the
-/// crate's blanket impl for closures makes the callers' futures fail the `Send` check
-/// ("implementation of `Send` is not general enough"), which axum and `tokio::spawn` need.
-struct OauthHttp<'a> {
-    client: &'a SalesforceClient,
-    status: &'a AtomicU16,
-}
-
-impl<'c> oauth2::AsyncHttpClient<'c> for OauthHttp<'_> {
-    type Error = Transport;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<HttpResponse, Transport>> + Send + 'c>,
-    >;
-
-    fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(self.client.send(request, self.status))
     }
 }
 
@@ -367,7 +371,7 @@ impl SalesforceClient {
             .map_err(|_| SalesforceError::Request("redirect_uri is not a valid URL".into()))?;
         let client = token_client(&origin, app)?.set_redirect_uri(redirect);
         let status = AtomicU16::new(0);
-        let http = OauthHttp {
+        let http = HttpCall {
             client: self,
             status: &status,
         };
@@ -393,7 +397,7 @@ impl SalesforceClient {
         let origin = self.login_origin(&app.login_url)?;
         let client = token_client(&origin, app)?;
         let status = AtomicU16::new(0);
-        let http = OauthHttp {
+        let http = HttpCall {
             client: self,
             status: &status,
         };
@@ -756,4 +760,784 @@ fn percent_encode(value: &str) -> String {
 fn now_ms() -> i64 {
     i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
         .unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::salesforce::{ErrorClass, to_18_char_id};
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::{Arc, Mutex};
+
+    const CLIENT_ID: &str = "3MVG9-client-id";
+    const CLIENT_SECRET: &str = "consumer-secret-XYZ";
+    const ACCESS_TOKEN: &str = "00Dxx!access-token-value";
+    const REFRESH_TOKEN: &str = "5Aep-refresh-token-value";
+    const VERIFIER: &str = "verifier-abcdefghijklmnopqrstuvwxyz0123456789-._~";
+    const CODE: &str = "aPrx-code-value==";
+    const REDIRECT: &str = "https://valo.example.com/oauth/callback";
+    const ISSUED_AT: &str = "1738348388166";
+    const INSTANCE: &str = "https://acme.my.salesforce.com";
+
+    const SECRETS: &[&str] = &[CLIENT_SECRET, ACCESS_TOKEN, REFRESH_TOKEN, VERIFIER, CODE];
+
+    fn id_url() -> String {
+        format!(
+            "https://login.salesforce.com/id/{}/{}",
+            "00D000000000000", "005D0000001az5d"
+        )
+    }
+
+    fn sign(secret: &str, msg: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(msg.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    }
+
+    fn token_body(with_refresh: bool) -> serde_json::Value {
+        let id = id_url();
+        let mut v = serde_json::json!({
+            "access_token": ACCESS_TOKEN,
+            "signature": sign(CLIENT_SECRET, &format!("{id}{ISSUED_AT}")),
+            "scope": "refresh_token api",
+            "instance_url": INSTANCE,
+            "id": id,
+            "token_type": "Bearer",
+            "issued_at": ISSUED_AT,
+        });
+        if with_refresh {
+            v["refresh_token"] = REFRESH_TOKEN.into();
+        }
+        v
+    }
+
+    fn json(status: StatusCode, v: serde_json::Value) -> axum::response::Response {
+        (
+            status,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/json;charset=UTF-8",
+            )],
+            v.to_string(),
+        )
+            .into_response()
+    }
+
+    async fn serve(router: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        format!("http://{addr}")
+    }
+
+    /// A server answering `path` with `respond(body)` and recording each request body.
+    async fn server<F>(path: &str, respond: F) -> (String, Arc<Mutex<Vec<String>>>)
+    where
+        F: Fn(String) -> axum::response::Response + Clone + Send + Sync + 'static,
+    {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let router = Router::new().route(
+            path,
+            post(move |body: String| {
+                let respond = respond.clone();
+                let seen = seen2.clone();
+                async move {
+                    seen.lock().unwrap().push(body.clone());
+                    respond(body)
+                }
+            }),
+        );
+        (serve(router).await, seen)
+    }
+
+    fn client_with(settings: ClientSettings) -> SalesforceClient {
+        let hosts =
+            HostPolicy::parse("login.salesforce.com,*.my.salesforce.com,http://127.0.0.1").unwrap();
+        SalesforceClient::new(settings, hosts).unwrap()
+    }
+
+    fn client() -> SalesforceClient {
+        client_with(ClientSettings::default())
+    }
+
+    fn app(login_url: &str) -> AppCredentials {
+        AppCredentials {
+            login_url: login_url.to_owned(),
+            client_id: SecretString::from(CLIENT_ID.to_owned()),
+            client_secret: SecretString::from(CLIENT_SECRET.to_owned()),
+        }
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_owned())
+    }
+
+    fn assert_no_secrets(e: &SalesforceError) {
+        let texts = [e.to_string(), format!("{e:?}"), e.summary()];
+        for text in texts {
+            for s in SECRETS {
+                assert!(!text.contains(s), "secret leaked in {text:?}");
+            }
+        }
+    }
+
+    fn form(body: &str) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(body.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    fn get<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    async fn exchange(base: &str) -> Result<TokenGrant, SalesforceError> {
+        client()
+            .exchange_code(&app(base), REDIRECT, CODE, &secret(VERIFIER))
+            .await
+    }
+
+    async fn exchange_against(
+        respond: impl Fn(String) -> axum::response::Response + Clone + Send + Sync + 'static,
+    ) -> SalesforceError {
+        let (base, _) = server("/services/oauth2/token", respond).await;
+        let e = exchange(&base).await.unwrap_err();
+        assert_no_secrets(&e);
+        e
+    }
+
+    #[tokio::test]
+    async fn exchange_code_sends_the_right_form_and_parses_the_grant() {
+        let (base, seen) = server("/services/oauth2/token", |_| {
+            json(StatusCode::OK, token_body(true))
+        })
+        .await;
+        let grant = client()
+            .exchange_code(&app(&base), REDIRECT, "abc==", &secret(VERIFIER))
+            .await
+            .unwrap();
+        let body = seen.lock().unwrap()[0].clone();
+        // Form-encoded exactly once: "abc==" arrives as "abc%3D%3D".
+        assert!(body.contains("code=abc%3D%3D"), "{body}");
+        let pairs = form(&body);
+        assert_eq!(get(&pairs, "grant_type"), Some("authorization_code"));
+        assert_eq!(get(&pairs, "code"), Some("abc=="));
+        assert_eq!(get(&pairs, "client_id"), Some(CLIENT_ID));
+        assert_eq!(get(&pairs, "client_secret"), Some(CLIENT_SECRET));
+        assert_eq!(get(&pairs, "code_verifier"), Some(VERIFIER));
+        assert_eq!(get(&pairs, "redirect_uri"), Some(REDIRECT));
+
+        assert_eq!(grant.access_token.expose_secret(), ACCESS_TOKEN);
+        assert_eq!(
+            grant.refresh_token.as_ref().map(|t| t.expose_secret()),
+            Some(REFRESH_TOKEN)
+        );
+        assert_eq!(grant.instance_url, INSTANCE);
+        assert_eq!(grant.org_id, to_18_char_id("00D000000000000").unwrap());
+        assert_eq!(grant.user_id, "005D0000001az5dIAA");
+        assert_eq!(grant.issued_at_ms, 1_738_348_388_166);
+        assert_eq!(grant.scopes.as_deref(), Some("refresh_token api"));
+        assert!(grant.signature_verified);
+        let debug = format!("{grant:?}");
+        assert!(
+            !debug.contains(ACCESS_TOKEN) && !debug.contains(REFRESH_TOKEN),
+            "{debug}"
+        );
+        let debug = format!("{:?}", app(&base));
+        assert!(
+            !debug.contains(CLIENT_SECRET) && !debug.contains(CLIENT_ID),
+            "{debug}"
+        );
+    }
+
+    #[tokio::test]
+    async fn futures_are_send() {
+        fn assert_send<T: Send>(_: T) {}
+        let c = client();
+        let a = app("https://login.salesforce.com");
+        let s = secret("x");
+        assert_send(c.exchange_code(&a, REDIRECT, "c", &s));
+        assert_send(c.refresh(&a, &s));
+        assert_send(c.revoke("https://login.salesforce.com", &s));
+        assert_send(c.introspect_access_token_expiry(&a, &s));
+    }
+
+    #[tokio::test]
+    async fn signature_variants() {
+        // Wrong signature.
+        let e = exchange_against(|_| {
+            let mut v = token_body(true);
+            v["signature"] = sign("another-secret", &format!("{}{ISSUED_AT}", id_url())).into();
+            json(StatusCode::OK, v)
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::InvalidSignature), "{e:?}");
+        assert_eq!(e.class(), ErrorClass::Upstream);
+
+        // No signature: accepted, flagged; issued_at as a JSON number.
+        let (base, _) = server("/services/oauth2/token", |_| {
+            let mut v = token_body(true);
+            v.as_object_mut().unwrap().remove("signature");
+            v["issued_at"] = serde_json::json!(1_738_348_388_166_i64);
+            json(StatusCode::OK, v)
+        })
+        .await;
+        let grant = exchange(&base).await.unwrap();
+        assert!(!grant.signature_verified);
+        assert_eq!(grant.issued_at_ms, 1_738_348_388_166);
+
+        // A signed numeric issued_at verifies against its decimal text.
+        let (base, _) = server("/services/oauth2/token", |_| {
+            let mut v = token_body(false);
+            v["issued_at"] = serde_json::json!(1_738_348_388_166_i64);
+            json(StatusCode::OK, v)
+        })
+        .await;
+        assert!(exchange(&base).await.unwrap().signature_verified);
+
+        // No issued_at, no signature: now.
+        let (base, _) = server("/services/oauth2/token", |_| {
+            let mut v = token_body(false);
+            let o = v.as_object_mut().unwrap();
+            o.remove("signature");
+            o.remove("issued_at");
+            json(StatusCode::OK, v)
+        })
+        .await;
+        let before = now_ms();
+        let grant = exchange(&base).await.unwrap();
+        assert!(grant.issued_at_ms >= before && grant.issued_at_ms <= now_ms());
+    }
+
+    #[tokio::test]
+    async fn oauth_errors_are_classified() {
+        let e = exchange_against(|_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
+            )
+        })
+        .await;
+        assert_eq!(e.class(), ErrorClass::Reauthorize);
+        assert_eq!(e.oauth_error(), Some("invalid_grant"));
+        assert!(
+            matches!(e, SalesforceError::Refused { status: 400, .. }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.summary(),
+            "invalid_grant (HTTP 400): expired access/refresh token"
+        );
+
+        let e = exchange_against(|_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_grant", "error_description": "IP restricted or invalid login hours"}),
+            )
+        })
+        .await;
+        assert_eq!(e.class(), ErrorClass::Transient);
+
+        let e = exchange_against(|_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "inactive_user", "error_description": "user is inactive"}),
+            )
+        })
+        .await;
+        assert_eq!(e.oauth_error(), Some("inactive_user"));
+        assert_eq!(e.class(), ErrorClass::Reauthorize);
+
+        let e = exchange_against(|_| {
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
+            )
+        })
+        .await;
+        assert!(
+            matches!(e, SalesforceError::Refused { status: 401, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.class(), ErrorClass::Reauthorize);
+
+        let e = exchange_against(|_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "OAUTH_EC_APP_NOT_FOUND"}),
+            )
+        })
+        .await;
+        assert_eq!(e.class(), ErrorClass::Upstream);
+    }
+
+    #[tokio::test]
+    async fn outages_and_bad_bodies() {
+        let e = exchange_against(|_| {
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "maintenance"}),
+            )
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::Unavailable(_)), "{e:?}");
+        assert_eq!(e.class(), ErrorClass::Transient);
+
+        let e = exchange_against(|_| StatusCode::TOO_MANY_REQUESTS.into_response()).await;
+        assert_eq!(e.class(), ErrorClass::Transient);
+
+        // 200 with an HTML page: non-JSON → Unavailable (transient, salesforce.md).
+        let e = exchange_against(|_| {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/html")],
+                "<html>maintenance</html>",
+            )
+                .into_response()
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::Unavailable(_)), "{e:?}");
+
+        // 400 with an HTML page.
+        let e = exchange_against(|_| (StatusCode::BAD_REQUEST, "<html>bad</html>").into_response())
+            .await;
+        assert!(matches!(e, SalesforceError::Unavailable(_)), "{e:?}");
+
+        // 200 JSON lacking fields: protocol violation, without echoing values.
+        let e = exchange_against(|_| {
+            let mut v = token_body(true);
+            v.as_object_mut().unwrap().remove("instance_url");
+            json(StatusCode::OK, v)
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+        assert!(e.to_string().contains("instance_url"), "{e}");
+        let e = exchange_against(|_| {
+            let mut v = token_body(true);
+            v["refresh_token"] = serde_json::json!({"weird": REFRESH_TOKEN});
+            json(StatusCode::OK, v)
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+
+        // instance_url outside Salesforce.
+        let e = exchange_against(|_| {
+            let mut v = token_body(true);
+            v["instance_url"] = "https://evil.example.com".into();
+            json(StatusCode::OK, v)
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+        assert!(e.to_string().contains("evil.example.com"));
+
+        // Bad identity URL (signature computed over it, so the id check is what fails).
+        let e = exchange_against(|_| {
+            let mut v = token_body(true);
+            let id = "https://login.salesforce.com/id/001000000000000/005D0000001az5d";
+            v["id"] = id.into();
+            v["signature"] = sign(CLIENT_SECRET, &format!("{id}{ISSUED_AT}")).into();
+            json(StatusCode::OK, v)
+        })
+        .await;
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn hang_times_out_as_transient() {
+        let router = Router::new().route(
+            "/services/oauth2/token",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        );
+        let base = serve(router).await;
+        let c = client_with(ClientSettings {
+            request_timeout: Duration::from_millis(300),
+            ..ClientSettings::default()
+        });
+        let started = std::time::Instant::now();
+        let e = c
+            .exchange_code(&app(&base), REDIRECT, CODE, &secret(VERIFIER))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(e, SalesforceError::Unavailable(_)), "{e:?}");
+        assert_eq!(e.class(), ErrorClass::Transient);
+        assert!(e.to_string().contains("timed out"), "{e}");
+        assert_no_secrets(&e);
+    }
+
+    #[tokio::test]
+    async fn connection_refused_is_transient() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let e = exchange(&base).await.unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Transient, "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_refused() {
+        let small = ClientSettings {
+            max_response_bytes: 1024,
+            ..ClientSettings::default()
+        };
+        // With Content-Length.
+        let (base, _) = server("/services/oauth2/token", |_| {
+            let mut v = token_body(true);
+            v["padding"] = "x".repeat(4096).into();
+            json(StatusCode::OK, v)
+        })
+        .await;
+        let e = client_with(small.clone())
+            .exchange_code(&app(&base), REDIRECT, CODE, &secret(VERIFIER))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+        assert!(e.to_string().contains("larger than 1024"), "{e}");
+
+        // Chunked, without Content-Length: stopped while reading.
+        let base = raw_chunked_server(64);
+        let e = client_with(small)
+            .exchange_code(&app(&base), REDIRECT, CODE, &secret(VERIFIER))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+        assert!(e.to_string().contains("larger than 1024"), "{e}");
+    }
+
+    /// A one-shot raw HTTP server answering with `chunks` chunks of 1000 bytes.
+    fn raw_chunked_server(chunks: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut buf = [0u8; 8192];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                );
+                let chunk = format!("3E8\r\n{}\r\n", " ".repeat(1000));
+                for _ in 0..chunks {
+                    if stream.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                let _ = stream.write_all(b"0\r\n\r\n");
+            }
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let hits2 = hits.clone();
+        let router = Router::new()
+            .route(
+                "/services/oauth2/token",
+                post(|| async {
+                    (
+                        StatusCode::FOUND,
+                        [(axum::http::header::LOCATION, "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                post(move || {
+                    hits2.fetch_add(1, Ordering::SeqCst);
+                    async { json(StatusCode::OK, token_body(true)) }
+                })
+                .get(|| async { "x" }),
+            );
+        let base = serve(router).await;
+        let e = exchange(&base).await.unwrap_err();
+        assert_eq!(hits.load(Ordering::SeqCst), 0);
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+        assert!(e.to_string().contains("302"), "{e}");
+        assert_no_secrets(&e);
+    }
+
+    #[tokio::test]
+    async fn disallowed_login_url_makes_no_request() {
+        let c = client();
+        for url in [
+            "https://evil.example.com",
+            "http://login.salesforce.com",
+            "https://acme.lightning.force.com",
+        ] {
+            let e = c
+                .exchange_code(&app(url), REDIRECT, CODE, &secret(VERIFIER))
+                .await
+                .unwrap_err();
+            assert!(matches!(e, SalesforceError::Request(_)), "{e:?}");
+            assert_eq!(e.class(), ErrorClass::Upstream);
+            assert_no_secrets(&e);
+        }
+        let e = c
+            .refresh(
+                &app("https://user@login.salesforce.com"),
+                &secret(REFRESH_TOKEN),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("user info"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn refresh_without_refresh_token_is_accepted() {
+        let (base, seen) = server("/services/oauth2/token", |_| {
+            json(StatusCode::OK, token_body(false))
+        })
+        .await;
+        let grant = client()
+            .refresh(&app(&base), &secret(REFRESH_TOKEN))
+            .await
+            .unwrap();
+        assert!(grant.refresh_token.is_none());
+        assert!(grant.signature_verified);
+        assert_eq!(grant.access_token.expose_secret(), ACCESS_TOKEN);
+        let pairs = form(&seen.lock().unwrap()[0]);
+        assert_eq!(get(&pairs, "grant_type"), Some("refresh_token"));
+        assert_eq!(get(&pairs, "refresh_token"), Some(REFRESH_TOKEN));
+        assert_eq!(get(&pairs, "client_id"), Some(CLIENT_ID));
+        assert_eq!(get(&pairs, "client_secret"), Some(CLIENT_SECRET));
+        assert_eq!(get(&pairs, "redirect_uri"), None);
+    }
+
+    #[tokio::test]
+    async fn refresh_with_rotation_and_revoked_token() {
+        let (base, _) = server("/services/oauth2/token", |_| {
+            json(StatusCode::OK, token_body(true))
+        })
+        .await;
+        let grant = client()
+            .refresh(&app(&base), &secret(REFRESH_TOKEN))
+            .await
+            .unwrap();
+        assert!(grant.refresh_token.is_some());
+
+        let (base, _) = server("/services/oauth2/token", |_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
+            )
+        })
+        .await;
+        let e = client()
+            .refresh(&app(&base), &secret(REFRESH_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Reauthorize);
+        assert_no_secrets(&e);
+    }
+
+    #[tokio::test]
+    async fn revoke() {
+        let (base, seen) = server("/services/oauth2/revoke", |_| {
+            StatusCode::OK.into_response()
+        })
+        .await;
+        client()
+            .revoke(&format!("{base}/"), &secret(REFRESH_TOKEN))
+            .await
+            .unwrap();
+        let body = seen.lock().unwrap()[0].clone();
+        assert_eq!(
+            form(&body),
+            vec![("token".to_owned(), REFRESH_TOKEN.to_owned())]
+        );
+
+        let (base, _) = server("/services/oauth2/revoke", |_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "invalid_token", "error_description": "invalid token"}),
+            )
+        })
+        .await;
+        client()
+            .revoke(&base, &secret(REFRESH_TOKEN))
+            .await
+            .unwrap();
+
+        let (base, _) = server("/services/oauth2/revoke", |_| {
+            json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "unsupported_token_type"}),
+            )
+        })
+        .await;
+        let e = client()
+            .revoke(&base, &secret(REFRESH_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(e.oauth_error(), Some("unsupported_token_type"));
+        assert_eq!(e.class(), ErrorClass::Upstream);
+        assert_no_secrets(&e);
+
+        let (base, _) = server("/services/oauth2/revoke", |_| {
+            StatusCode::BAD_GATEWAY.into_response()
+        })
+        .await;
+        let e = client()
+            .revoke(&base, &secret(REFRESH_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Transient);
+    }
+
+    #[tokio::test]
+    async fn introspection() {
+        let (base, seen) = server("/services/oauth2/introspect", |_| {
+            json(
+                StatusCode::OK,
+                serde_json::json!({"active": true, "exp": 1_738_355_588_i64, "iat": 1_738_348_388_i64, "scope": "api"}),
+            )
+        })
+        .await;
+        let exp = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(exp, Some(1_738_355_588_000));
+        let pairs = form(&seen.lock().unwrap()[0]);
+        assert_eq!(get(&pairs, "token"), Some(ACCESS_TOKEN));
+        assert_eq!(get(&pairs, "token_type_hint"), Some("access_token"));
+        assert_eq!(get(&pairs, "client_id"), Some(CLIENT_ID));
+        assert_eq!(get(&pairs, "client_secret"), Some(CLIENT_SECRET));
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(StatusCode::OK, serde_json::json!({"active": false}))
+        })
+        .await;
+        let exp = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(exp, None);
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(StatusCode::OK, serde_json::json!({"active": true}))
+        })
+        .await;
+        assert_eq!(
+            client()
+                .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+                .await
+                .unwrap(),
+            None
+        );
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
+            )
+        })
+        .await;
+        let e = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Reauthorize);
+        assert_no_secrets(&e);
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(StatusCode::OK, serde_json::json!({"exp": 5}))
+        })
+        .await;
+        let e = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+    }
+
+    #[test]
+    fn authorize_url_is_complete_and_encoded() {
+        let c = client();
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        let req = AuthorizeRequest {
+            login_url: "https://Acme.my.salesforce.com/",
+            client_id: CLIENT_ID,
+            redirect_uri: "https://valo.example.com/oauth/callback?x=1&y=2",
+            scopes: "api refresh_token offline_access",
+            state: "st+ate/=",
+            code_challenge: challenge,
+            login_hint: Some("user+1@example.com"),
+            prompt: Some("login consent"),
+        };
+        let url = c.authorize_url(&req).unwrap();
+        let s = url.as_str();
+        assert!(
+            s.starts_with("https://acme.my.salesforce.com/services/oauth2/authorize?response_type=code&client_id=3MVG9-client-id&redirect_uri=https%3A%2F%2Fvalo.example.com%2Foauth%2Fcallback%3Fx%3D1%26y%3D2&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256&state=st%2Bate%2F%3D&scope=api%20refresh_token%20offline_access"),
+            "{s}"
+        );
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(
+            get(&pairs, "scope"),
+            Some("api refresh_token offline_access")
+        );
+        assert_eq!(get(&pairs, "state"), Some("st+ate/="));
+        assert_eq!(get(&pairs, "login_hint"), Some("user+1@example.com"));
+        assert_eq!(get(&pairs, "prompt"), Some("login consent"));
+        assert_eq!(
+            get(&pairs, "redirect_uri"),
+            Some("https://valo.example.com/oauth/callback?x=1&y=2")
+        );
+
+        let minimal = AuthorizeRequest {
+            login_hint: None,
+            prompt: None,
+            ..req
+        };
+        let url = c.authorize_url(&minimal).unwrap();
+        assert!(!url.as_str().contains("login_hint") && !url.as_str().contains("prompt"));
+
+        let bad_login = AuthorizeRequest {
+            login_url: "https://acme.lightning.force.com",
+            ..minimal
+        };
+        let e = c.authorize_url(&bad_login).unwrap_err();
+        assert!(e.to_string().contains("my.salesforce.com"), "{e}");
+        for bad in [
+            AuthorizeRequest {
+                code_challenge: "short",
+                ..minimal
+            },
+            AuthorizeRequest {
+                prompt: Some("none"),
+                ..minimal
+            },
+            AuthorizeRequest {
+                state: "",
+                ..minimal
+            },
+            AuthorizeRequest {
+                redirect_uri: "not a url",
+                ..minimal
+            },
+        ] {
+            assert!(matches!(
+                c.authorize_url(&bad),
+                Err(SalesforceError::Request(_))
+            ));
+        }
+    }
 }

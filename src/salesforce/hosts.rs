@@ -112,6 +112,8 @@ impl HostPolicy {
     /// "acme--dev.sandbox.my.salesforce.com" but NOT "my.salesforce.com" itself), or
     /// "http://HOST" which ALSO allows plain http to exactly that host on any port (tests use
     /// "http://127.0.0.1"). Hosts compared case-insensitively. Errors name the bad entry.
+    /// "https://HOST" is accepted as a synonym of "HOST"; an exact IP entry allows that IP
+    /// only; empty entries are skipped, but an empty list is an error.
     pub fn parse(list: &str) -> Result<HostPolicy, String> {
         let mut policy = HostPolicy {
             https: Vec::new(),
@@ -173,7 +175,7 @@ impl HostPolicy {
     /// user-info, no query/fragment, path empty or "/" (trailing slashes normalised away), IP
     /// literals refused unless the exact IP is listed, `*.lightning.force.com` refused with a
     /// hint to use the My Domain `*.my.salesforce.com` URL. Returns the normalised origin
-    /// string "https://host[:port]".
+    /// string `https://host[:port]`.
     pub fn validate_login_url(&self, raw: &str) -> Result<String, UrlPolicyError> {
         let field = UrlField::LoginUrl;
         let (url, host) = self.check_shape(raw, field)?;
