@@ -141,6 +141,36 @@ async fn migrate_is_idempotent_and_readiness_requires_it() {
 }
 
 #[tokio::test]
+async fn readiness_fails_when_a_migration_is_missing_or_failed() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.check_ready().await.unwrap();
+
+        assert_eq!(
+            db.execute("UPDATE _sqlx_migrations SET success = false")
+                .await,
+            1
+        );
+        let failed = store.check_ready().await;
+        assert!(
+            matches!(failed, Err(StoreError::Migration(_))),
+            "{b}: {:?}",
+            failed.err()
+        );
+
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 1);
+        let missing = store.check_ready().await;
+        assert!(
+            matches!(missing, Err(StoreError::Migration(_))),
+            "{b}: {:?}",
+            missing.err()
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
 async fn sqlite_creates_the_missing_folder() {
     let root = std::env::temp_dir().join(format!("valo-oauth-test-{}", Uuid::new_v4().simple()));
     let file = root.join("a").join("b").join("store.db");
@@ -566,11 +596,14 @@ async fn concurrent_first_time_saves_make_one_row() {
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
         let built_for: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+        let start = Arc::new(tokio::sync::Barrier::new(10));
         let tasks: Vec<_> = (0..10)
             .map(|n| {
                 let store = store.clone();
                 let built_for = built_for.clone();
+                let start = start.clone();
                 tokio::spawn(async move {
+                    start.wait().await;
                     store
                         .save_authorized_connection(
                             "acme",
@@ -580,6 +613,9 @@ async fn concurrent_first_time_saves_make_one_row() {
                             T0 + n,
                             move |id| {
                                 built_for.lock().unwrap().push(id);
+                                // Widen the window between reading "no row yet" and
+                                // inserting, as encrypting under load would.
+                                std::thread::sleep(Duration::from_millis(50));
                                 Ok::<_, String>(authorized(id, &format!("t{n}"), T0 + n))
                             },
                         )

@@ -19,7 +19,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection};
 use uuid::Uuid;
 use valo_oauth::store::{Store, StoreOptions};
 
@@ -101,6 +101,27 @@ impl TestDatabase {
         let mut all = vec![Self::sqlite().await];
         all.extend(Self::postgres().await);
         all
+    }
+
+    /// Runs one SQL statement on the database directly, bypassing the store (to set up or
+    /// tamper with rows the store's interface cannot reach). Returns the rows affected.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let sql = AssertSqlSafe(sql.to_owned());
+        let done = match &self.cleanup {
+            Cleanup::Sqlite { .. } => {
+                let mut conn = SqliteConnection::connect(&self.url).await.unwrap();
+                let done = sqlx::query(sql).execute(&mut conn).await;
+                conn.close().await.ok();
+                done.map(|done| done.rows_affected())
+            }
+            Cleanup::Postgres { .. } => {
+                let mut conn = PgConnection::connect(&self.url).await.unwrap();
+                let done = sqlx::query(sql).execute(&mut conn).await;
+                conn.close().await.ok();
+                done.map(|done| done.rows_affected())
+            }
+        };
+        done.unwrap_or_else(|e| panic!("{}: {e}", self.backend))
     }
 
     /// Connected, not migrated.
