@@ -1,0 +1,1071 @@
+//! The storage layer, black-box through `valo_oauth::store::Store`, on every backend:
+//! SQLite always, Postgres when `TEST_DATABASE_URL` is set (see `support/db.rs`).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "tests fail by panicking"
+)]
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::db::{TestDatabase, test_options};
+use uuid::Uuid;
+use valo_oauth::store::{
+    AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus, ConsumeOutcome,
+    RefreshFailure, RefreshedTokens, SavedConnection, Store, StoreError, StoreOptions,
+    TenantAppRecord,
+};
+
+const T0: i64 = 1_700_000_000_000;
+const LONG: Duration = Duration::from_secs(20);
+
+fn app(tenant: &str, at: i64, secret: &str) -> TenantAppRecord {
+    TenantAppRecord {
+        tenant_id: tenant.into(),
+        login_url: "https://login.salesforce.com".into(),
+        consumer_key_enc: format!("key-enc-{secret}"),
+        consumer_key_hint: "3MVG…Xy9Q".into(),
+        consumer_secret_enc: format!("secret-enc-{secret}"),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn state_hash(n: u8) -> Vec<u8> {
+    let mut hash = vec![0xab; 32];
+    hash[0] = n;
+    hash
+}
+
+fn session(tenant: &str, state: &[u8], created_at: i64, expires_at: i64) -> AuthorizationSession {
+    AuthorizationSession {
+        state_hash: state.to_vec(),
+        id: Uuid::new_v4(),
+        tenant_id: tenant.into(),
+        pkce_verifier_enc: "pkce-enc".into(),
+        return_to: Some("https://app.valo.ai/done".into()),
+        created_at,
+        expires_at,
+        consumed_at: None,
+    }
+}
+
+/// Token material "encrypted" for row `id`: the id is in the value, as it is in the real
+/// ciphertexts' associated data, so a test can tell which id they were made for.
+fn authorized(id: Uuid, tag: &str, now: i64) -> AuthorizedConnection {
+    AuthorizedConnection {
+        login_url: "https://login.salesforce.com".into(),
+        instance_url: format!("https://{tag}.my.salesforce.com"),
+        scopes: "api refresh_token offline_access".into(),
+        access_token_enc: format!("at:{id}:{tag}"),
+        refresh_token_enc: format!("rt:{id}:{tag}"),
+        issued_at: now,
+        access_expires_at: now + 7_200_000,
+        expiry_assumed: true,
+    }
+}
+
+async fn save(store: &Store, tenant: &str, user: &str, now: i64, tag: &str) -> SavedConnection {
+    store
+        .save_authorized_connection(
+            tenant,
+            "00D000000000001AAA",
+            user,
+            Uuid::new_v4(),
+            now,
+            |id| Ok::<_, std::convert::Infallible>(authorized(id, tag, now)),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn lock(store: &Store, tenant: &str, id: Uuid) -> valo_oauth::store::ConnectionLock {
+    store
+        .lock_connection(tenant, id, LONG)
+        .await
+        .unwrap()
+        .expect("the connection exists")
+}
+
+fn refreshed(tag: &str, now: i64, scopes: Option<&str>) -> RefreshedTokens {
+    RefreshedTokens {
+        instance_url: format!("https://{tag}.my.salesforce.com"),
+        scopes: scopes.map(Into::into),
+        access_token_enc: format!("at:{tag}"),
+        refresh_token_enc: format!("rt:{tag}"),
+        issued_at: now,
+        access_expires_at: now + 3_600_000,
+        expiry_assumed: false,
+        now,
+    }
+}
+
+async fn get(store: &Store, tenant: &str, id: Uuid) -> ConnectionRecord {
+    store
+        .get_connection(tenant, id)
+        .await
+        .unwrap()
+        .expect("the connection exists")
+}
+
+// --- migrations and readiness ----------------------------------------------------------
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_readiness_requires_it() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.connect().await;
+        assert_eq!(store.backend_name(), b);
+        let before = store.check_ready().await;
+        assert!(
+            matches!(before, Err(StoreError::Migration(_))),
+            "{b}: ready before migrating: {:?}",
+            before.err()
+        );
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        store.check_ready().await.unwrap();
+        // A second store (another replica) migrating the same database is a no-op too.
+        let other = db.connect().await;
+        other.migrate().await.unwrap();
+        other.check_ready().await.unwrap();
+        other.close().await;
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn readiness_fails_when_a_migration_is_missing_or_failed() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.check_ready().await.unwrap();
+
+        assert_eq!(
+            db.execute("UPDATE _sqlx_migrations SET success = false")
+                .await,
+            1
+        );
+        let failed = store.check_ready().await;
+        assert!(
+            matches!(failed, Err(StoreError::Migration(_))),
+            "{b}: {:?}",
+            failed.err()
+        );
+
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 1);
+        let missing = store.check_ready().await;
+        assert!(
+            matches!(missing, Err(StoreError::Migration(_))),
+            "{b}: {:?}",
+            missing.err()
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn sqlite_creates_the_missing_folder() {
+    let root = std::env::temp_dir().join(format!("valo-oauth-test-{}", Uuid::new_v4().simple()));
+    let file = root.join("a").join("b").join("store.db");
+    let store = Store::connect(&format!("sqlite://{}", file.display()), &test_options())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    assert!(file.exists());
+    store.close().await;
+    std::fs::remove_dir_all(root).ok();
+}
+
+// --- tenant apps -----------------------------------------------------------------------
+
+#[tokio::test]
+async fn tenant_app_put_replace_get_delete() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+
+        assert!(store.get_tenant_app("acme").await.unwrap().is_none(), "{b}");
+        let (stored, created) = store.put_tenant_app(&app("acme", T0, "one")).await.unwrap();
+        assert!(created, "{b}: first put creates");
+        assert_eq!(stored.consumer_secret_enc, "secret-enc-one");
+        assert_eq!((stored.created_at, stored.updated_at), (T0, T0));
+
+        let (stored, created) = store
+            .put_tenant_app(&app("acme", T0 + 5_000, "two"))
+            .await
+            .unwrap();
+        assert!(!created, "{b}: second put replaces");
+        assert_eq!(stored.created_at, T0, "{b}: created_at is kept");
+        assert_eq!(stored.updated_at, T0 + 5_000);
+        assert_eq!(stored.consumer_key_enc, "key-enc-two");
+        assert_eq!(stored.consumer_secret_enc, "secret-enc-two");
+
+        let got = store.get_tenant_app("acme").await.unwrap().unwrap();
+        assert_eq!(got.tenant_id, "acme");
+        assert_eq!(got.login_url, "https://login.salesforce.com");
+        assert_eq!(got.consumer_key_hint, "3MVG…Xy9Q");
+        assert_eq!(got.consumer_secret_enc, "secret-enc-two");
+        assert_eq!((got.created_at, got.updated_at), (T0, T0 + 5_000));
+        assert!(
+            store.get_tenant_app("other").await.unwrap().is_none(),
+            "{b}"
+        );
+
+        assert!(store.delete_tenant_app("acme").await.unwrap(), "{b}");
+        assert!(!store.delete_tenant_app("acme").await.unwrap(), "{b}");
+        assert!(store.get_tenant_app("acme").await.unwrap().is_none(), "{b}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_app_cascades_to_sessions_and_connections() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        store.put_tenant_app(&app("other", T0, "k")).await.unwrap();
+        store
+            .insert_authorization_session(&session("acme", &state_hash(1), T0, T0 + 600_000))
+            .await
+            .unwrap();
+        store
+            .insert_authorization_session(&session("other", &state_hash(2), T0, T0 + 600_000))
+            .await
+            .unwrap();
+        let acme = save(&store, "acme", "005000000000001AAA", T0, "a").await;
+        let other = save(&store, "other", "005000000000001AAA", T0, "o").await;
+
+        assert!(store.delete_tenant_app("acme").await.unwrap());
+        assert!(
+            matches!(
+                store
+                    .consume_authorization_session(&state_hash(1), T0)
+                    .await
+                    .unwrap(),
+                ConsumeOutcome::Unknown
+            ),
+            "{b}: the tenant's session is gone"
+        );
+        assert!(
+            store
+                .get_connection("acme", acme.connection.id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
+        assert!(
+            store.list_connections("acme").await.unwrap().is_empty(),
+            "{b}"
+        );
+        // The other tenant keeps its rows.
+        assert!(matches!(
+            store
+                .consume_authorization_session(&state_hash(2), T0)
+                .await
+                .unwrap(),
+            ConsumeOutcome::Consumed(_)
+        ));
+        assert!(
+            store
+                .get_connection("other", other.connection.id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        // Rows of a tenant without an app are refused (foreign keys are on).
+        let orphan = store
+            .insert_authorization_session(&session("nobody", &state_hash(3), T0, T0 + 1))
+            .await;
+        assert!(
+            matches!(orphan, Err(StoreError::Database(_))),
+            "{b}: {:?}",
+            orphan.err()
+        );
+        store.close().await;
+    }
+}
+
+// --- authorization sessions ------------------------------------------------------------
+
+#[tokio::test]
+async fn consume_is_single_use_and_tells_unknown_and_expired() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let live = session("acme", &state_hash(1), T0, T0 + 600_000);
+        store.insert_authorization_session(&live).await.unwrap();
+
+        let now = T0 + 1_000;
+        match store
+            .consume_authorization_session(&state_hash(1), now)
+            .await
+            .unwrap()
+        {
+            ConsumeOutcome::Consumed(s) => {
+                assert_eq!(s.id, live.id, "{b}");
+                assert_eq!(s.state_hash, live.state_hash);
+                assert_eq!(s.tenant_id, "acme");
+                assert_eq!(s.pkce_verifier_enc, "pkce-enc");
+                assert_eq!(s.return_to.as_deref(), Some("https://app.valo.ai/done"));
+                assert_eq!((s.created_at, s.expires_at), (T0, T0 + 600_000));
+                assert_eq!(s.consumed_at, Some(now));
+            }
+            _ => panic!("{b}: first consume must succeed"),
+        }
+        assert!(
+            matches!(
+                store
+                    .consume_authorization_session(&state_hash(1), now)
+                    .await
+                    .unwrap(),
+                ConsumeOutcome::AlreadyConsumed
+            ),
+            "{b}: replay"
+        );
+        assert!(
+            matches!(
+                store
+                    .consume_authorization_session(&state_hash(9), now)
+                    .await
+                    .unwrap(),
+                ConsumeOutcome::Unknown
+            ),
+            "{b}: unknown"
+        );
+
+        // Expired (the boundary, expires_at == now, counts as expired) and consumed all the
+        // same, so a later try is a replay.
+        let old = session("acme", &state_hash(2), T0, T0 + 600_000);
+        store.insert_authorization_session(&old).await.unwrap();
+        assert!(
+            matches!(
+                store
+                    .consume_authorization_session(&state_hash(2), T0 + 600_000)
+                    .await
+                    .unwrap(),
+                ConsumeOutcome::Expired
+            ),
+            "{b}: expired"
+        );
+        assert!(matches!(
+            store
+                .consume_authorization_session(&state_hash(2), T0)
+                .await
+                .unwrap(),
+            ConsumeOutcome::AlreadyConsumed
+        ));
+
+        // Housekeeping removes only sessions expired before the cut-off.
+        store
+            .insert_authorization_session(&session("acme", &state_hash(3), T0, T0 + 900_000))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .delete_expired_authorization_sessions(T0 + 600_001)
+                .await
+                .unwrap(),
+            2,
+            "{b}"
+        );
+        assert!(matches!(
+            store
+                .consume_authorization_session(&state_hash(3), T0)
+                .await
+                .unwrap(),
+            ConsumeOutcome::Consumed(_)
+        ));
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_consumers_of_one_state_one_wins() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        store
+            .insert_authorization_session(&session("acme", &state_hash(7), T0, T0 + 600_000))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .consume_authorization_session(&state_hash(7), T0 + 1)
+                        .await
+                })
+            })
+            .collect();
+        let (mut consumed, mut replays) = (0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(ConsumeOutcome::Consumed(_)) => consumed += 1,
+                Ok(ConsumeOutcome::AlreadyConsumed) => replays += 1,
+                Ok(_) => panic!("{b}: unexpected outcome"),
+                Err(e) => panic!("{b}: {e}"),
+            }
+        }
+        assert_eq!((consumed, replays), (1, 19), "{b}");
+        store.close().await;
+    }
+}
+
+// --- saving authorized connections -----------------------------------------------------
+
+#[tokio::test]
+async fn save_inserts_then_updates_the_same_org_user() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let user = "005000000000001AAA";
+
+        let first_id = Uuid::new_v4();
+        let mut seen = None;
+        let first = store
+            .save_authorized_connection("acme", "00D000000000001AAA", user, first_id, T0, |id| {
+                seen = Some(id);
+                Ok::<_, String>(authorized(id, "one", T0))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, Some(first_id), "{b}: build gets new_id for a new row");
+        assert!(first.replaced.is_none(), "{b}");
+        let c = &first.connection;
+        assert_eq!(c.id, first_id);
+        assert_eq!(
+            (c.tenant_id.as_str(), c.org_id.as_str(), c.user_id.as_str()),
+            ("acme", "00D000000000001AAA", user)
+        );
+        assert_eq!(c.access_token_enc, format!("at:{first_id}:one"));
+        assert_eq!(c.refresh_token_enc, format!("rt:{first_id}:one"));
+        assert_eq!(c.instance_url, "https://one.my.salesforce.com");
+        assert_eq!(c.scopes, "api refresh_token offline_access");
+        assert_eq!((c.issued_at, c.access_expires_at), (T0, T0 + 7_200_000));
+        assert!(c.expiry_assumed);
+        assert_eq!(c.status, ConnectionStatus::Active);
+        assert_eq!((c.version, c.failure_count), (1, 0));
+        assert_eq!(
+            (c.created_at, c.updated_at, c.last_refreshed_at),
+            (T0, T0, T0)
+        );
+        assert!(c.last_error.is_none() && c.next_attempt_at.is_none());
+
+        // The connection then broke for good.
+        let l = lock(&store, "acme", first_id).await;
+        l.commit_failure(RefreshFailure::NeedsReauthorization {
+            reason: "invalid_grant".into(),
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+
+        // The same org user authorizes again: same row, new tokens, failure state cleared.
+        let t1 = T0 + 60_000;
+        let mut seen = None;
+        let second = store
+            .save_authorized_connection(
+                "acme",
+                "00D000000000001AAA",
+                user,
+                Uuid::new_v4(),
+                t1,
+                |id| {
+                    seen = Some(id);
+                    Ok::<_, String>(authorized(id, "two", t1))
+                },
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            seen,
+            Some(first_id),
+            "{b}: build gets the existing row's id"
+        );
+        let c = &second.connection;
+        assert_eq!(c.id, first_id, "{b}");
+        assert_eq!(c.refresh_token_enc, format!("rt:{first_id}:two"));
+        assert_eq!(c.instance_url, "https://two.my.salesforce.com");
+        assert_eq!(c.status, ConnectionStatus::Active, "{b}");
+        assert!(c.last_error.is_none(), "{b}");
+        assert_eq!(c.version, 2, "{b}");
+        assert_eq!(
+            (c.created_at, c.updated_at, c.last_refreshed_at),
+            (T0, t1, t1)
+        );
+        let replaced = second.replaced.expect("the previous row");
+        assert_eq!(
+            replaced.refresh_token_enc,
+            format!("rt:{first_id}:one"),
+            "{b}"
+        );
+        assert_eq!(replaced.status, ConnectionStatus::NeedsReauthorization);
+        assert_eq!(replaced.version, 1);
+        assert_eq!(
+            store.list_connections("acme").await.unwrap().len(),
+            1,
+            "{b}"
+        );
+
+        // Another user of the org is another connection.
+        let other = save(&store, "acme", "005000000000002AAA", t1, "x").await;
+        assert_ne!(other.connection.id, first_id);
+        let listed: Vec<Uuid> = store
+            .list_connections("acme")
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(listed, vec![first_id, other.connection.id], "{b}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn save_rolls_back_when_build_fails() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let user = "005000000000001AAA";
+
+        let failed = store
+            .save_authorized_connection(
+                "acme",
+                "00D000000000001AAA",
+                user,
+                Uuid::new_v4(),
+                T0,
+                |_| Err::<AuthorizedConnection, _>("encryption failed"),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(failed, Err("encryption failed")), "{b}");
+        assert!(
+            store.list_connections("acme").await.unwrap().is_empty(),
+            "{b}"
+        );
+
+        let saved = save(&store, "acme", user, T0, "one").await;
+        let failed = store
+            .save_authorized_connection(
+                "acme",
+                "00D000000000001AAA",
+                user,
+                Uuid::new_v4(),
+                T0 + 1,
+                |_| Err::<AuthorizedConnection, _>("encryption failed"),
+            )
+            .await
+            .unwrap();
+        assert!(failed.is_err(), "{b}");
+        let row = get(&store, "acme", saved.connection.id).await;
+        assert_eq!(row.version, 1, "{b}: unchanged");
+        assert_eq!(row.refresh_token_enc, saved.connection.refresh_token_enc);
+        // Nothing is left locked.
+        let again = store
+            .lock_connection("acme", saved.connection.id, Duration::from_secs(2))
+            .await
+            .unwrap();
+        again.expect("exists").release().await.unwrap();
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_time_saves_make_one_row() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let built_for: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+        let start = Arc::new(tokio::sync::Barrier::new(10));
+        let tasks: Vec<_> = (0..10)
+            .map(|n| {
+                let store = store.clone();
+                let built_for = built_for.clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    store
+                        .save_authorized_connection(
+                            "acme",
+                            "00D000000000001AAA",
+                            "005000000000001AAA",
+                            Uuid::new_v4(),
+                            T0 + n,
+                            move |id| {
+                                built_for.lock().unwrap().push(id);
+                                // Widen the window between reading "no row yet" and
+                                // inserting, as encrypting under load would.
+                                std::thread::sleep(Duration::from_millis(50));
+                                Ok::<_, String>(authorized(id, &format!("t{n}"), T0 + n))
+                            },
+                        )
+                        .await
+                })
+            })
+            .collect();
+        let mut fresh = 0;
+        let mut ids = HashSet::new();
+        for task in tasks {
+            let saved = task
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{b}: {e}"))
+                .unwrap();
+            fresh += usize::from(saved.replaced.is_none());
+            ids.insert(saved.connection.id);
+            // The tokens stored are the ones made for the row's id.
+            assert!(
+                saved
+                    .connection
+                    .refresh_token_enc
+                    .starts_with(&format!("rt:{}:", saved.connection.id)),
+                "{b}"
+            );
+        }
+        assert_eq!(fresh, 1, "{b}: exactly one save created the row");
+        let rows = store.list_connections("acme").await.unwrap();
+        assert_eq!(rows.len(), 1, "{b}");
+        let row = &rows[0];
+        assert_eq!(ids, HashSet::from([row.id]), "{b}");
+        assert!(
+            built_for.lock().unwrap().iter().all(|id| *id == row.id),
+            "{b}"
+        );
+        assert_eq!(row.version, 10, "{b}");
+        assert!(row.access_token_enc.starts_with(&format!("at:{}:", row.id)));
+        store.close().await;
+    }
+}
+
+// --- reading and deleting connections --------------------------------------------------
+
+#[tokio::test]
+async fn connections_are_tenant_scoped() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        store.put_tenant_app(&app("evil", T0, "k")).await.unwrap();
+        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
+            .await
+            .connection
+            .id;
+
+        assert!(
+            store.get_connection("evil", id).await.unwrap().is_none(),
+            "{b}"
+        );
+        assert!(
+            store.list_connections("evil").await.unwrap().is_empty(),
+            "{b}"
+        );
+        assert!(!store.delete_connection("evil", id).await.unwrap(), "{b}");
+        assert!(
+            store
+                .lock_connection("evil", id, LONG)
+                .await
+                .unwrap()
+                .is_none(),
+            "{b}"
+        );
+        assert!(
+            store
+                .get_connection("acme", Uuid::new_v4())
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        assert_eq!(get(&store, "acme", id).await.id, id, "{b}: still there");
+        assert!(store.delete_connection("acme", id).await.unwrap(), "{b}");
+        assert!(
+            store.get_connection("acme", id).await.unwrap().is_none(),
+            "{b}"
+        );
+        assert!(!store.delete_connection("acme", id).await.unwrap(), "{b}");
+        store.close().await;
+    }
+}
+
+// --- the refresh lock ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_locker_waits_and_then_reads_the_committed_values() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
+            .await
+            .connection
+            .id;
+
+        let first = lock(&store, "acme", id).await;
+        assert_eq!(first.record().version, 1);
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move { store.lock_connection("acme", id, LONG).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiter.is_finished(), "{b}: the second locker must wait");
+
+        let committed = first
+            .commit_refreshed(refreshed("new", T0 + 10, None))
+            .await
+            .unwrap();
+        assert_eq!(committed.version, 2);
+
+        let second = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the waiter gets the lock after the commit")
+            .unwrap()
+            .unwrap()
+            .expect("exists");
+        assert_eq!(second.record().version, 2, "{b}: reads the new version");
+        assert_eq!(second.record().refresh_token_enc, "rt:new", "{b}");
+        second.release().await.unwrap();
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_lock_wait_is_bounded_by_the_lock_timeout() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let store = db.store().await;
+    store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    let id = save(&store, "acme", "005000000000001AAA", T0, "a")
+        .await
+        .connection
+        .id;
+
+    let first = lock(&store, "acme", id).await;
+    let started = Instant::now();
+    let second = store
+        .lock_connection("acme", id, Duration::from_millis(300))
+        .await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(second, Err(StoreError::LockTimeout)),
+        "{:?}",
+        second.err()
+    );
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "waited {waited:?}"
+    );
+    // Releasing lets the next one in at once.
+    first.release().await.unwrap();
+    let third = store
+        .lock_connection("acme", id, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .expect("exists");
+    assert_eq!(third.record().version, 1, "release changed nothing");
+    third.release().await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test]
+async fn commit_refreshed_writes_tokens_and_clears_the_failure_state() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
+            .await
+            .connection
+            .id;
+        lock(&store, "acme", id)
+            .await
+            .commit_failure(RefreshFailure::Transient {
+                reason: "timeout".into(),
+                failure_count: 2,
+                next_attempt_at: T0 + 50_000,
+                now: T0 + 100,
+            })
+            .await
+            .unwrap();
+
+        let t = T0 + 1_000;
+        let new = lock(&store, "acme", id)
+            .await
+            .commit_refreshed(refreshed("r1", t, None))
+            .await
+            .unwrap();
+        assert_eq!(new.access_token_enc, "at:r1", "{b}");
+        assert_eq!(new.refresh_token_enc, "rt:r1");
+        assert_eq!(new.instance_url, "https://r1.my.salesforce.com");
+        assert_eq!(
+            new.scopes, "api refresh_token offline_access",
+            "{b}: kept when None"
+        );
+        assert_eq!((new.issued_at, new.access_expires_at), (t, t + 3_600_000));
+        assert!(!new.expiry_assumed);
+        assert_eq!(
+            (new.last_refreshed_at, new.updated_at, new.created_at),
+            (t, t, T0)
+        );
+        assert!(
+            new.last_error.is_none() && new.next_attempt_at.is_none(),
+            "{b}"
+        );
+        assert_eq!(new.failure_count, 0);
+        assert_eq!(new.status, ConnectionStatus::Active);
+        assert_eq!(new.version, 2, "{b}");
+        let stored = get(&store, "acme", id).await;
+        assert_eq!(
+            (
+                stored.version,
+                stored.refresh_token_enc.as_str(),
+                stored.failure_count
+            ),
+            (2, "rt:r1", 0),
+            "{b}: committed"
+        );
+
+        let new = lock(&store, "acme", id)
+            .await
+            .commit_refreshed(refreshed("r2", t + 1, Some("api")))
+            .await
+            .unwrap();
+        assert_eq!((new.scopes.as_str(), new.version), ("api", 3), "{b}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn commit_failure_and_release() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let saved = save(&store, "acme", "005000000000001AAA", T0, "a")
+            .await
+            .connection;
+        let id = saved.id;
+
+        // Release changes nothing.
+        let l = lock(&store, "acme", id).await;
+        l.release().await.unwrap();
+        let row = get(&store, "acme", id).await;
+        assert_eq!((row.version, row.updated_at), (1, T0), "{b}");
+
+        let row = lock(&store, "acme", id)
+            .await
+            .commit_failure(RefreshFailure::Transient {
+                reason: "salesforce 503".into(),
+                failure_count: 3,
+                next_attempt_at: T0 + 80_000,
+                now: T0 + 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(row.status, ConnectionStatus::Active, "{b}: status stays");
+        assert_eq!(row.last_error.as_deref(), Some("salesforce 503"));
+        assert_eq!(
+            (row.failure_count, row.next_attempt_at),
+            (3, Some(T0 + 80_000))
+        );
+        assert_eq!(
+            row.refresh_token_enc, saved.refresh_token_enc,
+            "{b}: token kept"
+        );
+        assert_eq!(row.version, 1, "{b}: token material unchanged");
+        assert_eq!((row.updated_at, row.last_refreshed_at), (T0 + 10, T0));
+        assert_eq!(
+            get(&store, "acme", id).await.failure_count,
+            3,
+            "{b}: committed"
+        );
+
+        let row = lock(&store, "acme", id)
+            .await
+            .commit_failure(RefreshFailure::NeedsReauthorization {
+                reason: "invalid_grant".into(),
+                now: T0 + 20,
+            })
+            .await
+            .unwrap();
+        assert_eq!(row.status, ConnectionStatus::NeedsReauthorization, "{b}");
+        assert_eq!(row.last_error.as_deref(), Some("invalid_grant"));
+        assert_eq!(row.version, 1, "{b}");
+        assert_eq!(row.refresh_token_enc, saved.refresh_token_enc);
+        assert_eq!(row.updated_at, T0 + 20);
+        let stored = get(&store, "acme", id).await;
+        assert_eq!(
+            stored.status,
+            ConnectionStatus::NeedsReauthorization,
+            "{b}: committed"
+        );
+        store.close().await;
+    }
+}
+
+// --- keep-alive ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn keepalive_selects_active_stale_not_backing_off_oldest_first() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        store.put_tenant_app(&app("beta", T0, "k")).await.unwrap();
+        let now = T0 + 1_000_000;
+        let threshold = T0 + 500;
+        // (tenant, user, last refreshed at) — saving sets last_refreshed_at to its `now`.
+        let oldest = save(&store, "acme", "005000000000001AAA", T0 + 100, "a")
+            .await
+            .connection;
+        let second = save(&store, "beta", "005000000000002AAA", T0 + 200, "b")
+            .await
+            .connection;
+        let backing_off = save(&store, "acme", "005000000000003AAA", T0 + 150, "c")
+            .await
+            .connection;
+        let retry_due = save(&store, "acme", "005000000000004AAA", T0 + 250, "d")
+            .await
+            .connection;
+        let broken = save(&store, "acme", "005000000000005AAA", T0 + 50, "e")
+            .await
+            .connection;
+        let at_threshold = save(&store, "acme", "005000000000006AAA", threshold, "f")
+            .await
+            .connection;
+        let fresh = save(&store, "acme", "005000000000007AAA", T0 + 900, "g")
+            .await
+            .connection;
+
+        lock(&store, "acme", backing_off.id)
+            .await
+            .commit_failure(RefreshFailure::Transient {
+                reason: "timeout".into(),
+                failure_count: 1,
+                next_attempt_at: now + 1,
+                now,
+            })
+            .await
+            .unwrap();
+        lock(&store, "acme", retry_due.id)
+            .await
+            .commit_failure(RefreshFailure::Transient {
+                reason: "timeout".into(),
+                failure_count: 1,
+                next_attempt_at: now,
+                now,
+            })
+            .await
+            .unwrap();
+        lock(&store, "acme", broken.id)
+            .await
+            .commit_failure(RefreshFailure::NeedsReauthorization {
+                reason: "invalid_grant".into(),
+                now,
+            })
+            .await
+            .unwrap();
+
+        let due = store
+            .connections_due_for_keepalive(threshold, now, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            due,
+            vec![
+                ("acme".to_string(), oldest.id),
+                ("beta".to_string(), second.id),
+                ("acme".to_string(), retry_due.id),
+            ],
+            "{b}"
+        );
+        let _ = (at_threshold, fresh);
+
+        let limited = store
+            .connections_due_for_keepalive(threshold, now, 2)
+            .await
+            .unwrap();
+        assert_eq!(limited, due[..2].to_vec(), "{b}: limit");
+        store.close().await;
+    }
+}
+
+// --- failures --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unreachable_postgres_is_unavailable_and_keeps_the_password_out() {
+    let options = StoreOptions {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(2),
+    };
+    let result = Store::connect("postgres://postgres:s3cr3t-pw@127.0.0.1:1/x", &options).await;
+    let error = result.err().expect("nothing listens on port 1");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    assert!(
+        !error_chain(&error).contains("s3cr3t"),
+        "{}",
+        error_chain(&error)
+    );
+
+    // A malformed URL is refused without echoing it either.
+    let error = Store::connect(
+        "postgres://postgres:s3cr3t-pw@127.0.0.1:notaport/x",
+        &options,
+    )
+    .await
+    .err()
+    .expect("bad port");
+    assert!(
+        !error_chain(&error).contains("s3cr3t"),
+        "{}",
+        error_chain(&error)
+    );
+    assert!(!format!("{error:?}").contains("s3cr3t"), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_closed_pool_is_unavailable() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.close().await;
+        let result = store.get_tenant_app("acme").await;
+        assert!(
+            matches!(result, Err(StoreError::Unavailable(_))),
+            "{b}: {:?}",
+            result.err()
+        );
+        assert!(store.check_ready().await.is_err(), "{b}");
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
