@@ -124,6 +124,31 @@ impl TestDatabase {
         done.unwrap_or_else(|e| panic!("{}: {e}", self.backend))
     }
 
+    /// Everything the database holds, as text: the SQLite file with its write-ahead log,
+    /// or a `pg_dump` of the Postgres database. Tests grep it for plaintext secrets.
+    pub async fn dump(&self) -> String {
+        match &self.cleanup {
+            Cleanup::Sqlite { folder } => {
+                let mut text = String::new();
+                for entry in std::fs::read_dir(folder).unwrap() {
+                    let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+                    text.push_str(&String::from_utf8_lossy(&bytes));
+                }
+                text
+            }
+            Cleanup::Postgres { .. } => {
+                let output = tokio::process::Command::new("pg_dump")
+                    .arg("--data-only")
+                    .arg(&self.url)
+                    .output()
+                    .await
+                    .expect("pg_dump runs");
+                assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+                String::from_utf8(output.stdout).unwrap()
+            }
+        }
+    }
+
     /// Connected, not migrated.
     pub async fn connect(&self) -> Store {
         Store::connect(&self.url, &test_options())

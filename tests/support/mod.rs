@@ -7,4 +7,5 @@
     reason = "test support: each test binary uses some of it; failing loudly is the point"
 )]
 
+pub mod app;
 pub mod db;
