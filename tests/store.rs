@@ -1041,6 +1041,14 @@ async fn unreachable_postgres_is_unavailable_and_keeps_the_password_out() {
         error_chain(&error)
     );
     assert!(!format!("{error:?}").contains("s3cr3t"), "{error:?}");
+
+    // An unsupported scheme is a configuration error.
+    let error = Store::connect("mysql://root:s3cr3t-pw@db/x", &options)
+        .await
+        .err()
+        .expect("unsupported");
+    assert!(matches!(error, StoreError::Database(_)), "{error:?}");
+    assert!(!format!("{error:?}").contains("s3cr3t"), "{error:?}");
 }
 
 #[tokio::test]

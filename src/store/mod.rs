@@ -248,9 +248,11 @@ impl Store {
         } else if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
         } else {
-            Err(StoreError::Corrupt(
+            // A configuration error, not a corrupt row (and the URL is not echoed: it may
+            // carry a password).
+            Err(StoreError::Database(sqlx::Error::Configuration(
                 "database URL must start with postgres:// or sqlite://".into(),
-            ))
+            )))
         }
     }
 
