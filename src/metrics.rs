@@ -49,8 +49,11 @@ pub fn record_status(status: u16) {
 }
 
 /// The Prometheus text exposition (format 0.0.4) of every counter, plus `gauges`.
+/// A counter family: name, help text, and its series as (labels, counter).
+type Family<'a> = (&'a str, &'a str, &'a [(&'a str, &'a Counter)]);
+
 pub fn render(gauges: &[(&str, &str, u64)]) -> String {
-    let families: [(&str, &str, &[(&str, &Counter)]); 6] = [
+    let families: [Family<'_>; 6] = [
         (
             "valo_oauth_token_cache_hits_total",
             "Access tokens served from this replica's memory.",

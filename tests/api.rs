@@ -287,10 +287,11 @@ async fn tenant_app_validation_gives_clear_400s() {
                 .send()
         };
         let good_url = app.fake.base_url();
+        let long_tenant = "t".repeat(65);
         let body = |key: &str, secret: &str, url: &str| json!({"consumer_key": key, "consumer_secret": secret, "login_url": url});
         let cases: Vec<(&str, &str, Value, &str)> = vec![
             ("bad tenant", "acme corp", body("k", "s", &good_url), "tenant id"),
-            ("long tenant", &"t".repeat(65), body("k", "s", &good_url), "tenant id"),
+            ("long tenant", &long_tenant, body("k", "s", &good_url), "tenant id"),
             ("empty key", "acme", body("", "s", &good_url), "consumer_key"),
             ("empty secret", "acme", body("k", "  ", &good_url), "consumer_secret"),
             ("long secret", "acme", body("k", &"s".repeat(257), &good_url), "consumer_secret"),

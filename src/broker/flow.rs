@@ -208,7 +208,7 @@ impl Broker {
             return Err(refuse());
         }
         let origin = url.origin().ascii_serialization();
-        if !self.settings.return_to_origins.iter().any(|o| *o == origin) {
+        if !self.settings.return_to_origins.contains(&origin) {
             return Err(refuse());
         }
         Ok(url.to_string())
