@@ -206,7 +206,7 @@ async fn full_flow_with_rotation_and_reuse_detection() {
     assert_eq!(first["scope"], "api refresh_token");
     assert_eq!(
         first["id"],
-        format!("{base}/id/00D5g000004ABCDEAA/0055g000001XYZWAA2")
+        format!("{base}/id/00D5g000004ABCDEA4/0055g000001XYZWAA4")
     );
     assert!(first.get("expires_in").is_none());
     let issued_at = s(&first, "issued_at");
@@ -223,7 +223,7 @@ async fn full_flow_with_rotation_and_reuse_detection() {
     let info = introspect(&fake, &at1).await;
     assert_eq!(info["active"], true);
     assert_eq!(info["username"], "admin@example.com");
-    assert_eq!(info["sub"], "0055g000001XYZWAA2");
+    assert_eq!(info["sub"], "0055g000001XYZWAA4");
     assert_eq!(info["client_id"], CLIENT_ID);
     assert_eq!(info["scope"], "api refresh_token");
     assert_eq!(info["token_type"], "access_token");

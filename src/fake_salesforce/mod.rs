@@ -48,8 +48,8 @@ impl Default for FakeOptions {
             rotate_refresh_tokens: true,
             access_token_lifetime: Duration::from_secs(2 * 60 * 60),
             code_lifetime: Duration::from_secs(15 * 60),
-            org_id: "00D5g000004ABCDEAA".to_owned(),
-            user_id: "0055g000001XYZWAA2".to_owned(),
+            org_id: "00D5g000004ABCDEA4".to_owned(),
+            user_id: "0055g000001XYZWAA4".to_owned(),
             username: "admin@example.com".to_owned(),
             interactive: false,
         }

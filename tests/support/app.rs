@@ -81,6 +81,10 @@ impl TestApp {
             .find(|(k, _)| *k == "VALO_OAUTH_ENCRYPTION_KEYS")
             .map(|(_, v)| (*v).to_owned())
             .unwrap_or_else(|| TEST_KEYS.to_owned());
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            // Best effort: the first app of the process installs it.
+            let _ = valo_oauth::telemetry::init_stderr(&filter, config::LogFormat::Pretty);
+        }
         let env = test_env(db, &keys, extra);
         let settings = config::load(Path::new("config/none.toml"), None, &env).expect("test settings");
         fake.register_app(CLIENT_ID, CLIENT_SECRET, &settings.callback_url());
