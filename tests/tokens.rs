@@ -1,0 +1,439 @@
+//! The token service, black-box: cached tokens, refresh with rotation, exactly one refresh
+//! per connection (one process and several replicas), failure classes, keep-alive and
+//! revocation — on SQLite and (with TEST_DATABASE_URL) Postgres.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::app::TestApp;
+use support::db::TestDatabase;
+use uuid::Uuid;
+use valo_oauth::fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
+
+async fn token_of(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    body
+}
+
+async fn connection(app: &TestApp, id: Uuid) -> Value {
+    let (status, body) = app
+        .get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    body
+}
+
+fn active_refresh_tokens(fake: &FakeSalesforce) -> Vec<String> {
+    fake.issued_tokens()
+        .into_iter()
+        .filter(|t| fake.is_refresh_token_active(t))
+        .collect()
+}
+
+async fn fake_with(options: FakeOptions) -> FakeSalesforce {
+    FakeSalesforce::start(options).await.unwrap()
+}
+
+/// `n` concurrent access-token calls, spread over `apps`; the tokens they got.
+async fn concurrent_tokens(apps: &[&TestApp], id: Uuid, n: usize, body: Value) -> Vec<String> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let app = apps[i % apps.len()];
+            let request = app
+                .client
+                .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+                .bearer_auth(app.token("tokens:read", Some("acme")))
+                .json(&body);
+            tokio::spawn(async move { token_of(request.send().await.unwrap()).await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for task in tasks {
+        tokens.push(task.await.unwrap());
+    }
+    tokens
+}
+
+#[tokio::test]
+async fn cached_tokens_are_served_without_the_database() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let issued = app.fake.issued_tokens();
+        let first = token_of(app.access_token("acme", id, None).await).await;
+        assert!(issued.contains(&first), "the access token from the exchange");
+        // With the database gone, the cache still answers.
+        app.broker.store.close().await;
+        let second = token_of(app.access_token("acme", id, Some(json!({"min_ttl_seconds": 60}))).await).await;
+        assert_eq!(first, second);
+        assert_eq!(app.fake.counters().refreshes, 0);
+        // Another tenant's token for the same id: the cache does not leak across tenants.
+        let other = app
+            .client
+            .post(app.url(&format!("/v1/tenants/other/connections/{id}/access-token")))
+            .bearer_auth(app.token("tokens:read", None))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(other.status(), StatusCode::OK);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
+    for db in TestDatabase::all().await {
+        let fake = fake_with(FakeOptions {
+            access_token_lifetime: Duration::from_secs(2),
+            ..Default::default()
+        })
+        .await;
+        let app = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = app.connect("acme").await;
+        let first = token_of(app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0}))).await).await;
+        let rt_before = active_refresh_tokens(&fake);
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let second = token_of(app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0}))).await).await;
+        assert_ne!(first, second);
+        assert_eq!(fake.counters().refreshes, 1);
+        let rt_after = active_refresh_tokens(&fake);
+        assert_eq!(rt_after.len(), 1);
+        assert_ne!(rt_before, rt_after, "rotated");
+        let c = connection(&app, id).await;
+        assert_eq!(c["status"], "active");
+        app.stop().await;
+
+        // A fresh process on the same database refreshes with the persisted, rotated token.
+        let again = TestApp::spawn_with(&db, &fake, &[]).await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let third = token_of(again.access_token("acme", id, Some(json!({"min_ttl_seconds": 0}))).await).await;
+        assert_ne!(third, second);
+        assert_eq!(fake.counters().refreshes, 2);
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        again.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn concurrent_callers_in_one_process_share_one_refresh() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        app.fake.set_latency(Duration::from_millis(200));
+        let tokens = concurrent_tokens(&[&app], id, 200, json!({"rejected_token": current})).await;
+        assert_eq!(app.fake.counters().refreshes, 1, "{}", db.backend);
+        assert!(tokens.iter().all(|t| *t == tokens[0] && *t != current));
+        assert_eq!(app.fake.counters().refresh_reuse_attempts, 0);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn replicas_on_one_postgres_refresh_once() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!("TEST_DATABASE_URL is not set: skipping the multi-replica test");
+        return;
+    };
+    let fake = fake_with(FakeOptions::default()).await;
+    let replicas = [
+        TestApp::spawn_with(&db, &fake, &[]).await,
+        TestApp::spawn_with(&db, &fake, &[]).await,
+        TestApp::spawn_with(&db, &fake, &[]).await,
+    ];
+    let id = replicas[0].connect("acme").await;
+    let mut current = token_of(replicas[0].access_token("acme", id, None).await).await;
+    fake.set_latency(Duration::from_millis(150));
+    for round in 1..=3 {
+        let apps: Vec<&TestApp> = replicas.iter().collect();
+        let tokens = concurrent_tokens(&apps, id, 90, json!({"rejected_token": current})).await;
+        assert!(tokens.iter().all(|t| *t == tokens[0] && *t != current), "round {round}");
+        assert_eq!(fake.counters().refreshes, round, "one refresh per round");
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        current = tokens[0].clone();
+    }
+    for app in replicas {
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn rejected_tokens_both_ways() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let old = token_of(app.access_token("acme", id, None).await).await;
+        let new = token_of(app.access_token("acme", id, Some(json!({"rejected_token": old}))).await).await;
+        assert_ne!(old, new);
+        assert_eq!(app.fake.counters().refreshes, 1);
+        // A late report of the old token gets the newer one, without another refresh.
+        let again = token_of(app.access_token("acme", id, Some(json!({"rejected_token": old}))).await).await;
+        assert_eq!(again, new);
+        assert_eq!(app.fake.counters().refreshes, 1);
+        // Also on a replica whose cache never saw the new token (the database has it).
+        let cold = TestApp::spawn_with(&db, &app.fake, &[]).await;
+        let from_db = token_of(cold.access_token("acme", id, Some(json!({"rejected_token": old}))).await).await;
+        assert_eq!(from_db, new);
+        assert_eq!(app.fake.counters().refreshes, 1);
+        cold.stop().await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn refused_refresh_needs_reauthorization() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        app.fake.inject(
+            Endpoint::Token,
+            Fault::OAuthError {
+                status: 400,
+                error: "invalid_grant".into(),
+                description: "expired access/refresh token".into(),
+            },
+        );
+        let body = json!({"rejected_token": current});
+        problem(app.access_token("acme", id, Some(body.clone())).await, StatusCode::CONFLICT, "needs_reauthorization").await;
+        let c = connection(&app, id).await;
+        assert_eq!(c["status"], "needs_reauthorization");
+        assert!(c["last_error"].as_str().unwrap().contains("invalid_grant"), "{c}");
+        // At once, and without another upstream call — even for a plain request.
+        let calls = app.fake.counters().token_requests;
+        problem(app.access_token("acme", id, Some(body)).await, StatusCode::CONFLICT, "needs_reauthorization").await;
+        problem(app.access_token("acme", id, None).await, StatusCode::CONFLICT, "needs_reauthorization").await;
+        assert_eq!(app.fake.counters().token_requests, calls);
+        // Authorizing again brings it back.
+        app.authorize("acme").await;
+        assert_eq!(connection(&app, id).await["status"], "active");
+        token_of(app.access_token("acme", id, None).await).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn transient_failures_keep_the_refresh_token_and_back_off() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        let refresh_before = active_refresh_tokens(&app.fake);
+        app.fake.inject(Endpoint::Token, Fault::Status(503));
+        let body = json!({"rejected_token": current});
+        let response = app.access_token("acme", id, Some(body.clone())).await;
+        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry_after >= 1);
+        problem(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable").await;
+        let c = connection(&app, id).await;
+        assert_eq!(c["status"], "active");
+        assert!(c["last_error"].is_string());
+        assert_eq!(active_refresh_tokens(&app.fake), refresh_before, "refresh token intact");
+        // Backing off: no second upstream call straight away.
+        let calls = app.fake.counters().token_requests;
+        let response = app.access_token("acme", id, Some(body.clone())).await;
+        assert!(response.headers().contains_key("retry-after"));
+        problem(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable").await;
+        assert_eq!(app.fake.counters().token_requests, calls);
+        // After the back-off the stored refresh token still works.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let new = token_of(app.access_token("acme", id, Some(body)).await).await;
+        assert_ne!(new, current);
+        assert_eq!(app.fake.counters().refresh_reuse_attempts, 0);
+        assert!(connection(&app, id).await["last_error"].is_null());
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn database_outage_is_the_services_own_503() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        let calls = app.fake.counters().token_requests;
+        app.broker.store.close().await;
+        let response = app.access_token("acme", id, Some(json!({"rejected_token": current}))).await;
+        assert!(response.headers().contains_key("retry-after"));
+        let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+        assert!(!body.to_string().contains("salesforce"), "{body}");
+        assert_eq!(app.fake.counters().token_requests, calls, "Salesforce not involved");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn legacy_apps_without_rotation_keep_their_refresh_token() {
+    for db in TestDatabase::all().await {
+        let fake = fake_with(FakeOptions {
+            rotate_refresh_tokens: false,
+            ..Default::default()
+        })
+        .await;
+        let app = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = app.connect("acme").await;
+        let refresh = active_refresh_tokens(&fake);
+        let mut current = token_of(app.access_token("acme", id, None).await).await;
+        for _ in 0..2 {
+            let next = token_of(app.access_token("acme", id, Some(json!({"rejected_token": current}))).await).await;
+            assert_ne!(next, current);
+            current = next;
+        }
+        assert_eq!(fake.counters().refreshes, 2);
+        assert_eq!(active_refresh_tokens(&fake), refresh);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn keepalive_refreshes_idle_connections() {
+    for db in TestDatabase::all().await {
+        let fake = fake_with(FakeOptions::default()).await;
+        let app = TestApp::spawn_with(
+            &db,
+            &fake,
+            &[
+                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "1"),
+                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "1"),
+            ],
+        )
+        .await;
+        let id = app.connect("acme").await;
+        let before = connection(&app, id).await["last_refreshed_at"].clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while fake.counters().refreshes == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(fake.counters().refreshes >= 1, "{}: keep-alive refreshed", db.backend);
+        assert_ne!(connection(&app, id).await["last_refreshed_at"], before);
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn keepalive_on_many_replicas_never_reuses_a_token() {
+    let Some(db) = TestDatabase::postgres().await else {
+        return;
+    };
+    let fake = fake_with(FakeOptions::default()).await;
+    let env = [
+        ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "1"),
+        ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "1"),
+    ];
+    let a = TestApp::spawn_with(&db, &fake, &env).await;
+    let b = TestApp::spawn_with(&db, &fake, &env).await;
+    let c = TestApp::spawn_with(&db, &fake, &env).await;
+    let id = a.connect("acme").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let counters = fake.counters();
+    assert!(counters.refreshes >= 1);
+    assert!(counters.refreshes <= 4, "at most one per interval: {counters:?}");
+    assert_eq!(counters.refresh_reuse_attempts, 0);
+    token_of(b.access_token("acme", id, None).await).await;
+    for app in [a, b, c] {
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_connection_revokes_it_first() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let path = format!("/v1/tenants/acme/connections/{id}");
+        // Salesforce unreachable: the connection is kept.
+        app.fake.inject(Endpoint::Revoke, Fault::Status(503));
+        let response = app.delete(&path, "connections:write").await;
+        problem(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable").await;
+        assert_eq!(connection(&app, id).await["status"], "active");
+        // Reachable: revoked, then deleted.
+        let refresh = active_refresh_tokens(&app.fake);
+        assert_eq!(app.delete(&path, "connections:write").await.status(), StatusCode::NO_CONTENT);
+        assert!(!app.fake.is_refresh_token_active(&refresh[0]));
+        assert_eq!(app.fake.counters().revocations, 1);
+        let (status, _) = app.get_json(&path, "connections:read").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        problem(app.access_token("acme", id, None).await, StatusCode::NOT_FOUND, "not_found").await;
+
+        // ?force=true deletes even when Salesforce is unreachable.
+        let id = app.connect("acme").await;
+        app.fake.inject(Endpoint::Revoke, Fault::Status(503));
+        let forced = app.delete(&format!("/v1/tenants/acme/connections/{id}?force=true"), "connections:write").await;
+        assert_eq!(forced.status(), StatusCode::NO_CONTENT);
+        let (status, _) = app.get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_app_revokes_every_connection() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let first = app.connect("acme").await;
+        app.fake.set_user("00D5g000004ABCDEA4", "0055g000001OTHEAA4", "other@example.com");
+        let second = app.authorize("acme").await;
+        assert_ne!(second.as_str(), first.to_string());
+        assert_eq!(active_refresh_tokens(&app.fake).len(), 2);
+        let response = app.delete("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert!(active_refresh_tokens(&app.fake).is_empty());
+        assert_eq!(app.fake.counters().revocations, 2);
+        let (status, body) = app.get_json("/v1/tenants/acme/connections", "connections:read").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["connections"], json!([]));
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn token_request_validation() {
+    for db in TestDatabase::all().await {
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        problem(
+            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 86_401}))).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        problem(
+            app.access_token("acme", id, Some(json!({"rejected_token": ""}))).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        problem(
+            app.access_token("acme", id, Some(json!({"min_ttl": 5}))).await,
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
+        problem(app.access_token("acme", Uuid::new_v4(), None).await, StatusCode::NOT_FOUND, "not_found").await;
+        let wrong_scope = app
+            .client
+            .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+            .bearer_auth(app.token("connections:read", None))
+            .send()
+            .await
+            .unwrap();
+        problem(wrong_scope, StatusCode::FORBIDDEN, "forbidden").await;
+        app.stop().await;
+    }
+}
