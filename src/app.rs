@@ -30,7 +30,10 @@ impl Application {
         Self::build_with_clock(settings, Arc::new(SystemClock)).await
     }
 
-    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         let store = Store::connect(
             settings.database_url.expose_secret(),
             &StoreOptions {
@@ -41,7 +44,10 @@ impl Application {
         .await
         .context("cannot open the database")?;
         if settings.migrate_on_start {
-            store.migrate().await.context("cannot migrate the database")?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the database")?;
         }
         let salesforce = SalesforceClient::new(
             ClientSettings {
@@ -83,7 +89,10 @@ impl Application {
 
     /// Serves until `shutdown` completes. The keep-alive sweeper stops with it; a sweep in
     /// progress finishes first.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let keepalive = tokio::spawn(self.state.broker.clone().run_keepalive(stop_rx));
         let store = self.state.broker.store.clone();

@@ -53,7 +53,11 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("log_format", None, false),
     ("data_dir", Some("data"), false),
     ("body_limit_bytes", Some("65536"), false),
-    ("salesforce_scopes", Some("api refresh_token offline_access"), false),
+    (
+        "salesforce_scopes",
+        Some("api refresh_token offline_access"),
+        false,
+    ),
     ("salesforce_prompt", None, false),
     ("salesforce_connect_timeout_ms", Some("3000"), false),
     ("salesforce_timeout_ms", Some("10000"), false),
@@ -269,11 +273,15 @@ impl Layers {
     }
 
     fn millis(&self, key: &str) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_millis(self.parse(key, "a whole number of milliseconds")?))
+        Ok(Duration::from_millis(
+            self.parse(key, "a whole number of milliseconds")?,
+        ))
     }
 
     fn secs(&self, key: &str) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_secs(self.parse(key, "a whole number of seconds")?))
+        Ok(Duration::from_secs(
+            self.parse(key, "a whole number of seconds")?,
+        ))
     }
 
     fn positive<T: std::str::FromStr + PartialOrd + Default>(
@@ -329,10 +337,18 @@ fn load_toml(path: &Path, layers: &mut Layers) -> Result<(), ConfigError> {
                 })
                 .collect::<Vec<_>>()
                 .join(","),
-            _ => return Err(file_err(format!("{key}: unsupported value (use a string, number, boolean or list)"))),
+            _ => {
+                return Err(file_err(format!(
+                    "{key}: unsupported value (use a string, number, boolean or list)"
+                )));
+            }
         };
         let origin = Origin::File(path.to_owned());
-        if let Some(base) = key.strip_suffix("_file").and_then(known).filter(|k| is_secret(k)) {
+        if let Some(base) = key
+            .strip_suffix("_file")
+            .and_then(known)
+            .filter(|k| is_secret(k))
+        {
             let setting = format!("{key} in {}", path.display());
             let value = read_secret_file(Path::new(&value), &setting)?;
             layers.values.insert(base, Raw { value, origin });
@@ -431,7 +447,10 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
                 ));
             }
             if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-                return Err(l.err("public_url", "must not contain a query, fragment or user info"));
+                return Err(l.err(
+                    "public_url",
+                    "must not contain a query, fragment or user info",
+                ));
             }
             url
         }
@@ -478,15 +497,17 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         }
         None => {
             let (value, note) = dev_secret(&data_dir, "dev-encryption-keys", || {
-                Keyring::generate_key_spec("dev1").expose_secret().to_owned()
+                Keyring::generate_key_spec("dev1")
+                    .expose_secret()
+                    .to_owned()
             })
             .map_err(|e| l.err("encryption_keys", e))?;
             warnings.extend(note);
             SecretString::from(value)
         }
     };
-    let keyring = Keyring::parse(&encryption_keys)
-        .map_err(|e| l.err("encryption_keys", e.to_string()))?;
+    let keyring =
+        Keyring::parse(&encryption_keys).map_err(|e| l.err("encryption_keys", e.to_string()))?;
 
     let key = match (l.get("api_jwt_secret"), l.get("api_jwt_public_key_file")) {
         (Some(_), Some(_)) => {
@@ -497,13 +518,20 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         }
         (Some(secret), None) => {
             if secret.len() < 32 {
-                return Err(l.err("api_jwt_secret", "must be at least 32 bytes (RFC 7518 §3.2)"));
+                return Err(l.err(
+                    "api_jwt_secret",
+                    "must be at least 32 bytes (RFC 7518 §3.2)",
+                ));
             }
             ApiKey::Hs256(SecretString::from(secret.to_owned()))
         }
         (None, Some(path)) => {
-            let pem = std::fs::read(path.trim())
-                .map_err(|e| l.err("api_jwt_public_key_file", format!("cannot read {path}: {e}")))?;
+            let pem = std::fs::read(path.trim()).map_err(|e| {
+                l.err(
+                    "api_jwt_public_key_file",
+                    format!("cannot read {path}: {e}"),
+                )
+            })?;
             crate::http::auth::check_public_key(&pem)
                 .map_err(|e| l.err("api_jwt_public_key_file", e))?;
             ApiKey::PublicKeyPem(pem)
@@ -576,7 +604,10 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         Some("json") => LogFormat::Json,
         Some("pretty") => LogFormat::Pretty,
         Some(other) => {
-            return Err(l.err("log_format", format!("{other:?} is not one of json, pretty")));
+            return Err(l.err(
+                "log_format",
+                format!("{other:?} is not one of json, pretty"),
+            ));
         }
         None if production => LogFormat::Json,
         None => LogFormat::Pretty,
@@ -584,7 +615,10 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
 
     let prompt = match l.get("salesforce_prompt").map(str::trim) {
         None => None,
-        Some(p) if p.split(' ').all(|w| matches!(w, "login" | "consent" | "select_account")) => {
+        Some(p)
+            if p.split(' ')
+                .all(|w| matches!(w, "login" | "consent" | "select_account")) =>
+        {
             Some(p.to_owned())
         }
         Some(p) => {
@@ -745,12 +779,18 @@ mod tests {
         let s = load(&dir.join("none.toml"), None, &env(&[], &dir)).unwrap();
         assert_eq!(s.env, Environment::Development);
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.callback_url(), "http://localhost:8080/oauth2/v1/callback/salesforce");
+        assert_eq!(
+            s.callback_url(),
+            "http://localhost:8080/oauth2/v1/callback/salesforce"
+        );
         assert_eq!(s.warnings.len(), 2);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let mode = std::fs::metadata(dir.join("dev-api-jwt-secret")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join("dev-api-jwt-secret"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // The second start reuses them, silently.
@@ -781,11 +821,17 @@ mod tests {
             ("VALO_OAUTH_ENV", "production"),
             ("VALO_OAUTH_PUBLIC_URL", "https://api.valo.ai"),
             ("VALO_OAUTH_ENCRYPTION_KEYS", key.expose_secret()),
-            ("VALO_OAUTH_API_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            (
+                "VALO_OAUTH_API_JWT_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
         ])
         .unwrap();
         assert_eq!(ok.log_format, LogFormat::Json);
-        assert_eq!(ok.callback_url(), "https://api.valo.ai/oauth2/v1/callback/salesforce");
+        assert_eq!(
+            ok.callback_url(),
+            "https://api.valo.ai/oauth2/v1/callback/salesforce"
+        );
     }
 
     #[test]
@@ -800,7 +846,8 @@ mod tests {
         assert!(!err.to_string().contains("c2hvcnRzZWNyZXQ"));
         let err = load_env(&[("VALO_OAUTH_API_JWT_SECRET", "short")]).unwrap_err();
         assert_eq!(err.setting, "VALO_OAUTH_API_JWT_SECRET");
-        let err = load_env(&[("VALO_OAUTH_RETURN_TO_ORIGINS", "https://app.valo.ai/path")]).unwrap_err();
+        let err =
+            load_env(&[("VALO_OAUTH_RETURN_TO_ORIGINS", "https://app.valo.ai/path")]).unwrap_err();
         assert_eq!(err.setting, "VALO_OAUTH_RETURN_TO_ORIGINS");
         let err = load_env(&[("VALO_OAUTH_LOGIN_HOSTS", "http://")]).unwrap_err();
         assert_eq!(err.setting, "VALO_OAUTH_LOGIN_HOSTS");
@@ -829,7 +876,12 @@ mod tests {
             ApiKey::Hs256(k) => assert_eq!(k.expose_secret(), "from-a-file-0123456789abcdef012345"),
             ApiKey::PublicKeyPem(_) => unreachable!(),
         }
-        let s = load(&dir.join("none.toml"), Some(&file), &env(&[("VALO_OAUTH_LISTEN", "127.0.0.1:9100")], &dir)).unwrap();
+        let s = load(
+            &dir.join("none.toml"),
+            Some(&file),
+            &env(&[("VALO_OAUTH_LISTEN", "127.0.0.1:9100")], &dir),
+        )
+        .unwrap();
         assert_eq!(s.listen.port(), 9100);
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
         let err = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap_err();

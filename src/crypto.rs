@@ -81,7 +81,9 @@ pub struct Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ids: Vec<&str> = self.keys.iter().map(|k| k.id.as_str()).collect();
-        f.debug_struct("Keyring").field("key_ids", &ids).finish_non_exhaustive()
+        f.debug_struct("Keyring")
+            .field("key_ids", &ids)
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,8 +192,7 @@ impl Keyring {
             return Err(KeyringError::BadFormat);
         }
         let (nonce, ciphertext) = blob.split_at(NONCE_LEN);
-        let nonce =
-            Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| KeyringError::BadFormat)?;
+        let nonce = Nonce::<Aes256Gcm>::try_from(nonce).map_err(|_| KeyringError::BadFormat)?;
         let aad = binding.associated_data(&key.id);
         let plaintext = zeroize::Zeroizing::new(
             key.cipher
@@ -258,11 +259,18 @@ mod tests {
     fn ciphertext_bound_to_row_and_column() {
         let k = ring(&key("k1"));
         let sealed = k.seal("secret", ROW).unwrap();
-        let other_row = Binding::new("connections", "22222222-2222-2222-2222-222222222222", "refresh_token");
+        let other_row = Binding::new(
+            "connections",
+            "22222222-2222-2222-2222-222222222222",
+            "refresh_token",
+        );
         let other_column = Binding::new("connections", ROW.row, "access_token");
         let other_table = Binding::new("tenant_apps", ROW.row, "refresh_token");
         for b in [other_row, other_column, other_table] {
-            assert_eq!(k.open(&sealed, b).unwrap_err(), KeyringError::Authentication);
+            assert_eq!(
+                k.open(&sealed, b).unwrap_err(),
+                KeyringError::Authentication
+            );
         }
     }
 
@@ -284,7 +292,10 @@ mod tests {
         let sealed_old = before.seal("secret", ROW).unwrap();
         let rotated = ring(&format!("{new_spec},{old_spec}"));
         assert_eq!(rotated.primary_key_id(), "new");
-        assert_eq!(rotated.open(&sealed_old, ROW).unwrap().expose_secret(), "secret");
+        assert_eq!(
+            rotated.open(&sealed_old, ROW).unwrap().expose_secret(),
+            "secret"
+        );
         let sealed_new = rotated.seal("secret", ROW).unwrap();
         assert!(sealed_new.starts_with("v1.new."));
         assert_eq!(
@@ -301,7 +312,10 @@ mod tests {
         let k = ring(&format!("a:{bytes},b:{bytes}"));
         let sealed = k.seal("secret", ROW).unwrap();
         let relabelled = sealed.replacen("v1.a.", "v1.b.", 1);
-        assert_eq!(k.open(&relabelled, ROW).unwrap_err(), KeyringError::Authentication);
+        assert_eq!(
+            k.open(&relabelled, ROW).unwrap_err(),
+            KeyringError::Authentication
+        );
     }
 
     #[test]
@@ -313,7 +327,10 @@ mod tests {
         assert_eq!(p("k:c2hvcnQ="), KeyringError::BadKeyLength("k".into(), 5));
         assert_eq!(p("k:!!!"), KeyringError::BadBase64("k".into()));
         let spec = key("k");
-        assert_eq!(p(&format!("{spec},{spec}")), KeyringError::DuplicateKeyId("k".into()));
+        assert_eq!(
+            p(&format!("{spec},{spec}")),
+            KeyringError::DuplicateKeyId("k".into())
+        );
         let material = spec.split_once(':').unwrap().1;
         let debug = format!("{:?}", ring(&spec));
         assert!(!debug.contains(material));

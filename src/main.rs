@@ -11,7 +11,11 @@ use valo_oauth::config::{self, ApiKey, Environment, Settings};
 use valo_oauth::crypto::Keyring;
 
 #[derive(Parser)]
-#[command(name = "valo-oauth", version, about = "OAuth 2.0 broker for customers' Salesforce orgs")]
+#[command(
+    name = "valo-oauth",
+    version,
+    about = "OAuth 2.0 broker for customers' Salesforce orgs"
+)]
 struct Cli {
     /// An extra TOML settings file, read after config/default.toml (also VALO_OAUTH_CONFIG).
     #[arg(long, global = true)]
@@ -69,7 +73,11 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve);
     match command {
         Command::Keygen { key_id } => keygen(key_id),
-        Command::DevToken { scope, tenant, ttl_secs } => dev_token(&settings, &scope, tenant, ttl_secs),
+        Command::DevToken {
+            scope,
+            tenant,
+            ttl_secs,
+        } => dev_token(&settings, &scope, tenant, ttl_secs),
         command => {
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -141,7 +149,12 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 fn keygen(key_id: Option<String>) -> ExitCode {
     let key_id = key_id.unwrap_or_else(|| {
         let today = time::OffsetDateTime::now_utc().date();
-        format!("k{:04}{:02}{:02}", today.year(), u8::from(today.month()), today.day())
+        format!(
+            "k{:04}{:02}{:02}",
+            today.year(),
+            u8::from(today.month()),
+            today.day()
+        )
     });
     let spec = Keyring::generate_key_spec(&key_id);
     // Validate what we print, so a bad --key-id fails here and not at start-up.
@@ -155,7 +168,9 @@ fn keygen(key_id: Option<String>) -> ExitCode {
 
 fn dev_token(settings: &Settings, scope: &str, tenant: Option<String>, ttl_secs: u64) -> ExitCode {
     let ApiKey::Hs256(secret) = &settings.api_auth.key else {
-        eprintln!("valo-oauth: dev-token needs an HS256 secret (VALO_OAUTH_API_JWT_SECRET); a public key cannot sign");
+        eprintln!(
+            "valo-oauth: dev-token needs an HS256 secret (VALO_OAUTH_API_JWT_SECRET); a public key cannot sign"
+        );
         return ExitCode::from(2);
     };
     if settings.env == Environment::Production {

@@ -40,7 +40,10 @@ async fn health_readiness_request_ids_and_route_problems() {
         let app = TestApp::spawn(&db).await;
         let health = app.client.get(app.url("/healthz")).send().await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
-        assert!(health.headers().contains_key("x-request-id"), "generated request id");
+        assert!(
+            health.headers().contains_key("x-request-id"),
+            "generated request id"
+        );
         let ready = app
             .client
             .get(app.url("/readyz"))
@@ -49,16 +52,31 @@ async fn health_readiness_request_ids_and_route_problems() {
             .await
             .unwrap();
         assert_eq!(ready.status(), StatusCode::OK);
-        assert_eq!(ready.headers()["x-request-id"], "req-123", "echoed request id");
+        assert_eq!(
+            ready.headers()["x-request-id"],
+            "req-123",
+            "echoed request id"
+        );
 
         let missing = app.client.get(app.url("/nope")).send().await.unwrap();
         assert_problem(missing, StatusCode::NOT_FOUND, "not_found").await;
         let wrong_method = app.client.post(app.url("/healthz")).send().await.unwrap();
-        assert_problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed").await;
+        assert_problem(
+            wrong_method,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        )
+        .await;
 
         let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
         assert_eq!(metrics.status(), StatusCode::OK);
-        assert!(metrics.text().await.unwrap().contains("valo_oauth_refreshes_total"));
+        assert!(
+            metrics
+                .text()
+                .await
+                .unwrap()
+                .contains("valo_oauth_refreshes_total")
+        );
         let openapi: Value = app
             .client
             .get(app.url("/openapi.json"))
@@ -79,7 +97,12 @@ async fn readiness_fails_when_the_database_is_gone() {
         let app = TestApp::spawn(&db).await;
         app.broker.store.close().await;
         let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        assert_problem(ready, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+        assert_problem(
+            ready,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        )
+        .await;
         app.stop().await;
     }
 }
@@ -99,35 +122,62 @@ async fn bearer_tokens_that_must_be_refused_get_401() {
                 "bad signature",
                 Some(format!(
                     "Bearer {}",
-                    encode(&good, jsonwebtoken::Algorithm::HS256, &jsonwebtoken::EncodingKey::from_secret(b"another-secret-0123456789abcdef-xyz"))
+                    encode(
+                        &good,
+                        jsonwebtoken::Algorithm::HS256,
+                        &jsonwebtoken::EncodingKey::from_secret(
+                            b"another-secret-0123456789abcdef-xyz"
+                        )
+                    )
                 )),
             ),
-            ("expired", Some(format!("Bearer {}", mint(JWT_SECRET, ALL_SCOPES, None, -3600)))),
+            (
+                "expired",
+                Some(format!(
+                    "Bearer {}",
+                    mint(JWT_SECRET, ALL_SCOPES, None, -3600)
+                )),
+            ),
             (
                 "wrong audience",
                 Some(format!(
                     "Bearer {}",
-                    encode(&json!({"aud": "someone-else", "exp": now() + 600, "scope": ALL_SCOPES}), jsonwebtoken::Algorithm::HS256, &hs)
+                    encode(
+                        &json!({"aud": "someone-else", "exp": now() + 600, "scope": ALL_SCOPES}),
+                        jsonwebtoken::Algorithm::HS256,
+                        &hs
+                    )
                 )),
             ),
             (
                 "no audience",
                 Some(format!(
                     "Bearer {}",
-                    encode(&json!({"exp": now() + 600, "scope": ALL_SCOPES}), jsonwebtoken::Algorithm::HS256, &hs)
+                    encode(
+                        &json!({"exp": now() + 600, "scope": ALL_SCOPES}),
+                        jsonwebtoken::Algorithm::HS256,
+                        &hs
+                    )
                 )),
             ),
             (
                 "no exp",
                 Some(format!(
                     "Bearer {}",
-                    encode(&json!({"aud": "valo-oauth", "scope": ALL_SCOPES}), jsonwebtoken::Algorithm::HS256, &hs)
+                    encode(
+                        &json!({"aud": "valo-oauth", "scope": ALL_SCOPES}),
+                        jsonwebtoken::Algorithm::HS256,
+                        &hs
+                    )
                 )),
             ),
             ("alg none", Some(format!("Bearer {}", alg_none(&good)))),
             (
                 "HS384 with the right secret",
-                Some(format!("Bearer {}", encode(&good, jsonwebtoken::Algorithm::HS384, &hs))),
+                Some(format!(
+                    "Bearer {}",
+                    encode(&good, jsonwebtoken::Algorithm::HS384, &hs)
+                )),
             ),
         ];
         for (name, header) in cases {
@@ -136,9 +186,17 @@ async fn bearer_tokens_that_must_be_refused_get_401() {
                 request = request.header("authorization", h);
             }
             let response = request.send().await.unwrap();
-            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{name} on {}", db.backend);
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{name} on {}",
+                db.backend
+            );
             assert!(
-                response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"),
+                response.headers()["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Bearer"),
                 "{name}"
             );
             assert_problem(response, StatusCode::UNAUTHORIZED, "unauthenticated").await;
@@ -174,7 +232,9 @@ async fn public_key_configuration_pins_eddsa() {
         std::fs::create_dir_all(&dir).unwrap();
         let pem = dir.join("api.pem");
         std::fs::write(&pem, ED_PUBLIC_PEM).unwrap();
-        let fake = valo_oauth::fake_salesforce::FakeSalesforce::start(Default::default()).await.unwrap();
+        let fake = valo_oauth::fake_salesforce::FakeSalesforce::start(Default::default())
+            .await
+            .unwrap();
         let mut env = vec![("VALO_OAUTH_API_JWT_PUBLIC_KEY_FILE", pem.to_str().unwrap())];
         // The test default sets a secret; a public key replaces it.
         env.push(("VALO_OAUTH_API_JWT_SECRET", ""));
@@ -187,16 +247,32 @@ async fn public_key_configuration_pins_eddsa() {
             &jsonwebtoken::EncodingKey::from_ed_pem(ED_PRIVATE_PEM.as_bytes()).unwrap(),
         );
         let ok = app.client.get(&path).bearer_auth(ed).send().await.unwrap();
-        assert_eq!(ok.status(), StatusCode::NOT_FOUND, "a valid EdDSA token passes");
+        assert_eq!(
+            ok.status(),
+            StatusCode::NOT_FOUND,
+            "a valid EdDSA token passes"
+        );
         // An HS256 token signed with the public key's bytes: the classic confusion attack.
         let confused = encode(
             &claims,
             jsonwebtoken::Algorithm::HS256,
             &jsonwebtoken::EncodingKey::from_secret(ED_PUBLIC_PEM.as_bytes()),
         );
-        let refused = app.client.get(&path).bearer_auth(confused).send().await.unwrap();
+        let refused = app
+            .client
+            .get(&path)
+            .bearer_auth(confused)
+            .send()
+            .await
+            .unwrap();
         assert_problem(refused, StatusCode::UNAUTHORIZED, "unauthenticated").await;
-        let hs = app.client.get(&path).bearer_auth(mint(JWT_SECRET, ALL_SCOPES, None, 600)).send().await.unwrap();
+        let hs = app
+            .client
+            .get(&path)
+            .bearer_auth(mint(JWT_SECRET, ALL_SCOPES, None, 600))
+            .send()
+            .await
+            .unwrap();
         assert_problem(hs, StatusCode::UNAUTHORIZED, "unauthenticated").await;
         app.stop().await;
     }
@@ -243,7 +319,10 @@ async fn tenant_app_lifecycle_never_returns_the_secret() {
         assert_eq!(created.status(), StatusCode::CREATED);
         assert_eq!(created.headers()["cache-control"], "no-store");
         let text = created.text().await.unwrap();
-        assert!(!text.contains(CLIENT_SECRET) && !text.contains(CLIENT_ID), "{text}");
+        assert!(
+            !text.contains(CLIENT_SECRET) && !text.contains(CLIENT_ID),
+            "{text}"
+        );
         let body: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(body["consumer_key_hint"], "3MVG…cdef");
         assert_eq!(body["login_url"], app.fake.base_url());
@@ -259,16 +338,24 @@ async fn tenant_app_lifecycle_never_returns_the_secret() {
         assert_eq!(replaced["created_at"], body["created_at"]);
         assert_ne!(replaced["updated_at"], body["created_at"]);
 
-        let (status, read) = app.get_json("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        let (status, read) = app
+            .get_json("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
         assert_eq!(status, StatusCode::OK);
         assert!(!read.to_string().contains(CLIENT_SECRET));
         assert_eq!(read["consumer_key_hint"], "3MVG…cdef");
 
-        let deleted = app.delete("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        let deleted = app
+            .delete("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
         assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
-        let (status, _) = app.get_json("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        let (status, _) = app
+            .get_json("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        let again = app.delete("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        let again = app
+            .delete("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
         assert_problem(again, StatusCode::NOT_FOUND, "not_found").await;
         app.stop().await;
     }
@@ -290,29 +377,95 @@ async fn tenant_app_validation_gives_clear_400s() {
         let long_tenant = "t".repeat(65);
         let body = |key: &str, secret: &str, url: &str| json!({"consumer_key": key, "consumer_secret": secret, "login_url": url});
         let cases: Vec<(&str, &str, Value, &str)> = vec![
-            ("bad tenant", "acme corp", body("k", "s", &good_url), "tenant id"),
-            ("long tenant", &long_tenant, body("k", "s", &good_url), "tenant id"),
-            ("empty key", "acme", body("", "s", &good_url), "consumer_key"),
-            ("empty secret", "acme", body("k", "  ", &good_url), "consumer_secret"),
-            ("long secret", "acme", body("k", &"s".repeat(257), &good_url), "consumer_secret"),
-            ("http", "acme", body("k", "s", "http://login.salesforce.com"), "https"),
-            ("host", "acme", body("k", "s", "https://evil.example.com"), "evil.example.com"),
-            ("lightning", "acme", body("k", "s", "https://acme.lightning.force.com"), "my.salesforce.com"),
-            ("userinfo", "acme", body("k", "s", "https://user:pw@acme.my.salesforce.com"), "user"),
+            (
+                "bad tenant",
+                "acme corp",
+                body("k", "s", &good_url),
+                "tenant id",
+            ),
+            (
+                "long tenant",
+                &long_tenant,
+                body("k", "s", &good_url),
+                "tenant id",
+            ),
+            (
+                "empty key",
+                "acme",
+                body("", "s", &good_url),
+                "consumer_key",
+            ),
+            (
+                "empty secret",
+                "acme",
+                body("k", "  ", &good_url),
+                "consumer_secret",
+            ),
+            (
+                "long secret",
+                "acme",
+                body("k", &"s".repeat(257), &good_url),
+                "consumer_secret",
+            ),
+            (
+                "http",
+                "acme",
+                body("k", "s", "http://login.salesforce.com"),
+                "https",
+            ),
+            (
+                "host",
+                "acme",
+                body("k", "s", "https://evil.example.com"),
+                "evil.example.com",
+            ),
+            (
+                "lightning",
+                "acme",
+                body("k", "s", "https://acme.lightning.force.com"),
+                "my.salesforce.com",
+            ),
+            (
+                "userinfo",
+                "acme",
+                body("k", "s", "https://user:pw@acme.my.salesforce.com"),
+                "user",
+            ),
             ("ip literal", "acme", body("k", "s", "https://10.0.0.1"), ""),
-            ("path", "acme", body("k", "s", "https://login.salesforce.com/services"), "path"),
-            ("unknown field", "acme", json!({"consumer_key": "k", "consumer_secret": "s", "login_url": good_url, "extra": 1}), "unknown field"),
-            ("missing field", "acme", json!({"consumer_key": "k", "login_url": good_url}), "consumer_secret"),
+            (
+                "path",
+                "acme",
+                body("k", "s", "https://login.salesforce.com/services"),
+                "path",
+            ),
+            (
+                "unknown field",
+                "acme",
+                json!({"consumer_key": "k", "consumer_secret": "s", "login_url": good_url, "extra": 1}),
+                "unknown field",
+            ),
+            (
+                "missing field",
+                "acme",
+                json!({"consumer_key": "k", "login_url": good_url}),
+                "consumer_secret",
+            ),
         ];
         for (name, tenant, body, mention) in cases {
             let response = put(tenant, body).await.unwrap();
-            let problem = assert_problem(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+            let problem =
+                assert_problem(response, StatusCode::BAD_REQUEST, "invalid_request").await;
             let detail = problem["detail"].as_str().unwrap_or_default();
             assert!(detail.contains(mention), "{name}: {detail}");
             assert!(!detail.contains("s\""), "{name}: no value echoed: {detail}");
         }
         // Accepted: My Domain and a trailing slash normalised away.
-        let ok = put("acme", body("key", "secret", "https://acme.my.salesforce.com/")).await.unwrap();
+        let ok = put(
+            "acme",
+            body("key", "secret", "https://acme.my.salesforce.com/"),
+        )
+        .await
+        .unwrap();
         assert_eq!(ok.status(), StatusCode::CREATED);
         let ok: Value = ok.json().await.unwrap();
         assert_eq!(ok["login_url"], "https://acme.my.salesforce.com");
@@ -335,7 +488,12 @@ async fn tenant_app_validation_gives_clear_400s() {
             .send()
             .await
             .unwrap();
-        assert_problem(wrong_type, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type").await;
+        assert_problem(
+            wrong_type,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
         let huge = app
             .client
             .put(app.url("/v1/tenants/acme/salesforce-app"))
@@ -362,7 +520,11 @@ async fn consumer_secrets_are_not_stored_in_plaintext() {
         assert!(!dump.is_empty());
         assert!(dump.contains("acme"), "the dump holds the tenant row");
         for needle in [secret, &secret[4..13], &secret[20..], key, &key[10..30]] {
-            assert!(!dump.contains(needle), "{} dump contains {needle:?}", db.backend);
+            assert!(
+                !dump.contains(needle),
+                "{} dump contains {needle:?}",
+                db.backend
+            );
         }
         app.stop().await;
     }

@@ -38,9 +38,17 @@ fn redirect_target(response: &reqwest::Response) -> reqwest::Url {
     reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
 }
 
-async fn assert_error_redirect(response: reqwest::Response, code: &str) -> BTreeMap<String, String> {
+async fn assert_error_redirect(
+    response: reqwest::Response,
+    code: &str,
+) -> BTreeMap<String, String> {
     let target = redirect_target(&response);
-    assert!(target.as_str().starts_with(&format!("{RETURN_ORIGIN}/settings/salesforce?tab=1&")), "{target}");
+    assert!(
+        target
+            .as_str()
+            .starts_with(&format!("{RETURN_ORIGIN}/settings/salesforce?tab=1&")),
+        "{target}"
+    );
     let q = query(&target);
     assert_eq!(q["status"], "error", "{target}");
     assert_eq!(q["error"], code, "{target}");
@@ -50,16 +58,32 @@ async fn assert_error_redirect(response: reqwest::Response, code: &str) -> BTree
 
 async fn assert_error_page(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert!(response.headers().get("location").is_none(), "never a redirect");
+    assert!(
+        response.headers().get("location").is_none(),
+        "never a redirect"
+    );
     assert_eq!(response.headers()["cache-control"], "no-store");
-    assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'none'"));
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     response.text().await.unwrap()
 }
 
 async fn connections(app: &TestApp, tenant: &str) -> Vec<Value> {
     let (status, body) = app
-        .get_json(&format!("/v1/tenants/{tenant}/connections"), "connections:read")
+        .get_json(
+            &format!("/v1/tenants/{tenant}/connections"),
+            "connections:read",
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     body["connections"].as_array().unwrap().clone()
@@ -74,14 +98,20 @@ async fn full_flow_creates_a_verified_connection() {
         assert_eq!(started.status(), StatusCode::CREATED);
         let started: Value = started.json().await.unwrap();
         let url = reqwest::Url::parse(started["authorization_url"].as_str().unwrap()).unwrap();
-        assert!(url.as_str().starts_with(&format!("{}/services/oauth2/authorize?", app.fake.base_url())));
+        assert!(url.as_str().starts_with(&format!(
+            "{}/services/oauth2/authorize?",
+            app.fake.base_url()
+        )));
         let q = query(&url);
         assert_eq!(q["response_type"], "code");
         assert_eq!(q["code_challenge_method"], "S256");
         assert_eq!(q["code_challenge"].len(), 43);
         assert_eq!(q["state"].len(), 43);
         assert_eq!(q["scope"], "api refresh_token offline_access");
-        assert_eq!(q["redirect_uri"], "http://valo-oauth.test/oauth2/v1/callback/salesforce");
+        assert_eq!(
+            q["redirect_uri"],
+            "http://valo-oauth.test/oauth2/v1/callback/salesforce"
+        );
         assert!(started["expires_at"].as_str().unwrap().ends_with('Z'));
 
         let callback = app.fake.approve(url.as_str()).await.unwrap();
@@ -103,19 +133,28 @@ async fn full_flow_creates_a_verified_connection() {
         assert_eq!(c["status"], "active");
         assert_eq!(c["instance_url"], app.fake.base_url());
         assert_eq!(c["login_url"], app.fake.base_url());
-        assert_eq!(c["scopes"], json!(["api", "refresh_token", "offline_access"]));
+        assert_eq!(
+            c["scopes"],
+            json!(["api", "refresh_token", "offline_access"])
+        );
         let text = c.to_string();
         for token in app.fake.issued_tokens() {
             assert!(!text.contains(&token), "no token material in the API");
         }
         let (status, one) = app
-            .get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read")
+            .get_json(
+                &format!("/v1/tenants/acme/connections/{id}"),
+                "connections:read",
+            )
             .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(one["id"], id);
         // Tenant-scoped: another tenant's path does not show it.
         let (status, _) = app
-            .get_json(&format!("/v1/tenants/other/connections/{id}"), "connections:read")
+            .get_json(
+                &format!("/v1/tenants/other/connections/{id}"),
+                "connections:read",
+            )
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(app.fake.counters().code_exchanges, 1);
@@ -153,12 +192,23 @@ async fn reauthorization_updates_the_connection_and_revokes_the_old_refresh_toke
             .collect();
         assert_eq!(old_refresh.len(), 1);
         let location = app.authorize("acme").await;
-        assert_eq!(query(&location)["connection_id"], first.to_string(), "same connection");
+        assert_eq!(
+            query(&location)["connection_id"],
+            first.to_string(),
+            "same connection"
+        );
         assert_eq!(connections(&app, "acme").await.len(), 1);
-        assert!(!app.fake.is_refresh_token_active(&old_refresh[0]), "old refresh token revoked");
+        assert!(
+            !app.fake.is_refresh_token_active(&old_refresh[0]),
+            "old refresh token revoked"
+        );
         assert_eq!(app.fake.counters().revocations, 1);
         // A different user of the same org gets a connection of its own.
-        app.fake.set_user("00D5g000004ABCDEA4", "0055g000001OTHEAA4", "other@example.com");
+        app.fake.set_user(
+            "00D5g000004ABCDEA4",
+            "0055g000001OTHEAA4",
+            "other@example.com",
+        );
         let location = app.authorize("acme").await;
         assert_ne!(query(&location)["connection_id"], first.to_string());
         assert_eq!(connections(&app, "acme").await.len(), 2);
@@ -179,7 +229,8 @@ async fn states_that_tie_to_no_flow_get_an_error_page() {
         let mut tampered = state.clone().into_bytes();
         tampered[0] = if tampered[0] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
-        let page = assert_error_page(app.callback(&callback.replace(&state, &tampered)).await).await;
+        let page =
+            assert_error_page(app.callback(&callback.replace(&state, &tampered)).await).await;
         assert!(page.contains("not started here"), "{page}");
         // Foreign: well-formed but never issued.
         let foreign = "x".repeat(43);
@@ -204,14 +255,19 @@ async fn states_that_tie_to_no_flow_get_an_error_page() {
 async fn expired_states_are_refused() {
     for db in TestDatabase::all().await {
         let fake = FakeSalesforce::start(Default::default()).await.unwrap();
-        let app = TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_AUTHORIZATION_TTL_SECS", "1")]).await;
+        let app =
+            TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_AUTHORIZATION_TTL_SECS", "1")]).await;
         app.put_app("acme").await;
         let url = app.authorization_url("acme", return_to()).await;
         let callback = app.fake.approve(&url).await.unwrap();
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let page = assert_error_page(app.callback(&callback).await).await;
         assert!(page.contains("expired"), "{page}");
-        assert_eq!(app.fake.counters().code_exchanges, 0, "no exchange for an expired flow");
+        assert_eq!(
+            app.fake.counters().code_exchanges,
+            0,
+            "no exchange for an expired flow"
+        );
         app.stop().await;
     }
 }
@@ -229,8 +285,14 @@ async fn concurrent_callbacks_with_one_state_proceed_once() {
             async move { client.get(target).send().await.unwrap() }
         });
         let responses = futures_join_all(attempts).await;
-        let redirects = responses.iter().filter(|r| r.status() == StatusCode::SEE_OTHER).count();
-        let pages = responses.iter().filter(|r| r.status() == StatusCode::BAD_REQUEST).count();
+        let redirects = responses
+            .iter()
+            .filter(|r| r.status() == StatusCode::SEE_OTHER)
+            .count();
+        let pages = responses
+            .iter()
+            .filter(|r| r.status() == StatusCode::BAD_REQUEST)
+            .count();
         assert_eq!((redirects, pages), (1, 7), "{}", db.backend);
         assert_eq!(app.fake.counters().code_exchanges, 1);
         assert_eq!(connections(&app, "acme").await.len(), 1);
@@ -270,8 +332,12 @@ async fn salesforce_errors_pass_through() {
         assert!(q["error_description"].contains("My Domain"), "{q:?}");
         // Without return_to, the page explains the fix.
         let url = app.authorization_url("acme", json!({})).await;
-        let page = assert_error_page(app.callback(&app.fake.approve(&url).await.unwrap()).await).await;
-        assert!(page.contains("My Domain") && page.contains("OAUTH_EC_APP_NOT_FOUND"), "{page}");
+        let page =
+            assert_error_page(app.callback(&app.fake.approve(&url).await.unwrap()).await).await;
+        assert!(
+            page.contains("My Domain") && page.contains("OAUTH_EC_APP_NOT_FOUND"),
+            "{page}"
+        );
         assert_eq!(app.fake.counters().code_exchanges, 0);
         assert!(connections(&app, "acme").await.is_empty());
         app.stop().await;
@@ -289,7 +355,10 @@ async fn bad_signature_and_missing_refresh_token_are_refused() {
 
         app.fake.inject(Endpoint::Token, Fault::NoRefreshToken);
         let q = assert_error_redirect(run_flow(&app, "acme").await, "no_refresh_token").await;
-        assert!(q["error_description"].contains("refresh_token, offline_access"), "{q:?}");
+        assert!(
+            q["error_description"].contains("refresh_token, offline_access"),
+            "{q:?}"
+        );
         assert!(connections(&app, "acme").await.is_empty());
         // The access token of the refused grant does not stay alive.
         let live = app
@@ -298,7 +367,10 @@ async fn bad_signature_and_missing_refresh_token_are_refused() {
             .into_iter()
             .filter(|t| app.fake.is_access_token_active(t))
             .count();
-        assert_eq!(live, 1, "only the bad-signature grant's token is left (never stored)");
+        assert_eq!(
+            live, 1,
+            "only the bad-signature grant's token is left (never stored)"
+        );
         app.stop().await;
     }
 }
@@ -308,11 +380,22 @@ async fn transient_failures_during_the_exchange() {
     for db in TestDatabase::all().await {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
-        for fault in [Fault::Status(503), Fault::NonJson, Fault::Hang(Duration::from_secs(4))] {
+        for fault in [
+            Fault::Status(503),
+            Fault::NonJson,
+            Fault::Hang(Duration::from_secs(4)),
+        ] {
             app.fake.inject(Endpoint::Token, fault.clone());
-            let q = assert_error_redirect(run_flow(&app, "acme").await, "upstream_unavailable").await;
-            assert!(q["error_description"].contains("try again"), "{fault:?}: {q:?}");
-            assert!(connections(&app, "acme").await.is_empty(), "{fault:?}: nothing half-written");
+            let q =
+                assert_error_redirect(run_flow(&app, "acme").await, "upstream_unavailable").await;
+            assert!(
+                q["error_description"].contains("try again"),
+                "{fault:?}: {q:?}"
+            );
+            assert!(
+                connections(&app, "acme").await.is_empty(),
+                "{fault:?}: nothing half-written"
+            );
         }
         app.fake.inject(
             Endpoint::Token,
@@ -324,7 +407,10 @@ async fn transient_failures_during_the_exchange() {
         );
         assert_error_redirect(run_flow(&app, "acme").await, "exchange_failed").await;
         // After the faults, a clean flow works.
-        assert_eq!(query(&redirect_target(&run_flow(&app, "acme").await))["status"], "connected");
+        assert_eq!(
+            query(&redirect_target(&run_flow(&app, "acme").await))["status"],
+            "connected"
+        );
         app.stop().await;
     }
 }
@@ -336,7 +422,12 @@ async fn start_validation() {
         let no_app = app.start_authorization("acme", json!({})).await;
         assert_eq!(no_app.status(), StatusCode::NOT_FOUND);
         let body: Value = no_app.json().await.unwrap();
-        assert!(body["detail"].as_str().unwrap().contains("no Salesforce app"));
+        assert!(
+            body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("no Salesforce app")
+        );
 
         app.put_app("acme").await;
         for bad in [
@@ -348,7 +439,9 @@ async fn start_validation() {
             "/relative",
             "javascript:alert(1)",
         ] {
-            let response = app.start_authorization("acme", json!({"return_to": bad})).await;
+            let response = app
+                .start_authorization("acme", json!({"return_to": bad}))
+                .await;
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["code"], "invalid_request");
@@ -359,7 +452,11 @@ async fn start_validation() {
         assert_eq!(hint.status(), StatusCode::CREATED);
         let url: Value = hint.json().await.unwrap();
         let url = reqwest::Url::parse(url["authorization_url"].as_str().unwrap()).unwrap();
-        assert_eq!(query(&url)["login_hint"], "user+tag@acme.example", "passed verbatim");
+        assert_eq!(
+            query(&url)["login_hint"],
+            "user+tag@acme.example",
+            "passed verbatim"
+        );
         let forbidden = app
             .client
             .post(app.url("/v1/tenants/acme/authorizations"))
@@ -382,17 +479,31 @@ async fn no_token_state_or_verifier_in_plaintext_in_the_database() {
         let state = query(&reqwest::Url::parse(&url).unwrap())["state"].clone();
         let callback = app.fake.approve(&url).await.unwrap();
         let code = query(&reqwest::Url::parse(&callback).unwrap())["code"].clone();
-        assert_eq!(query(&redirect_target(&app.callback(&callback).await))["status"], "connected");
+        assert_eq!(
+            query(&redirect_target(&app.callback(&callback).await))["status"],
+            "connected"
+        );
         let pending = app.authorization_url("acme", json!({})).await;
         let pending_state = query(&reqwest::Url::parse(&pending).unwrap())["state"].clone();
 
         let dump = db.dump().await;
-        assert!(dump.contains("00D5g000004ABCDEA4"), "the dump holds the connection");
+        assert!(
+            dump.contains("00D5g000004ABCDEA4"),
+            "the dump holds the connection"
+        );
         let tokens = app.fake.issued_tokens();
         assert_eq!(tokens.len(), 2);
         for secret in tokens.iter().chain([&state, &pending_state, &code]) {
-            assert!(!dump.contains(secret.as_str()), "{}: plaintext {secret:?}", db.backend);
-            assert!(!dump.contains(&secret[secret.len() - 12..]), "{}: a part of {secret:?}", db.backend);
+            assert!(
+                !dump.contains(secret.as_str()),
+                "{}: plaintext {secret:?}",
+                db.backend
+            );
+            assert!(
+                !dump.contains(&secret[secret.len() - 12..]),
+                "{}: a part of {secret:?}",
+                db.backend
+            );
         }
         // Every verifier is sealed (the v1 ciphertext format), none left in the clear.
         assert_eq!(

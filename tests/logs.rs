@@ -58,7 +58,8 @@ async fn no_secret_in_logs_at_trace_level() {
             }
         }
         let location = app.callback(&callback).await;
-        let location = reqwest::Url::parse(location.headers()["location"].to_str().unwrap()).unwrap();
+        let location =
+            reqwest::Url::parse(location.headers()["location"].to_str().unwrap()).unwrap();
         let id: uuid::Uuid = location
             .query_pairs()
             .find(|(k, _)| k == "connection_id")
@@ -66,7 +67,12 @@ async fn no_secret_in_logs_at_trace_level() {
             .1
             .parse()
             .unwrap();
-        let first: serde_json::Value = app.access_token("acme", id, None).await.json().await.unwrap();
+        let first: serde_json::Value = app
+            .access_token("acme", id, None)
+            .await
+            .json()
+            .await
+            .unwrap();
         let first = first["access_token"].as_str().unwrap().to_owned();
         let refreshed = app
             .access_token("acme", id, Some(json!({"rejected_token": first})))
@@ -74,7 +80,10 @@ async fn no_secret_in_logs_at_trace_level() {
         assert_eq!(refreshed.status(), 200);
         secrets.push(app.token("tokens:read", Some("acme")));
         let deleted = app
-            .delete(&format!("/v1/tenants/acme/connections/{id}"), "connections:write")
+            .delete(
+                &format!("/v1/tenants/acme/connections/{id}"),
+                "connections:write",
+            )
             .await;
         assert_eq!(deleted.status(), 204);
         secrets.extend(app.fake.issued_tokens());
@@ -84,14 +93,24 @@ async fn no_secret_in_logs_at_trace_level() {
     // The capture really holds the flow (so an empty capture cannot pass).
     assert!(logs.contains("connection authorized"), "flow logged");
     assert!(logs.contains("access token refreshed"), "refresh logged");
-    assert!(logs.contains("/oauth2/v1/callback/salesforce"), "callback route logged");
+    assert!(
+        logs.contains("/oauth2/v1/callback/salesforce"),
+        "callback route logged"
+    );
     assert!(logs.lines().count() > 100, "trace level is on");
     for secret in &secrets {
         assert!(secret.len() >= 16, "a real secret: {secret}");
         // Whole, and its middle and end (access tokens begin with the org id, not secret).
         let middle = secret.len() / 2;
-        for needle in [secret.as_str(), &secret[middle - 6..middle + 6], &secret[secret.len() - 12..]] {
-            assert!(!logs.contains(needle), "log contains {needle:?} (of a secret)");
+        for needle in [
+            secret.as_str(),
+            &secret[middle - 6..middle + 6],
+            &secret[secret.len() - 12..],
+        ] {
+            assert!(
+                !logs.contains(needle),
+                "log contains {needle:?} (of a secret)"
+            );
         }
     }
     // The raw query string of the callback never appears either.

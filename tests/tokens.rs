@@ -32,7 +32,10 @@ async fn problem(response: reqwest::Response, status: StatusCode, code: &str) ->
 
 async fn connection(app: &TestApp, id: Uuid) -> Value {
     let (status, body) = app
-        .get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read")
+        .get_json(
+            &format!("/v1/tenants/acme/connections/{id}"),
+            "connections:read",
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     body
@@ -76,10 +79,17 @@ async fn cached_tokens_are_served_without_the_database() {
         let id = app.connect("acme").await;
         let issued = app.fake.issued_tokens();
         let first = token_of(app.access_token("acme", id, None).await).await;
-        assert!(issued.contains(&first), "the access token from the exchange");
+        assert!(
+            issued.contains(&first),
+            "the access token from the exchange"
+        );
         // With the database gone, the cache still answers.
         app.broker.store.close().await;
-        let second = token_of(app.access_token("acme", id, Some(json!({"min_ttl_seconds": 60}))).await).await;
+        let second = token_of(
+            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 60})))
+                .await,
+        )
+        .await;
         assert_eq!(first, second);
         assert_eq!(app.fake.counters().refreshes, 0);
         // Another tenant's token for the same id: the cache does not leak across tenants.
@@ -105,10 +115,18 @@ async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
         .await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
         let id = app.connect("acme").await;
-        let first = token_of(app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0}))).await).await;
+        let first = token_of(
+            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0})))
+                .await,
+        )
+        .await;
         let rt_before = active_refresh_tokens(&fake);
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        let second = token_of(app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0}))).await).await;
+        let second = token_of(
+            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0})))
+                .await,
+        )
+        .await;
         assert_ne!(first, second);
         assert_eq!(fake.counters().refreshes, 1);
         let rt_after = active_refresh_tokens(&fake);
@@ -121,7 +139,12 @@ async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
         // A fresh process on the same database refreshes with the persisted, rotated token.
         let again = TestApp::spawn_with(&db, &fake, &[]).await;
         tokio::time::sleep(Duration::from_millis(2100)).await;
-        let third = token_of(again.access_token("acme", id, Some(json!({"min_ttl_seconds": 0}))).await).await;
+        let third = token_of(
+            again
+                .access_token("acme", id, Some(json!({"min_ttl_seconds": 0})))
+                .await,
+        )
+        .await;
         assert_ne!(third, second);
         assert_eq!(fake.counters().refreshes, 2);
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
@@ -162,7 +185,10 @@ async fn replicas_on_one_postgres_refresh_once() {
     for round in 1..=3 {
         let apps: Vec<&TestApp> = replicas.iter().collect();
         let tokens = concurrent_tokens(&apps, id, 90, json!({"rejected_token": current})).await;
-        assert!(tokens.iter().all(|t| *t == tokens[0] && *t != current), "round {round}");
+        assert!(
+            tokens.iter().all(|t| *t == tokens[0] && *t != current),
+            "round {round}"
+        );
         assert_eq!(fake.counters().refreshes, round, "one refresh per round");
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
         current = tokens[0].clone();
@@ -178,16 +204,28 @@ async fn rejected_tokens_both_ways() {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let old = token_of(app.access_token("acme", id, None).await).await;
-        let new = token_of(app.access_token("acme", id, Some(json!({"rejected_token": old}))).await).await;
+        let new = token_of(
+            app.access_token("acme", id, Some(json!({"rejected_token": old})))
+                .await,
+        )
+        .await;
         assert_ne!(old, new);
         assert_eq!(app.fake.counters().refreshes, 1);
         // A late report of the old token gets the newer one, without another refresh.
-        let again = token_of(app.access_token("acme", id, Some(json!({"rejected_token": old}))).await).await;
+        let again = token_of(
+            app.access_token("acme", id, Some(json!({"rejected_token": old})))
+                .await,
+        )
+        .await;
         assert_eq!(again, new);
         assert_eq!(app.fake.counters().refreshes, 1);
         // Also on a replica whose cache never saw the new token (the database has it).
         let cold = TestApp::spawn_with(&db, &app.fake, &[]).await;
-        let from_db = token_of(cold.access_token("acme", id, Some(json!({"rejected_token": old}))).await).await;
+        let from_db = token_of(
+            cold.access_token("acme", id, Some(json!({"rejected_token": old})))
+                .await,
+        )
+        .await;
         assert_eq!(from_db, new);
         assert_eq!(app.fake.counters().refreshes, 1);
         cold.stop().await;
@@ -210,14 +248,32 @@ async fn refused_refresh_needs_reauthorization() {
             },
         );
         let body = json!({"rejected_token": current});
-        problem(app.access_token("acme", id, Some(body.clone())).await, StatusCode::CONFLICT, "needs_reauthorization").await;
+        problem(
+            app.access_token("acme", id, Some(body.clone())).await,
+            StatusCode::CONFLICT,
+            "needs_reauthorization",
+        )
+        .await;
         let c = connection(&app, id).await;
         assert_eq!(c["status"], "needs_reauthorization");
-        assert!(c["last_error"].as_str().unwrap().contains("invalid_grant"), "{c}");
+        assert!(
+            c["last_error"].as_str().unwrap().contains("invalid_grant"),
+            "{c}"
+        );
         // At once, and without another upstream call — even for a plain request.
         let calls = app.fake.counters().token_requests;
-        problem(app.access_token("acme", id, Some(body)).await, StatusCode::CONFLICT, "needs_reauthorization").await;
-        problem(app.access_token("acme", id, None).await, StatusCode::CONFLICT, "needs_reauthorization").await;
+        problem(
+            app.access_token("acme", id, Some(body)).await,
+            StatusCode::CONFLICT,
+            "needs_reauthorization",
+        )
+        .await;
+        problem(
+            app.access_token("acme", id, None).await,
+            StatusCode::CONFLICT,
+            "needs_reauthorization",
+        )
+        .await;
         assert_eq!(app.fake.counters().token_requests, calls);
         // Authorizing again brings it back.
         app.authorize("acme").await;
@@ -237,18 +293,36 @@ async fn transient_failures_keep_the_refresh_token_and_back_off() {
         app.fake.inject(Endpoint::Token, Fault::Status(503));
         let body = json!({"rejected_token": current});
         let response = app.access_token("acme", id, Some(body.clone())).await;
-        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(retry_after >= 1);
-        problem(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable").await;
+        problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
         let c = connection(&app, id).await;
         assert_eq!(c["status"], "active");
         assert!(c["last_error"].is_string());
-        assert_eq!(active_refresh_tokens(&app.fake), refresh_before, "refresh token intact");
+        assert_eq!(
+            active_refresh_tokens(&app.fake),
+            refresh_before,
+            "refresh token intact"
+        );
         // Backing off: no second upstream call straight away.
         let calls = app.fake.counters().token_requests;
         let response = app.access_token("acme", id, Some(body.clone())).await;
         assert!(response.headers().contains_key("retry-after"));
-        problem(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable").await;
+        problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
         assert_eq!(app.fake.counters().token_requests, calls);
         // After the back-off the stored refresh token still works.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -268,11 +342,22 @@ async fn database_outage_is_the_services_own_503() {
         let current = token_of(app.access_token("acme", id, None).await).await;
         let calls = app.fake.counters().token_requests;
         app.broker.store.close().await;
-        let response = app.access_token("acme", id, Some(json!({"rejected_token": current}))).await;
+        let response = app
+            .access_token("acme", id, Some(json!({"rejected_token": current})))
+            .await;
         assert!(response.headers().contains_key("retry-after"));
-        let body = problem(response, StatusCode::SERVICE_UNAVAILABLE, "service_unavailable").await;
+        let body = problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+        )
+        .await;
         assert!(!body.to_string().contains("salesforce"), "{body}");
-        assert_eq!(app.fake.counters().token_requests, calls, "Salesforce not involved");
+        assert_eq!(
+            app.fake.counters().token_requests,
+            calls,
+            "Salesforce not involved"
+        );
         app.stop().await;
     }
 }
@@ -290,7 +375,11 @@ async fn legacy_apps_without_rotation_keep_their_refresh_token() {
         let refresh = active_refresh_tokens(&fake);
         let mut current = token_of(app.access_token("acme", id, None).await).await;
         for _ in 0..2 {
-            let next = token_of(app.access_token("acme", id, Some(json!({"rejected_token": current}))).await).await;
+            let next = token_of(
+                app.access_token("acme", id, Some(json!({"rejected_token": current})))
+                    .await,
+            )
+            .await;
             assert_ne!(next, current);
             current = next;
         }
@@ -319,7 +408,11 @@ async fn keepalive_refreshes_idle_connections() {
         while fake.counters().refreshes == 0 && std::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(fake.counters().refreshes >= 1, "{}: keep-alive refreshed", db.backend);
+        assert!(
+            fake.counters().refreshes >= 1,
+            "{}: keep-alive refreshed",
+            db.backend
+        );
         assert_ne!(connection(&app, id).await["last_refreshed_at"], before);
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
         app.stop().await;
@@ -343,7 +436,10 @@ async fn keepalive_on_many_replicas_never_reuses_a_token() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let counters = fake.counters();
     assert!(counters.refreshes >= 1);
-    assert!(counters.refreshes <= 4, "at most one per interval: {counters:?}");
+    assert!(
+        counters.refreshes <= 4,
+        "at most one per interval: {counters:?}"
+    );
     assert_eq!(counters.refresh_reuse_attempts, 0);
     token_of(b.access_token("acme", id, None).await).await;
     for app in [a, b, c] {
@@ -360,23 +456,46 @@ async fn deleting_a_connection_revokes_it_first() {
         // Salesforce unreachable: the connection is kept.
         app.fake.inject(Endpoint::Revoke, Fault::Status(503));
         let response = app.delete(&path, "connections:write").await;
-        problem(response, StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable").await;
+        problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
         assert_eq!(connection(&app, id).await["status"], "active");
         // Reachable: revoked, then deleted.
         let refresh = active_refresh_tokens(&app.fake);
-        assert_eq!(app.delete(&path, "connections:write").await.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            app.delete(&path, "connections:write").await.status(),
+            StatusCode::NO_CONTENT
+        );
         assert!(!app.fake.is_refresh_token_active(&refresh[0]));
         assert_eq!(app.fake.counters().revocations, 1);
         let (status, _) = app.get_json(&path, "connections:read").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        problem(app.access_token("acme", id, None).await, StatusCode::NOT_FOUND, "not_found").await;
+        problem(
+            app.access_token("acme", id, None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
 
         // ?force=true deletes even when Salesforce is unreachable.
         let id = app.connect("acme").await;
         app.fake.inject(Endpoint::Revoke, Fault::Status(503));
-        let forced = app.delete(&format!("/v1/tenants/acme/connections/{id}?force=true"), "connections:write").await;
+        let forced = app
+            .delete(
+                &format!("/v1/tenants/acme/connections/{id}?force=true"),
+                "connections:write",
+            )
+            .await;
         assert_eq!(forced.status(), StatusCode::NO_CONTENT);
-        let (status, _) = app.get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read").await;
+        let (status, _) = app
+            .get_json(
+                &format!("/v1/tenants/acme/connections/{id}"),
+                "connections:read",
+            )
+            .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         app.stop().await;
     }
@@ -387,15 +506,23 @@ async fn deleting_the_app_revokes_every_connection() {
     for db in TestDatabase::all().await {
         let app = TestApp::spawn(&db).await;
         let first = app.connect("acme").await;
-        app.fake.set_user("00D5g000004ABCDEA4", "0055g000001OTHEAA4", "other@example.com");
+        app.fake.set_user(
+            "00D5g000004ABCDEA4",
+            "0055g000001OTHEAA4",
+            "other@example.com",
+        );
         let second = app.authorize("acme").await;
         assert_ne!(second.as_str(), first.to_string());
         assert_eq!(active_refresh_tokens(&app.fake).len(), 2);
-        let response = app.delete("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        let response = app
+            .delete("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert!(active_refresh_tokens(&app.fake).is_empty());
         assert_eq!(app.fake.counters().revocations, 2);
-        let (status, body) = app.get_json("/v1/tenants/acme/connections", "connections:read").await;
+        let (status, body) = app
+            .get_json("/v1/tenants/acme/connections", "connections:read")
+            .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["connections"], json!([]));
         app.stop().await;
@@ -408,24 +535,32 @@ async fn token_request_validation() {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         problem(
-            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 86_401}))).await,
+            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 86_401})))
+                .await,
             StatusCode::BAD_REQUEST,
             "invalid_request",
         )
         .await;
         problem(
-            app.access_token("acme", id, Some(json!({"rejected_token": ""}))).await,
+            app.access_token("acme", id, Some(json!({"rejected_token": ""})))
+                .await,
             StatusCode::BAD_REQUEST,
             "invalid_request",
         )
         .await;
         problem(
-            app.access_token("acme", id, Some(json!({"min_ttl": 5}))).await,
+            app.access_token("acme", id, Some(json!({"min_ttl": 5})))
+                .await,
             StatusCode::BAD_REQUEST,
             "invalid_request",
         )
         .await;
-        problem(app.access_token("acme", Uuid::new_v4(), None).await, StatusCode::NOT_FOUND, "not_found").await;
+        problem(
+            app.access_token("acme", Uuid::new_v4(), None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
         let wrong_scope = app
             .client
             .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))

@@ -57,7 +57,9 @@ fn key_hint(key: &str) -> String {
 fn credential(field: &str, value: &SecretString) -> Result<SecretString, BrokerError> {
     let trimmed = value.expose_secret().trim();
     if trimmed.is_empty() {
-        return Err(BrokerError::InvalidRequest(format!("{field} must not be empty")));
+        return Err(BrokerError::InvalidRequest(format!(
+            "{field} must not be empty"
+        )));
     }
     if trimmed.chars().count() > MAX_CREDENTIAL_LEN {
         return Err(BrokerError::InvalidRequest(format!(

@@ -91,7 +91,11 @@ impl Broker {
             Binding::new("connections", &replaced.id.to_string(), "refresh_token"),
         );
         if let Ok(old) = &old
-            && bool::from(old.expose_secret().as_bytes().ct_eq(new_refresh_token.expose_secret().as_bytes()))
+            && bool::from(
+                old.expose_secret()
+                    .as_bytes()
+                    .ct_eq(new_refresh_token.expose_secret().as_bytes()),
+            )
         {
             return;
         }

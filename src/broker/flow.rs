@@ -251,8 +251,12 @@ impl Broker {
         };
         let result = self.finish_flow(&session, params).await;
         match &result {
-            Ok(id) => tracing::info!(tenant = session.tenant_id.as_str(), flow = %session.id, connection = %id, "connection authorized"),
-            Err(e) => tracing::warn!(tenant = session.tenant_id.as_str(), flow = %session.id, error = e.code.as_str(), "authorization failed"),
+            Ok(id) => {
+                tracing::info!(tenant = session.tenant_id.as_str(), flow = %session.id, connection = %id, "connection authorized")
+            }
+            Err(e) => {
+                tracing::warn!(tenant = session.tenant_id.as_str(), flow = %session.id, error = e.code.as_str(), "authorization failed")
+            }
         }
         Ok(CallbackOutcome {
             return_to: session.return_to.clone(),
@@ -272,7 +276,10 @@ impl Broker {
             return Err(FlowError { code, description });
         }
         let code = params.code.ok_or_else(|| {
-            FlowError::new("exchange_failed", "Salesforce sent neither a code nor an error.")
+            FlowError::new(
+                "exchange_failed",
+                "Salesforce sent neither a code nor an error.",
+            )
         })?;
         let tenant = TenantId(session.tenant_id.clone());
         let internal = |e: BrokerError| {
@@ -317,7 +324,11 @@ impl Broker {
         let Some(refresh_token) = grant.refresh_token.clone() else {
             // Without a refresh token the connection dies with the session: refuse it, and
             // do not leave the access token alive (RFC 7009).
-            if let Err(e) = self.salesforce.revoke(&app.login_url, &grant.access_token).await {
+            if let Err(e) = self
+                .salesforce
+                .revoke(&app.login_url, &grant.access_token)
+                .await
+            {
                 tracing::warn!(error = %e.summary(), "could not revoke the unusable access token");
             }
             return Err(FlowError::new(
@@ -345,8 +356,16 @@ impl Broker {
                         login_url: app.login_url.clone(),
                         instance_url: grant.instance_url.clone(),
                         scopes: grant.scopes.clone().unwrap_or_default(),
-                        access_token_enc: self.seal_connection_secret(&id, "access_token", &grant.access_token)?,
-                        refresh_token_enc: self.seal_connection_secret(&id, "refresh_token", &refresh_token)?,
+                        access_token_enc: self.seal_connection_secret(
+                            &id,
+                            "access_token",
+                            &grant.access_token,
+                        )?,
+                        refresh_token_enc: self.seal_connection_secret(
+                            &id,
+                            "refresh_token",
+                            &refresh_token,
+                        )?,
                         issued_at: grant.issued_at_ms,
                         access_expires_at,
                         expiry_assumed,
@@ -426,7 +445,9 @@ fn exchange_error(tenant: &TenantId, e: &SalesforceError) -> FlowError {
                 Some("invalid_client_id") => {
                     "Salesforce refused the consumer key: update the tenant's External Client App credentials."
                 }
-                _ => "Salesforce refused the authorization code. Please start the connection again.",
+                _ => {
+                    "Salesforce refused the authorization code. Please start the connection again."
+                }
             };
             FlowError::new("exchange_failed", detail)
         }

@@ -97,7 +97,12 @@ impl Broker {
             }
             match self.keepalive_sweep().await {
                 Ok(report) if report.due > 0 => {
-                    tracing::info!(due = report.due, refreshed = report.refreshed, failed = report.failed, "keep-alive sweep");
+                    tracing::info!(
+                        due = report.due,
+                        refreshed = report.refreshed,
+                        failed = report.failed,
+                        "keep-alive sweep"
+                    );
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "keep-alive sweep failed"),

@@ -81,7 +81,10 @@ pub enum BrokerError {
     Upstream(String),
     /// Salesforce is unavailable for now (503 `upstream_unavailable`, `Retry-After`).
     #[error("salesforce unavailable: {reason}")]
-    UpstreamUnavailable { reason: String, retry_after: Duration },
+    UpstreamUnavailable {
+        reason: String,
+        retry_after: Duration,
+    },
     /// Our own infrastructure failed: database down, lock wait exceeded
     /// (503 `service_unavailable`).
     #[error("service unavailable: {0}")]
@@ -94,7 +97,9 @@ pub enum BrokerError {
 impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::LockTimeout => Self::Unavailable(e.to_string()),
+            StoreError::Unavailable(_) | StoreError::LockTimeout => {
+                Self::Unavailable(e.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }
@@ -153,7 +158,11 @@ impl Broker {
         Ok(AppCredentials {
             login_url: app.login_url.clone(),
             client_id: self.open_app_secret(app, &app.consumer_key_enc, "consumer_key")?,
-            client_secret: self.open_app_secret(app, &app.consumer_secret_enc, "consumer_secret")?,
+            client_secret: self.open_app_secret(
+                app,
+                &app.consumer_secret_enc,
+                "consumer_secret",
+            )?,
         })
     }
 
@@ -186,7 +195,9 @@ impl Broker {
 fn upstream_error(e: &SalesforceError, retry_after: Duration) -> BrokerError {
     use crate::salesforce::ErrorClass;
     match e.class() {
-        ErrorClass::Reauthorize => BrokerError::NeedsReauthorization { reason: e.summary() },
+        ErrorClass::Reauthorize => BrokerError::NeedsReauthorization {
+            reason: e.summary(),
+        },
         ErrorClass::Transient => BrokerError::UpstreamUnavailable {
             reason: e.summary(),
             retry_after,

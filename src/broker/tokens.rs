@@ -89,7 +89,8 @@ impl Want {
             Self::Replacing { .. } if self.rejects(token) => true,
             _ => {
                 let expired = row.access_expires_at <= now;
-                let recently = now.saturating_sub(row.last_refreshed_at) < MIN_TTL_REFRESH_SPACING_MS;
+                let recently =
+                    now.saturating_sub(row.last_refreshed_at) < MIN_TTL_REFRESH_SPACING_MS;
                 !self.served_by(token, row.access_expires_at, now) && (expired || !recently)
             }
         }
@@ -190,7 +191,8 @@ impl Broker {
     /// The hot path: a cached token, recently checked, that serves the want.
     fn cached(&self, tenant: &TenantId, id: Uuid, want: &Want, now: Millis) -> Option<AccessToken> {
         let hit = self.tokens.get(id)?;
-        let revalidate = i64::try_from(self.settings.tokens.cache_revalidate.as_millis()).unwrap_or(0);
+        let revalidate =
+            i64::try_from(self.settings.tokens.cache_revalidate.as_millis()).unwrap_or(0);
         (hit.tenant_id == tenant.as_str()
             && now.saturating_sub(hit.checked_at) < revalidate
             && want.served_by(&hit.token.access_token, hit.token.expires_at, now))
@@ -236,7 +238,11 @@ impl Broker {
 
         let Some(lock) = self
             .store
-            .lock_connection(tenant.as_str(), id, self.settings.tokens.refresh_lock_timeout)
+            .lock_connection(
+                tenant.as_str(),
+                id,
+                self.settings.tokens.refresh_lock_timeout,
+            )
             .await?
         else {
             self.tokens.forget(id);
@@ -267,8 +273,16 @@ impl Broker {
                 let update = RefreshedTokens {
                     instance_url: grant.instance_url.clone(),
                     scopes: grant.scopes.clone(),
-                    access_token_enc: self.seal_connection_secret(&row_id, "access_token", &grant.access_token)?,
-                    refresh_token_enc: self.seal_connection_secret(&row_id, "refresh_token", new_refresh)?,
+                    access_token_enc: self.seal_connection_secret(
+                        &row_id,
+                        "access_token",
+                        &grant.access_token,
+                    )?,
+                    refresh_token_enc: self.seal_connection_secret(
+                        &row_id,
+                        "refresh_token",
+                        new_refresh,
+                    )?,
                     issued_at: grant.issued_at_ms,
                     access_expires_at: expires_at,
                     expiry_assumed: assumed,
@@ -293,7 +307,8 @@ impl Broker {
                     issued_at: saved.issued_at,
                     expires_at: saved.access_expires_at,
                 };
-                self.tokens.put(id, tenant.as_str(), token.clone(), self.now());
+                self.tokens
+                    .put(id, tenant.as_str(), token.clone(), self.now());
                 Ok(token)
             }
             Err(e) => {
@@ -320,9 +335,8 @@ impl Broker {
                 lock.commit_failure(RefreshFailure::Transient {
                     reason: e.summary(),
                     failure_count,
-                    next_attempt_at: now.saturating_add(
-                        i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX),
-                    ),
+                    next_attempt_at: now
+                        .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)),
                     now,
                 })
                 .await?;
@@ -396,15 +410,19 @@ impl Broker {
         } else {
             &row.access_token_enc
         };
-        Ok(self
-            .keyring
-            .open(sealed, Binding::new("connections", &row.id.to_string(), column))?)
+        Ok(self.keyring.open(
+            sealed,
+            Binding::new("connections", &row.id.to_string(), column),
+        )?)
     }
 
     /// Exponential back-off after `failures` consecutive transient failures: 1 s, 2 s, 4 s …
     /// up to the configured maximum.
     fn backoff(&self, failures: i32) -> Duration {
-        let exponent = u32::try_from(failures.saturating_sub(1)).unwrap_or(0).min(20);
-        Duration::from_secs(1u64 << exponent).min(self.settings.tokens.backoff_max.max(Duration::from_secs(1)))
+        let exponent = u32::try_from(failures.saturating_sub(1))
+            .unwrap_or(0)
+            .min(20);
+        Duration::from_secs(1u64 << exponent)
+            .min(self.settings.tokens.backoff_max.max(Duration::from_secs(1)))
     }
 }

@@ -70,7 +70,11 @@ async fn put_app(
             },
         )
         .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(no_store_json(status, view(&state, metadata)))
 }
 

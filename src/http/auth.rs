@@ -49,12 +49,16 @@ impl Caller {
     /// 403 unless the token grants `scope` and, if confined to a tenant, this tenant.
     pub fn require(&self, scope: &str, tenant: &TenantId) -> Result<(), Problem> {
         if !self.scopes.iter().any(|s| s == scope) {
-            return Err(Problem::forbidden(format!("the token lacks the scope {scope}")));
+            return Err(Problem::forbidden(format!(
+                "the token lacks the scope {scope}"
+            )));
         }
         if let Some(own) = &self.tenant
             && own != tenant.as_str()
         {
-            return Err(Problem::forbidden("the token is confined to another tenant"));
+            return Err(Problem::forbidden(
+                "the token is confined to another tenant",
+            ));
         }
         Ok(())
     }
@@ -112,7 +116,11 @@ impl ApiAuth {
     /// Verifies a bearer token (or finds it verified before and not yet expired).
     pub fn verify(&self, token: &str, now_secs: u64) -> Result<Arc<Caller>, Problem> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(caller) = self.verified.read().ok().and_then(|m| m.get(&digest).cloned())
+        if let Some(caller) = self
+            .verified
+            .read()
+            .ok()
+            .and_then(|m| m.get(&digest).cloned())
             && now_secs < caller.expires_at.saturating_add(LEEWAY_SECS)
         {
             return Ok(caller);
@@ -123,7 +131,13 @@ impl ApiAuth {
                 Problem::unauthenticated("the bearer token is missing, malformed, expired or not signed for this service")
             })?;
         let caller = Arc::new(Caller {
-            scopes: data.claims.scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            scopes: data
+                .claims
+                .scope
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
             tenant: data.claims.tenant,
             expires_at: data.claims.exp,
         });
@@ -169,13 +183,17 @@ impl FromRequestParts<AppState> for Authenticated {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Problem::unauthenticated("an Authorization: Bearer token is required"))?;
+            .ok_or_else(|| {
+                Problem::unauthenticated("an Authorization: Bearer token is required")
+            })?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| Problem::unauthenticated("the Authorization header must be Bearer <token>"))?;
+            .ok_or_else(|| {
+                Problem::unauthenticated("the Authorization header must be Bearer <token>")
+            })?;
         let now_secs = u64::try_from(state.broker.now() / 1000).unwrap_or(0);
         state.auth.verify(token, now_secs).map(Authenticated)
     }

@@ -55,7 +55,11 @@ async fn callback(
             crate::metrics::CALLBACK_FAILED.inc();
         }
     }
-    match outcome.return_to.as_deref().and_then(|r| Url::parse(r).ok()) {
+    match outcome
+        .return_to
+        .as_deref()
+        .and_then(|r| Url::parse(r).ok())
+    {
         Some(mut url) => {
             {
                 let mut pairs = url.query_pairs_mut();

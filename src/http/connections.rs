@@ -101,7 +101,10 @@ async fn read(
         .broker
         .get_connection(&target.tenant, target.connection_id()?)
         .await?;
-    Ok(no_store_json(StatusCode::OK, ConnectionView::from(connection)))
+    Ok(no_store_json(
+        StatusCode::OK,
+        ConnectionView::from(connection),
+    ))
 }
 
 async fn delete(
@@ -113,7 +116,11 @@ async fn delete(
     caller.require("connections:write", &target.tenant)?;
     state
         .broker
-        .delete_connection(&target.tenant, target.connection_id()?, force_flag(query.as_deref()))
+        .delete_connection(
+            &target.tenant,
+            target.connection_id()?,
+            force_flag(query.as_deref()),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -20,15 +20,20 @@ pub struct JsonBody<T>(pub T);
 /// Like [`JsonBody`], but an empty body means `T::default()`.
 pub struct OptionalJsonBody<T>(pub T);
 
-async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<(HeaderMap, Bytes), Problem> {
+async fn body_bytes<S: Send + Sync>(
+    request: Request,
+    state: &S,
+) -> Result<(HeaderMap, Bytes), Problem> {
     let headers = request.headers().clone();
-    let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            Problem::payload_too_large("the request body is larger than the configured limit")
-        } else {
-            Problem::invalid_request("the request body could not be read")
-        }
-    })?;
+    let bytes = Bytes::from_request(request, state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::payload_too_large("the request body is larger than the configured limit")
+            } else {
+                Problem::invalid_request("the request body could not be read")
+            }
+        })?;
     Ok((headers, bytes))
 }
 

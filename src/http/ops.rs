@@ -51,11 +51,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Access tokens held in this replica's memory.",
         cached,
     )]);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        body,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn openapi() -> Response {

@@ -51,7 +51,10 @@ pub fn test_env(db: &TestDatabase, keys: &str, extra: &[(&str, &str)]) -> config
         ("VALO_OAUTH_PUBLIC_URL", PUBLIC_URL),
         ("VALO_OAUTH_ENCRYPTION_KEYS", keys),
         ("VALO_OAUTH_API_JWT_SECRET", JWT_SECRET),
-        ("VALO_OAUTH_LOGIN_HOSTS", "http://127.0.0.1,login.salesforce.com,*.my.salesforce.com"),
+        (
+            "VALO_OAUTH_LOGIN_HOSTS",
+            "http://127.0.0.1,login.salesforce.com,*.my.salesforce.com",
+        ),
         ("VALO_OAUTH_RETURN_TO_ORIGINS", RETURN_ORIGIN),
         ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "2000"),
         ("VALO_OAUTH_REFRESH_LOCK_TIMEOUT_MS", "10000"),
@@ -75,7 +78,11 @@ impl TestApp {
     }
 
     /// An app on `db` talking to `fake` (share both to run several replicas).
-    pub async fn spawn_with(db: &TestDatabase, fake: &FakeSalesforce, extra: &[(&str, &str)]) -> TestApp {
+    pub async fn spawn_with(
+        db: &TestDatabase,
+        fake: &FakeSalesforce,
+        extra: &[(&str, &str)],
+    ) -> TestApp {
         let keys = extra
             .iter()
             .find(|(k, _)| *k == "VALO_OAUTH_ENCRYPTION_KEYS")
@@ -86,7 +93,8 @@ impl TestApp {
             let _ = valo_oauth::telemetry::init_stderr(&filter, config::LogFormat::Pretty);
         }
         let env = test_env(db, &keys, extra);
-        let settings = config::load(Path::new("config/none.toml"), None, &env).expect("test settings");
+        let settings =
+            config::load(Path::new("config/none.toml"), None, &env).expect("test settings");
         fake.register_app(CLIENT_ID, CLIENT_SECRET, &settings.callback_url());
         let app = Application::build(settings).await.expect("app builds");
         let addr = app.local_addr().unwrap();
@@ -168,18 +176,29 @@ impl TestApp {
     /// Follows a callback URL (as Salesforce sent it) to this app.
     pub async fn callback(&self, callback_url: &str) -> Response {
         let rewritten = callback_url.replacen(PUBLIC_URL, &self.base, 1);
-        assert_ne!(rewritten, callback_url, "callback URL points elsewhere: {callback_url}");
+        assert_ne!(
+            rewritten, callback_url,
+            "callback URL points elsewhere: {callback_url}"
+        );
         self.client.get(rewritten).send().await.unwrap()
     }
 
     /// The full browser flow with a return_to: returns the callback's redirect target.
     pub async fn authorize(&self, tenant: &str) -> reqwest::Url {
         let url = self
-            .authorization_url(tenant, json!({"return_to": format!("{RETURN_ORIGIN}/done")}))
+            .authorization_url(
+                tenant,
+                json!({"return_to": format!("{RETURN_ORIGIN}/done")}),
+            )
             .await;
         let callback = self.fake.approve(&url).await.expect("fake approves");
         let response = self.callback(&callback).await;
-        assert_eq!(response.status(), StatusCode::SEE_OTHER, "{:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            StatusCode::SEE_OTHER,
+            "{:?}",
+            response.text().await
+        );
         let location = response.headers()["location"].to_str().unwrap().to_owned();
         reqwest::Url::parse(&location).unwrap()
     }
@@ -190,14 +209,20 @@ impl TestApp {
         assert!(put.status().is_success(), "put app: {}", put.status());
         let location = self.authorize(tenant).await;
         let pairs: BTreeMap<String, String> = location.query_pairs().into_owned().collect();
-        assert_eq!(pairs.get("status").map(String::as_str), Some("connected"), "{location}");
+        assert_eq!(
+            pairs.get("status").map(String::as_str),
+            Some("connected"),
+            "{location}"
+        );
         Uuid::parse_str(&pairs["connection_id"]).unwrap()
     }
 
     pub async fn access_token(&self, tenant: &str, id: Uuid, body: Option<Value>) -> Response {
         let mut request = self
             .client
-            .post(self.url(&format!("/v1/tenants/{tenant}/connections/{id}/access-token")))
+            .post(self.url(&format!(
+                "/v1/tenants/{tenant}/connections/{id}/access-token"
+            )))
             .bearer_auth(self.token("tokens:read", Some(tenant)));
         if let Some(body) = body {
             request = request.json(&body);
@@ -230,7 +255,8 @@ impl TestApp {
 /// An HS256 API token.
 pub fn mint(secret: &str, scope: &str, tenant: Option<&str>, ttl_secs: i64) -> String {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let mut claims = json!({"aud": AUDIENCE, "exp": now + ttl_secs, "iat": now, "scope": scope, "sub": "test"});
+    let mut claims =
+        json!({"aud": AUDIENCE, "exp": now + ttl_secs, "iat": now, "scope": scope, "sub": "test"});
     if let Some(t) = tenant {
         claims["tenant"] = json!(t);
     }
@@ -244,5 +270,7 @@ pub fn mint(secret: &str, scope: &str, tenant: Option<&str>, ttl_secs: i64) -> S
 
 /// A fresh encryption key spec.
 pub fn fresh_keys() -> String {
-    Keyring::generate_key_spec("test1").expose_secret().to_owned()
+    Keyring::generate_key_spec("test1")
+        .expose_secret()
+        .to_owned()
 }

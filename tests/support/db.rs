@@ -143,7 +143,11 @@ impl TestDatabase {
                     .output()
                     .await
                     .expect("pg_dump runs");
-                assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+                assert!(
+                    output.status.success(),
+                    "pg_dump: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
                 String::from_utf8(output.stdout).unwrap()
             }
         }
