@@ -416,6 +416,38 @@ async fn transient_failures_during_the_exchange() {
 }
 
 #[tokio::test]
+async fn expiry_is_introspected_or_assumed() {
+    for db in TestDatabase::all().await {
+        let fake = FakeSalesforce::start(valo_oauth::fake_salesforce::FakeOptions {
+            access_token_lifetime: Duration::from_secs(900),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let app = TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_ASSUMED_TOKEN_LIFETIME_SECS", "3600")]).await;
+        let expiry_in = |c: &Value| {
+            let at = time::OffsetDateTime::parse(
+                c["access_token_expires_at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap();
+            (at - time::OffsetDateTime::now_utc()).whole_seconds()
+        };
+        app.connect("acme").await;
+        let c = &connections(&app, "acme").await[0];
+        assert_eq!(c["access_token_expiry_assumed"], false);
+        assert!((880..=900).contains(&expiry_in(c)), "introspected: {c}");
+        // Introspection failing: the configured lifetime, recorded as assumed.
+        app.fake.inject(Endpoint::Introspect, Fault::Status(503));
+        app.authorize("acme").await;
+        let c = &connections(&app, "acme").await[0];
+        assert_eq!(c["access_token_expiry_assumed"], true);
+        assert!((3580..=3600).contains(&expiry_in(c)), "assumed: {c}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn start_validation() {
     for db in TestDatabase::all().await {
         let app = TestApp::spawn(&db).await;

@@ -45,6 +45,8 @@ struct ConnectionView {
     status: &'static str,
     scopes: Vec<String>,
     access_token_expires_at: String,
+    /// True when the expiry is the configured lifetime, not Salesforce's introspection.
+    access_token_expiry_assumed: bool,
     created_at: String,
     updated_at: String,
     last_refreshed_at: String,
@@ -63,6 +65,7 @@ impl From<ConnectionRecord> for ConnectionView {
             status: c.status.as_str(),
             scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
             access_token_expires_at: rfc3339(c.access_expires_at),
+            access_token_expiry_assumed: c.expiry_assumed,
             created_at: rfc3339(c.created_at),
             updated_at: rfc3339(c.updated_at),
             last_refreshed_at: rfc3339(c.last_refreshed_at),
