@@ -424,7 +424,12 @@ async fn expiry_is_introspected_or_assumed() {
         })
         .await
         .unwrap();
-        let app = TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_ASSUMED_TOKEN_LIFETIME_SECS", "3600")]).await;
+        let app = TestApp::spawn_with(
+            &db,
+            &fake,
+            &[("VALO_OAUTH_ASSUMED_TOKEN_LIFETIME_SECS", "3600")],
+        )
+        .await;
         let expiry_in = |c: &Value| {
             let at = time::OffsetDateTime::parse(
                 c["access_token_expires_at"].as_str().unwrap(),

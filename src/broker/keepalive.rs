@@ -22,6 +22,7 @@ const SWEEP_LIMIT: i64 = 500;
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SweepReport {
     pub due: usize,
+    /// Refreshed, or found refreshed by another replica in the meantime.
     pub refreshed: usize,
     pub failed: usize,
 }
@@ -54,20 +55,19 @@ impl Broker {
             let permits = permits.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let before = broker.now();
                 let result = broker
                     .access_token(&tenant, id, Want::KeepAlive { refreshed_before })
                     .await;
-                (id, before, result)
+                (id, result)
             });
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((_, _, Ok(_))) => {
+                Ok((_, Ok(_))) => {
                     report.refreshed += 1;
                     crate::metrics::KEEPALIVE_REFRESHES.inc();
                 }
-                Ok((id, _, Err(e))) => {
+                Ok((id, Err(e))) => {
                     report.failed += 1;
                     tracing::warn!(connection = %id, error = %e, "keep-alive refresh failed");
                 }
