@@ -1,0 +1,445 @@
+//! `docs/openapi.json` (served at `GET /openapi.json`) against the code it describes: the
+//! routes, the bearer security of the internal API, the problem codes of
+//! `src/http/problem.rs`, the callback error codes of `src/broker/flow.rs`, and `$ref`s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+const OPENAPI: &str = include_str!("../docs/openapi.json");
+const PROBLEM_RS: &str = include_str!("../src/http/problem.rs");
+const FLOW_RS: &str = include_str!("../src/broker/flow.rs");
+
+const METHODS: [&str; 8] = [
+    "get", "put", "post", "delete", "patch", "head", "options", "trace",
+];
+
+/// Every route of `src/http/*::router()`, with the scope each internal operation needs.
+const ROUTES: &[(&str, &str, Option<&str>)] = &[
+    (
+        "/v1/tenants/{tenant}/salesforce-app",
+        "put",
+        Some("apps:write"),
+    ),
+    (
+        "/v1/tenants/{tenant}/salesforce-app",
+        "get",
+        Some("apps:write"),
+    ),
+    (
+        "/v1/tenants/{tenant}/salesforce-app",
+        "delete",
+        Some("apps:write"),
+    ),
+    (
+        "/v1/tenants/{tenant}/authorizations",
+        "post",
+        Some("connections:write"),
+    ),
+    (
+        "/v1/tenants/{tenant}/connections",
+        "get",
+        Some("connections:read"),
+    ),
+    (
+        "/v1/tenants/{tenant}/connections/{id}",
+        "get",
+        Some("connections:read"),
+    ),
+    (
+        "/v1/tenants/{tenant}/connections/{id}",
+        "delete",
+        Some("connections:write"),
+    ),
+    (
+        "/v1/tenants/{tenant}/connections/{id}/access-token",
+        "post",
+        Some("tokens:read"),
+    ),
+    ("/oauth2/v1/callback/salesforce", "get", None),
+    ("/healthz", "get", None),
+    ("/readyz", "get", None),
+    ("/metrics", "get", None),
+    ("/openapi.json", "get", None),
+];
+
+fn spec() -> Value {
+    serde_json::from_str(OPENAPI).expect("docs/openapi.json is not valid JSON")
+}
+
+/// The `(path, method)` pairs the document declares.
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let paths = doc["paths"].as_object().expect("paths is an object");
+    let mut found = BTreeSet::new();
+    for (path, item) in paths {
+        let item = item.as_object().expect("a path item is an object");
+        for method in METHODS {
+            if item.contains_key(method) {
+                found.insert((path.clone(), method.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Follows a local `$ref` (`#/…`) to its target.
+fn resolve<'a>(doc: &'a Value, reference: &str) -> Option<&'a Value> {
+    doc.pointer(reference.strip_prefix('#')?)
+}
+
+/// The value itself, or what its `$ref` points to.
+fn deref<'a>(doc: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(r) => resolve(doc, r).unwrap_or_else(|| panic!("unresolved $ref {r}")),
+        None => value,
+    }
+}
+
+/// String literals that directly follow `marker` plus optional whitespace and a comma, e.g.
+/// the code in `Problem::new(StatusCode::CONFLICT, "needs_reauthorization", …)` after
+/// `StatusCode::CONFLICT`. With `skip_ident`, an identifier (the status constant) is
+/// skipped after the marker first.
+fn literals_after(source: &str, marker: &str, skip_ident: bool) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for chunk in source.split(marker).skip(1) {
+        let mut rest = chunk;
+        if skip_ident {
+            rest = rest.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let Some(after_comma) = rest.trim_start().strip_prefix(',') else {
+                continue;
+            };
+            rest = after_comma;
+        }
+        let Some(literal) = rest.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        if let Some(end) = literal.find('"') {
+            found.insert(literal[..end].to_owned());
+        }
+    }
+    found
+}
+
+fn problem_codes_in_code() -> BTreeSet<String> {
+    literals_after(PROBLEM_RS, "StatusCode::", true)
+}
+
+fn string_set(value: &Value) -> BTreeSet<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {value}"))
+        .iter()
+        .map(|v| v.as_str().expect("a string").to_owned())
+        .collect()
+}
+
+fn check_version(doc: &Value) -> Result<(), String> {
+    match doc["openapi"].as_str() {
+        Some(v) if v.starts_with("3.1.") => Ok(()),
+        other => Err(format!("openapi must be 3.1.x, is {other:?}")),
+    }
+}
+
+fn check_routes(doc: &Value) -> Result<(), String> {
+    let expected: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(p, m, _)| ((*p).to_owned(), (*m).to_owned()))
+        .collect();
+    let documented = operations(doc);
+    let undocumented: Vec<_> = expected.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&expected).collect();
+    if undocumented.is_empty() && unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "routes without docs: {undocumented:?}; docs without routes: {unknown:?}"
+        ))
+    }
+}
+
+fn check_security(doc: &Value) -> Result<(), String> {
+    let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
+    if scheme["type"] != "http" || scheme["scheme"] != "bearer" {
+        return Err(format!(
+            "bearerAuth must be an http bearer scheme: {scheme}"
+        ));
+    }
+    for (path, method, scope) in ROUTES {
+        let op = &doc["paths"][*path][*method];
+        let security = op["security"].as_array().cloned().unwrap_or_default();
+        match scope {
+            Some(scope) => {
+                let expected = serde_json::json!([{ "bearerAuth": [scope] }]);
+                if Value::Array(security) != expected {
+                    return Err(format!(
+                        "{method} {path} must declare security {expected}, declares {}",
+                        op["security"]
+                    ));
+                }
+                for status in ["401", "403"] {
+                    if op["responses"].get(status).is_none() {
+                        return Err(format!("{method} {path} lacks a {status} response"));
+                    }
+                }
+                let unauthenticated = deref(doc, &op["responses"]["401"]);
+                if unauthenticated["headers"].get("WWW-Authenticate").is_none() {
+                    return Err(format!("{method} {path}: the 401 lacks WWW-Authenticate"));
+                }
+            }
+            None => {
+                if !security.is_empty() {
+                    return Err(format!(
+                        "{method} {path} is public but declares {security:?}"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_problem_codes(doc: &Value) -> Result<(), String> {
+    let emitted = problem_codes_in_code();
+    let documented =
+        string_set(&doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]);
+    let missing: Vec<_> = emitted.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&emitted).collect();
+    if missing.is_empty() && stale.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "problem codes emitted but not documented: {missing:?}; documented but never emitted: {stale:?}"
+        ))
+    }
+}
+
+fn check_callback_codes(doc: &Value) -> Result<(), String> {
+    let emitted = literals_after(FLOW_RS, "FlowError::new(", false);
+    let schema = &doc["components"]["schemas"]["CallbackError"];
+    let mut documented = BTreeSet::new();
+    for alternative in schema["anyOf"].as_array().into_iter().flatten() {
+        if let Some(values) = alternative.get("enum") {
+            documented.extend(string_set(values));
+        }
+    }
+    let missing: Vec<_> = emitted.difference(&documented).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("callback error codes not documented: {missing:?}"))
+    }
+}
+
+fn check_refs(doc: &Value) -> Result<(), String> {
+    fn walk(doc: &Value, value: &Value, at: &str, bad: &mut Vec<String>, count: &mut usize) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    if key == "$ref" {
+                        *count += 1;
+                        let target = child.as_str().unwrap_or_default();
+                        if !target.starts_with("#/") || resolve(doc, target).is_none() {
+                            bad.push(format!("{at}: {target}"));
+                        }
+                    } else {
+                        walk(doc, child, &format!("{at}/{key}"), bad, count);
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    walk(doc, child, &format!("{at}/{i}"), bad, count);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    let mut count = 0;
+    walk(doc, doc, "#", &mut bad, &mut count);
+    if count == 0 {
+        return Err("the document has no $ref at all (was the walk broken?)".into());
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("unresolved $refs: {bad:?}"))
+    }
+}
+
+#[test]
+fn is_openapi_3_1() {
+    check_version(&spec()).unwrap();
+}
+
+#[test]
+fn documents_exactly_the_routes() {
+    check_routes(&spec()).unwrap();
+}
+
+#[test]
+fn internal_operations_declare_bearer_security_401_and_403() {
+    check_security(&spec()).unwrap();
+}
+
+#[test]
+fn the_code_scanners_find_what_they_should() {
+    let problems = problem_codes_in_code();
+    for code in [
+        "invalid_request",
+        "unauthenticated",
+        "needs_reauthorization",
+        "upstream_unavailable",
+    ] {
+        assert!(
+            problems.contains(code),
+            "{code} not found in problem.rs: {problems:?}"
+        );
+    }
+    assert!(
+        !problems.contains("Invalid request"),
+        "a title was taken for a code"
+    );
+    let flow = literals_after(FLOW_RS, "FlowError::new(", false);
+    for code in [
+        "invalid_signature",
+        "no_refresh_token",
+        "exchange_failed",
+        "service_unavailable",
+    ] {
+        assert!(flow.contains(code), "{code} not found in flow.rs: {flow:?}");
+    }
+}
+
+#[test]
+fn every_problem_code_is_documented() {
+    check_problem_codes(&spec()).unwrap();
+}
+
+#[test]
+fn every_callback_error_code_is_documented() {
+    check_callback_codes(&spec()).unwrap();
+}
+
+#[test]
+fn every_ref_resolves() {
+    check_refs(&spec()).unwrap();
+}
+
+/// Each check fails on a document that is wrong in the way it guards against.
+#[test]
+fn the_checks_catch_wrong_documents() {
+    let good = spec();
+
+    let mut doc = good.clone();
+    doc["openapi"] = "3.0.3".into();
+    assert!(check_version(&doc).is_err(), "3.0 accepted");
+
+    let mut doc = good.clone();
+    doc["paths"]["/v1/tenants/{tenant}/connections/{id}"]
+        .as_object_mut()
+        .unwrap()
+        .remove("delete");
+    assert!(check_routes(&doc).is_err(), "a missing operation accepted");
+
+    let mut doc = good.clone();
+    doc["paths"]["/v1/tenants/{tenant}/connections"]["post"] =
+        doc["paths"]["/v1/tenants/{tenant}/connections"]["get"].clone();
+    assert!(check_routes(&doc).is_err(), "an extra operation accepted");
+
+    let mut doc = good.clone();
+    doc["paths"]["/v1/removed"] = serde_json::json!({"get": {"responses": {}}});
+    assert!(check_routes(&doc).is_err(), "an extra path accepted");
+
+    let mut doc = good.clone();
+    doc["paths"]["/v1/tenants/{tenant}/authorizations"]["post"]
+        .as_object_mut()
+        .unwrap()
+        .remove("security");
+    assert!(check_security(&doc).is_err(), "missing security accepted");
+
+    let mut doc = good.clone();
+    doc["paths"]["/v1/tenants/{tenant}/connections"]["get"]["security"] =
+        serde_json::json!([{"bearerAuth": ["tokens:read"]}]);
+    assert!(check_security(&doc).is_err(), "a wrong scope accepted");
+
+    for status in ["401", "403"] {
+        let mut doc = good.clone();
+        doc["paths"]["/v1/tenants/{tenant}/connections/{id}/access-token"]["post"]["responses"]
+            .as_object_mut()
+            .unwrap()
+            .remove(status);
+        assert!(check_security(&doc).is_err(), "a missing {status} accepted");
+    }
+
+    let mut doc = good.clone();
+    doc["paths"]["/healthz"]["get"]["security"] = serde_json::json!([{"bearerAuth": []}]);
+    assert!(
+        check_security(&doc).is_err(),
+        "a public route with security accepted"
+    );
+
+    let mut doc = good.clone();
+    let codes = doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+        .as_array_mut()
+        .unwrap();
+    codes.retain(|c| c != "needs_reauthorization");
+    assert!(
+        check_problem_codes(&doc).is_err(),
+        "a missing problem code accepted"
+    );
+
+    let mut doc = good.clone();
+    doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
+        .as_array_mut()
+        .unwrap()
+        .push("invalid_credentials".into());
+    assert!(
+        check_problem_codes(&doc).is_err(),
+        "a never-emitted problem code accepted"
+    );
+
+    let mut doc = good.clone();
+    for alternative in doc["components"]["schemas"]["CallbackError"]["anyOf"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if let Some(values) = alternative.get_mut("enum") {
+            values
+                .as_array_mut()
+                .unwrap()
+                .retain(|c| c != "no_refresh_token");
+        }
+    }
+    assert!(
+        check_callback_codes(&doc).is_err(),
+        "a missing callback code accepted"
+    );
+
+    let mut doc = good.clone();
+    doc["components"]["schemas"]
+        .as_object_mut()
+        .unwrap()
+        .remove("Timestamp");
+    assert!(check_refs(&doc).is_err(), "a dangling $ref accepted");
+
+    let mut doc = good;
+    doc["paths"]["/healthz"]["get"]["responses"]["200"] =
+        serde_json::json!({"$ref": "https://example.com/x.json"});
+    assert!(check_refs(&doc).is_err(), "an external $ref accepted");
+}
+
+/// The literal scanner is robust to formatting: line breaks between the arguments.
+#[test]
+fn scanner_handles_multi_line_calls() {
+    let source = "Self::new(\n    StatusCode::CONFLICT,\n    \"needs_x\",\n    \"Title\",\n)\n\
+                  Self::new(StatusCode::BAD_REQUEST, \"bad\", \"Bad\")\n\
+                  if s == StatusCode::OK { }";
+    let found = literals_after(source, "StatusCode::", true);
+    assert_eq!(
+        found,
+        ["bad", "needs_x"].into_iter().map(str::to_owned).collect()
+    );
+}
