@@ -118,13 +118,16 @@ impl Broker {
     pub async fn delete_app(&self, tenant: &TenantId, force: bool) -> Result<(), BrokerError> {
         let app = self.tenant_app(tenant).await?;
         let connections = self.store.list_connections(tenant.as_str()).await?;
+        // Each connection is deleted as soon as it is revoked: if Salesforce fails midway,
+        // what remains is exactly what is still live there.
         for connection in &connections {
             self.revoke_connection(connection, force).await?;
-        }
-        self.store.delete_tenant_app(tenant.as_str()).await?;
-        for connection in &connections {
+            self.store
+                .delete_connection(tenant.as_str(), connection.id)
+                .await?;
             self.tokens.forget(connection.id);
         }
+        self.store.delete_tenant_app(tenant.as_str()).await?;
         tracing::info!(
             tenant = app.tenant_id.as_str(),
             connections = connections.len(),

@@ -183,16 +183,14 @@ impl FromRequestParts<AppState> for Authenticated {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                Problem::unauthenticated("an Authorization: Bearer token is required")
-            })?;
+            .ok_or_else(|| Problem::token_required("an Authorization: Bearer token is required"))?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                Problem::unauthenticated("the Authorization header must be Bearer <token>")
+                Problem::token_required("the Authorization header must be Bearer <token>")
             })?;
         let now_secs = u64::try_from(state.broker.now() / 1000).unwrap_or(0);
         state.auth.verify(token, now_secs).map(Authenticated)

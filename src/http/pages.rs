@@ -69,8 +69,14 @@ pub fn connected(id: Uuid) -> Response {
 }
 
 pub fn flow_failed(error: &FlowError) -> Response {
+    // Our own or Salesforce's trouble is not the person's mistake.
+    let status = match error.code.as_str() {
+        "service_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable" | "invalid_signature" => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::BAD_REQUEST,
+    };
     page(
-        StatusCode::BAD_REQUEST,
+        status,
         "Salesforce connection failed",
         &format!(
             "<p>{}</p><p>Error code: <code>{}</code></p>",

@@ -59,14 +59,21 @@ impl Problem {
         .with_detail(detail)
     }
 
-    pub fn unauthenticated(detail: &str) -> Self {
+    /// 401 for a request that carried no bearer token: RFC 6750 §3.1 names only the scheme.
+    pub fn token_required(detail: &str) -> Self {
         let mut p = Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
             "Authentication required",
         )
         .with_detail(detail);
-        // RFC 6750 §3: a 401 names the scheme; `invalid_token` tells why.
+        p.www_authenticate = Some("Bearer");
+        p
+    }
+
+    /// 401 for a bearer token that was refused; `invalid_token` tells why (RFC 6750 §3.1).
+    pub fn unauthenticated(detail: &str) -> Self {
+        let mut p = Self::token_required(detail);
         p.www_authenticate = Some("Bearer error=\"invalid_token\"");
         p
     }
