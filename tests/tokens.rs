@@ -514,12 +514,45 @@ async fn deleting_the_app_revokes_every_connection() {
         let second = app.authorize("acme").await;
         assert_ne!(second.as_str(), first.to_string());
         assert_eq!(active_refresh_tokens(&app.fake).len(), 2);
+        // Salesforce answers the first revocation (a bare 200) and fails the second: the
+        // first connection is gone, the second and the app stay; a retry finishes the job.
+        app.fake.inject(Endpoint::Revoke, Fault::Status(200));
+        app.fake.inject(Endpoint::Revoke, Fault::Status(503));
+        let response = app
+            .delete("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
+        problem(
+            response,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
+        let (_, body) = app
+            .get_json("/v1/tenants/acme/connections", "connections:read")
+            .await;
+        assert_eq!(body["connections"].as_array().unwrap().len(), 1);
+        let (status, _) = app
+            .get_json("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the app stays while a connection is live"
+        );
         let response = app
             .delete("/v1/tenants/acme/salesforce-app", "apps:write")
             .await;
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
-        assert!(active_refresh_tokens(&app.fake).is_empty());
-        assert_eq!(app.fake.counters().revocations, 2);
+        assert_eq!(
+            app.fake.counters().revocations,
+            1,
+            "the one real revocation"
+        );
+        assert_eq!(
+            active_refresh_tokens(&app.fake).len(),
+            1,
+            "the bare 200 revoked nothing"
+        );
         let (status, body) = app
             .get_json("/v1/tenants/acme/connections", "connections:read")
             .await;
