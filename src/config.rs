@@ -716,7 +716,7 @@ fn dev_secret(
             return Ok((existing, None));
         }
     }
-    std::fs::create_dir_all(data_dir)
+    create_private_dir(data_dir)
         .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
     let value = generate();
     write_private(&path, &value).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
@@ -727,6 +727,22 @@ fn dev_secret(
             path.display()
         )),
     ))
+}
+
+/// Creates the data folder readable by its owner only (it holds the SQLite database and
+/// the development secrets).
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
 }
 
 #[cfg(unix)]
@@ -793,6 +809,18 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        let debug = format!("{s:?}");
+        let secret = match &s.api_auth.key {
+            ApiKey::Hs256(k) => k.expose_secret().to_owned(),
+            ApiKey::PublicKeyPem(_) => unreachable!(),
+        };
+        assert!(
+            !debug.contains(&secret),
+            "Debug redacts the API secret: {debug}"
+        );
+        let key = std::fs::read_to_string(dir.join("dev-encryption-keys")).unwrap();
+        let key_material = key.trim().split_once(':').unwrap().1;
+        assert!(!debug.contains(key_material), "Debug redacts the keys");
         // The second start reuses them, silently.
         let again = load(&dir.join("none.toml"), None, &env(&[], &dir)).unwrap();
         assert!(again.warnings.is_empty());
