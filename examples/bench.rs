@@ -442,6 +442,87 @@ struct WrkResult {
     requests: u64,
     non_2xx: u64,
     socket_errors: String,
+    /// CPU used during the run, in cores: the server, wrk, everything else on the machine.
+    cpu_server: f64,
+    cpu_wrk: f64,
+    cpu_other: f64,
+}
+
+/// Clock ticks per second of /proc (USER_HZ, 100 on Linux).
+const TICKS: f64 = 100.0;
+
+/// (busy, total) ticks of all CPUs, from the first line of /proc/stat.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// utime + stime of a process, in ticks.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+/// How many cores the whole machine keeps busy over `window`.
+async fn machine_busy_cores(window: Duration) -> f64 {
+    let (b0, t0) = cpu_ticks();
+    tokio::time::sleep(window).await;
+    let (b1, t1) = cpu_ticks();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    if t1 > t0 {
+        (b1 - b0) as f64 / (t1 - t0) as f64 * cores
+    } else {
+        0.0
+    }
+}
+
+/// Waits (bounded by `BENCH_QUIET_WAIT_SECS`, default 60) until other processes leave
+/// the CPUs mostly idle (under 0.15 cores busy over 2 s): other work on the machine
+/// distorts both throughput and tail latency. Returns the busy level finally seen.
+async fn wait_for_quiet(what: &str) -> f64 {
+    let limit: u64 = env_or("BENCH_QUIET_WAIT_SECS", "60").parse().unwrap_or(60);
+    let start = Instant::now();
+    let mut busy = machine_busy_cores(Duration::from_secs(2)).await;
+    let mut said = false;
+    while busy > 0.15 && start.elapsed() < Duration::from_secs(limit) {
+        if !said {
+            eprintln!(
+                "  waiting up to {limit} s for a quiet machine before {what} (other processes keep {busy:.2} cores busy)"
+            );
+            said = true;
+        }
+        busy = machine_busy_cores(Duration::from_secs(2)).await;
+    }
+    if busy > 0.15 {
+        eprintln!(
+            "  machine still busy ({busy:.2} cores) after {limit} s; measuring anyway, see the CPU columns"
+        );
+    }
+    busy
 }
 
 /// "512.00us" / "1.20ms" / "2.00s" → milliseconds.
@@ -496,13 +577,18 @@ fn parse_wrk(output: &str) -> WrkResult {
 
 async fn wrk(
     opts: &Options,
+    server_pid: u32,
     url: &str,
     script: Option<&Path>,
     secs: u64,
     label: &str,
 ) -> WrkResult {
-    let mut command = Command::new("wrk");
+    // Through bash, whose `times` reports the CPU time wrk (its child) used.
+    let mut command = Command::new("bash");
     command
+        .arg("-c")
+        .arg("wrk \"$@\" && times")
+        .arg("wrk")
         .arg(format!("-t{}", opts.threads))
         .arg(format!("-c{}", opts.connections))
         .arg(format!("-d{secs}s"))
@@ -511,6 +597,8 @@ async fn wrk(
         command.arg("-s").arg(script);
     }
     command.arg(url);
+    let (busy0, total0) = cpu_ticks();
+    let server0 = process_ticks(server_pid);
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -522,15 +610,44 @@ async fn wrk(
         "wrk failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    let (busy1, total1) = cpu_ticks();
+    let server1 = process_ticks(server_pid);
     std::fs::write(opts.work_dir.join(format!("wrk-{label}.txt")), &stdout).ok();
-    let result = parse_wrk(&stdout);
+    let mut result = parse_wrk(&stdout);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+    let elapsed = (total1 - total0) as f64 / TICKS / cores;
+    if elapsed > 0.0 {
+        // `times` prints the shell's line, then its children's: "0m1.23s 0m0.45s".
+        let wrk_secs: f64 = stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|t| {
+                let (m, s) = t.trim_end_matches('s').split_once('m')?;
+                Some(m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+            })
+            .sum();
+        result.cpu_server = (server1 - server0) as f64 / TICKS / elapsed;
+        result.cpu_wrk = wrk_secs / elapsed;
+        let busy = (busy1 - busy0) as f64 / TICKS / elapsed;
+        result.cpu_other = (busy - result.cpu_server - result.cpu_wrk).max(0.0);
+    }
     assert!(
         result.requests_per_sec.is_finite() && result.requests > 0,
         "cannot parse wrk output:\n{stdout}"
     );
     eprintln!(
-        "  {label:<28} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  non-2xx {}",
-        result.requests_per_sec, result.p50_ms, result.p99_ms, result.non_2xx
+        "  {label:<28} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  non-2xx {}  cpu server {:.2} wrk {:.2} other {:.2}",
+        result.requests_per_sec,
+        result.p50_ms,
+        result.p99_ms,
+        result.non_2xx,
+        result.cpu_server,
+        result.cpu_wrk,
+        result.cpu_other
     );
     result
 }
@@ -571,8 +688,10 @@ async fn measure_pair(
     path: &str,
     label: &str,
 ) -> HotPathRound {
+    wait_for_quiet(label).await;
     let healthz = wrk(
         opts,
+        server.pid,
         &server.url("/healthz"),
         None,
         opts.duration_secs,
@@ -581,6 +700,7 @@ async fn measure_pair(
     .await;
     let token = wrk(
         opts,
+        server.pid,
         &server.url(path),
         Some(script),
         opts.duration_secs,
@@ -614,9 +734,11 @@ async fn hot_path(opts: &Options) -> HotPath {
     let token = token.unwrap();
     let script = write_token_script(opts, &jwt);
 
+    wait_for_quiet("the warm-up").await;
     // Warm-ups, then two rounds back to back against the same process.
     wrk(
         opts,
+        server.pid,
         &server.url("/healthz"),
         None,
         opts.warmup_secs,
@@ -625,6 +747,7 @@ async fn hot_path(opts: &Options) -> HotPath {
     .await;
     wrk(
         opts,
+        server.pid,
         &server.url(&path),
         Some(&script),
         opts.warmup_secs,
@@ -664,6 +787,7 @@ async fn hot_path(opts: &Options) -> HotPath {
     assert_eq!(status, 200, "access-token check request (variant)");
     wrk(
         opts,
+        variant.pid,
         &variant.url("/healthz"),
         None,
         opts.warmup_secs,
@@ -672,6 +796,7 @@ async fn hot_path(opts: &Options) -> HotPath {
     .await;
     wrk(
         opts,
+        variant.pid,
         &variant.url(&path),
         Some(&script),
         opts.warmup_secs,
@@ -868,6 +993,7 @@ async fn storm(opts: &Options) -> Storm {
     }
 
     let mut results = Vec::new();
+    wait_for_quiet("the storm").await;
     // A: the fake's latency on every endpoint (a refresh is a token call + introspection).
     fake.set_latency(STORM_LATENCY);
     let (a, current_a) = storm_round(
@@ -1283,22 +1409,35 @@ fn report(
     );
     let _ = writeln!(
         s,
-        "| run | endpoint | requests/s | p50 | p99 | non-2xx | token / healthz req/s |\n|---|---|---|---|---|---|---|"
+        "| run | endpoint | requests/s | p50 | p99 | non-2xx | token / healthz req/s | CPU cores: server / wrk / other processes | server CPU per request |\n|---|---|---|---|---|---|---|---|---|"
     );
     let mut row = |label: &str, r: &HotPathRound| {
         let _ = writeln!(
             s,
-            "| {label} | `/healthz` | {:.0} | {:.3} ms | {:.3} ms | {} | |",
-            r.healthz.requests_per_sec, r.healthz.p50_ms, r.healthz.p99_ms, r.healthz.non_2xx
+            "| {label} | `/healthz` | {:.0} | {:.3} ms | {:.3} ms | {} | | {:.2} / {:.2} / {:.2} | {:.1} µs |",
+            r.healthz.requests_per_sec,
+            r.healthz.p50_ms,
+            r.healthz.p99_ms,
+            r.healthz.non_2xx,
+            r.healthz.cpu_server,
+            r.healthz.cpu_wrk,
+            r.healthz.cpu_other,
+            r.healthz.cpu_server / r.healthz.requests_per_sec * 1e6
         );
         let _ = writeln!(
             s,
-            "| {label} | access-token | {:.0} | {:.3} ms | {:.3} ms | {} | **{:.2}** |",
+            "| {label} | access-token | {:.0} | {:.3} ms | {:.3} ms | {} | **{:.2}** | {:.2} / {:.2} / {:.2} | {:.1} µs ({:.2}× `/healthz`) |",
             r.token.requests_per_sec,
             r.token.p50_ms,
             r.token.p99_ms,
             r.token.non_2xx,
-            r.token.requests_per_sec / r.healthz.requests_per_sec
+            r.token.requests_per_sec / r.healthz.requests_per_sec,
+            r.token.cpu_server,
+            r.token.cpu_wrk,
+            r.token.cpu_other,
+            r.token.cpu_server / r.token.requests_per_sec * 1e6,
+            (r.token.cpu_server / r.token.requests_per_sec)
+                / (r.healthz.cpu_server / r.healthz.requests_per_sec)
         );
     };
     for (i, round) in hot.rounds.iter().enumerate() {
@@ -1309,10 +1448,18 @@ fn report(
         s,
         "\nThe variant is a second process of the same binary with `VALO_OAUTH_API_JWT_CACHE_CAPACITY=0`: \
          the HS256 signature is checked on every request. Its ratio against the cached-JWT rounds \
-         shows what the verified-token cache buys.\n"
+         shows what the verified-token cache buys. The CPU column splits the machine's busy time during \
+         each run: the server process, wrk, and every other process (other work on a shared machine \
+         distorts throughput and, above all, p99; the harness waits for a quiet machine before each \
+         round, bounded by `BENCH_QUIET_WAIT_SECS`).\n"
     );
 
     // --- storm detail
+    let _ = writeln!(
+        s,
+        "Server CPU per request (CPU time of the server process / requests served) does not depend on \
+         how the two cores were shared, so it is the steadier figure when the machine is not quiet.\n"
+    );
     let _ = writeln!(s, "### 2. Refresh storm\n");
     let _ = writeln!(
         s,
