@@ -881,17 +881,29 @@ async fn start_replica(db_url: &str, fake: &FakeSalesforce) -> Replica {
     }
 }
 
+/// What every storm round shares.
+struct StormSetup<'a> {
+    replicas: &'a [Replica],
+    client: &'a reqwest::Client,
+    fake: &'a FakeSalesforce,
+    path: &'a str,
+    jwt: &'a str,
+}
+
 /// 300 callers over the replicas, all reporting `rejected`; returns the result.
 async fn storm_round(
+    setup: &StormSetup<'_>,
     label: &str,
     upstream: &str,
-    replicas: &[Replica],
-    client: &reqwest::Client,
-    fake: &FakeSalesforce,
-    path: &str,
-    jwt: &str,
     rejected: &str,
 ) -> (StormResult, String) {
+    let StormSetup {
+        replicas,
+        client,
+        fake,
+        path,
+        jwt,
+    } = *setup;
     let before = fake.counters();
     let body = json!({"rejected_token": rejected});
     let start = Instant::now();
@@ -996,14 +1008,17 @@ async fn storm(opts: &Options) -> Storm {
     wait_for_quiet("the storm").await;
     // A: the fake's latency on every endpoint (a refresh is a token call + introspection).
     fake.set_latency(STORM_LATENCY);
+    let setup = StormSetup {
+        replicas: &replicas,
+        client: &client,
+        fake: &fake,
+        path: &path,
+        jwt: &jwt,
+    };
     let (a, current_a) = storm_round(
+        &setup,
         "storm (latency on all endpoints)",
         "300 ms on every fake endpoint",
-        &replicas,
-        &client,
-        &fake,
-        &path,
-        &jwt,
         &current,
     )
     .await;
@@ -1013,13 +1028,9 @@ async fn storm(opts: &Options) -> Storm {
     fake.set_latency(Duration::ZERO);
     fake.inject(Endpoint::Token, Fault::Hang(STORM_LATENCY));
     let (b, _) = storm_round(
+        &setup,
         "storm (latency on token only)",
         "300 ms on the token endpoint only",
-        &replicas,
-        &client,
-        &fake,
-        &path,
-        &jwt,
         &current,
     )
     .await;
