@@ -519,7 +519,7 @@ async fn wait_for_quiet(what: &str) -> f64 {
     }
     if busy > 0.15 {
         eprintln!(
-            "  machine still busy ({busy:.2} cores) after {limit} s; measuring anyway, see the CPU columns"
+            "  machine still busy ({busy:.2} cores) after {limit} s; measuring anyway (the report shows the CPU other processes used during each wrk run)"
         );
     }
     busy
