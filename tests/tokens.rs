@@ -605,3 +605,58 @@ async fn token_request_validation() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
+    for db in TestDatabase::all().await {
+        let fake = fake_with(FakeOptions {
+            access_token_lifetime: Duration::from_secs(900),
+            ..Default::default()
+        })
+        .await;
+        let app = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = app.connect("acme").await;
+        let expires_in = |c: &Value| {
+            let at = time::OffsetDateTime::parse(
+                c["access_token_expires_at"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap();
+            (at - time::OffsetDateTime::now_utc()).whole_seconds()
+        };
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        // One Salesforce call before the answer: the refresh (introspection comes after).
+        let before = fake.counters();
+        let new = token_of(
+            app.access_token("acme", id, Some(json!({"rejected_token": current})))
+                .await,
+        )
+        .await;
+        assert_eq!(fake.counters().refreshes, before.refreshes + 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut c = connection(&app, id).await;
+        while c["access_token_expiry_assumed"] != false && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c = connection(&app, id).await;
+        }
+        assert_eq!(c["access_token_expiry_assumed"], false, "confirmed: {c}");
+        assert!((880..=900).contains(&expires_in(&c)), "{c}");
+        assert!(fake.counters().introspections > before.introspections);
+
+        // Introspection down: the previous lifetime stays as the estimate, marked assumed.
+        fake.inject(Endpoint::Introspect, Fault::Status(503));
+        token_of(
+            app.access_token("acme", id, Some(json!({"rejected_token": new})))
+                .await,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c = connection(&app, id).await;
+        assert_eq!(c["access_token_expiry_assumed"], true, "{c}");
+        assert!(
+            (880..=900).contains(&expires_in(&c)),
+            "estimated from the last lifetime: {c}"
+        );
+        app.stop().await;
+    }
+}

@@ -266,7 +266,13 @@ impl Broker {
         let refreshed = self.salesforce.refresh(&credentials, &refresh_token).await;
         match refreshed {
             Ok(grant) => {
-                let (expires_at, assumed) = self.access_token_expiry(&credentials, &grant).await;
+                // Salesforce sends no `expires_in`. The lifetime is the org's session policy,
+                // so the previous token's lifetime is the estimate; introspection confirms it
+                // after the commit, off the lock, so waiters get their token after one call.
+                let expires_at = grant
+                    .issued_at_ms
+                    .saturating_add(self.lifetime_estimate(&row));
+                let assumed = true;
                 let row_id = row.id.to_string();
                 // Legacy Connected Apps do not rotate: the old refresh token stays valid.
                 let new_refresh = grant.refresh_token.as_ref().unwrap_or(&refresh_token);
@@ -309,6 +315,7 @@ impl Broker {
                 };
                 self.tokens
                     .put(id, tenant.as_str(), token.clone(), self.now());
+                self.confirm_expiry_later(tenant, credentials, token.clone(), id, saved.version);
                 Ok(token)
             }
             Err(e) => {
@@ -343,6 +350,64 @@ impl Broker {
                 Err(upstream_error(&e, backoff))
             }
         }
+    }
+
+    /// The expected lifetime of a new access token: the previous one's (introspected or
+    /// assumed), within sane bounds, else the configured lifetime.
+    fn lifetime_estimate(&self, row: &ConnectionRecord) -> Millis {
+        let previous = row.access_expires_at.saturating_sub(row.issued_at);
+        let configured =
+            i64::try_from(self.settings.salesforce.assumed_token_lifetime.as_millis()).unwrap_or(0);
+        if (60_000..=7 * 24 * 3_600_000).contains(&previous) {
+            previous
+        } else {
+            configured
+        }
+    }
+
+    /// Introspects a freshly refreshed token in the background (RFC 7662) and records its
+    /// real expiry, unless a newer token replaced it meanwhile.
+    fn confirm_expiry_later(
+        &self,
+        tenant: &TenantId,
+        credentials: crate::salesforce::AppCredentials,
+        token: AccessToken,
+        id: Uuid,
+        version: i64,
+    ) {
+        let this = self.clone();
+        let tenant = tenant.clone();
+        tokio::spawn(async move {
+            let exp = match this
+                .salesforce
+                .introspect_access_token_expiry(&credentials, &token.access_token)
+                .await
+            {
+                Ok(Some(exp)) => exp,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(connection = %id, error = %e.summary(), "introspection failed; the estimated expiry stays");
+                    return;
+                }
+            };
+            match this
+                .store
+                .update_access_expiry(id, version, exp, false)
+                .await
+            {
+                Ok(true) => {
+                    let confirmed = AccessToken {
+                        expires_at: exp,
+                        ..token
+                    };
+                    this.tokens.put(id, tenant.as_str(), confirmed, this.now());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(connection = %id, error = %e, "could not record the introspected expiry")
+                }
+            }
+        });
     }
 
     /// `Some(token)` when the row's current token serves the want; an error when the

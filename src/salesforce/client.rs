@@ -265,7 +265,8 @@ impl From<Transport> for SalesforceError {
 pub struct SalesforceClient {
     http: reqwest::Client,
     settings: ClientSettings,
-    hosts: HostPolicy,
+    /// Shared: the client is cloned with the application state on every request.
+    hosts: std::sync::Arc<HostPolicy>,
 }
 
 impl SalesforceClient {
@@ -286,7 +287,7 @@ impl SalesforceClient {
         Ok(SalesforceClient {
             http,
             settings,
-            hosts,
+            hosts: std::sync::Arc::new(hosts),
         })
     }
 

@@ -361,6 +361,18 @@ impl Store {
         dispatch!(self, s => s.get_connection(tenant_id, id).await)
     }
 
+    /// Records the current access token's expiry, learned after the refresh was committed;
+    /// only while the row still has `version` (a newer token wins). Returns whether it did.
+    pub async fn update_access_expiry(
+        &self,
+        id: Uuid,
+        version: i64,
+        access_expires_at: Millis,
+        expiry_assumed: bool,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.update_access_expiry(id, version, access_expires_at, expiry_assumed).await)
+    }
+
     /// Deletes one connection of one tenant; returns whether a row was deleted.
     pub async fn delete_connection(&self, tenant_id: &str, id: Uuid) -> Result<bool, StoreError> {
         dispatch!(self, s => s.delete_connection(tenant_id, id).await)

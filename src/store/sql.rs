@@ -148,6 +148,10 @@ pub(super) const SELECT_CONNECTION_FOR_UPDATE: &str = concat!(
 pub(super) const DELETE_CONNECTION: &str =
     "DELETE FROM connections WHERE tenant_id = $1 AND id = $2";
 
+/// The introspected expiry of the current access token; a no-op once the token changed.
+pub(super) const UPDATE_ACCESS_EXPIRY: &str = "UPDATE connections SET access_expires_at = $3, \
+     expiry_assumed = $4 WHERE id = $1 AND version = $2";
+
 pub(super) const CONNECTIONS_DUE_FOR_KEEPALIVE: &str = "SELECT tenant_id, id FROM connections \
      WHERE status = 'active' AND last_refreshed_at < $1 \
      AND (next_attempt_at IS NULL OR next_attempt_at <= $2) \
@@ -643,6 +647,24 @@ macro_rules! store_methods {
                     .await
                     .map_err($crate::store::sql::map_err)?;
                 row.as_ref().map(connection_from_row).transpose()
+            }
+
+            pub async fn update_access_expiry(
+                &self,
+                id: uuid::Uuid,
+                version: i64,
+                access_expires_at: $crate::store::Millis,
+                expiry_assumed: bool,
+            ) -> Result<bool, $crate::store::StoreError> {
+                let done = sqlx::query($crate::store::sql::UPDATE_ACCESS_EXPIRY)
+                    .bind(id_param(id))
+                    .bind(version)
+                    .bind(access_expires_at)
+                    .bind(expiry_assumed)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::map_err)?;
+                Ok(done.rows_affected() > 0)
             }
 
             pub async fn delete_connection(
