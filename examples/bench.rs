@@ -1015,6 +1015,18 @@ async fn storm(opts: &Options) -> Storm {
         path: &path,
         jwt: &jwt,
     };
+    // A first storm right after start pays one-off costs (new pooled database connections,
+    // the first connection to Salesforce, cold caches): reported, but the verdict is on the
+    // steady state that follows.
+    let (cold, current_cold) = storm_round(
+        &setup,
+        "first storm after start (cold)",
+        "300 ms on every fake endpoint",
+        &current,
+    )
+    .await;
+    results.push(cold);
+    current = current_cold;
     let (a, current_a) = storm_round(
         &setup,
         "storm (latency on all endpoints)",
@@ -1345,7 +1357,7 @@ fn report(
         .iter()
         .map(|r| r.token.p99_ms)
         .fold(0.0, f64::max);
-    let storm_a = &storm.results[0];
+    let storm_a = &storm.results[1];
     let storm_budget = STORM_LATENCY.as_secs_f64() * 1000.0 + 200.0;
     let storm_correct = storm_a.refreshes == 1
         && storm_a.reuse_attempts == 0
