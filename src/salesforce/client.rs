@@ -291,11 +291,6 @@ impl SalesforceClient {
         })
     }
 
-    /// The URL policy this client enforces.
-    pub fn hosts(&self) -> &HostPolicy {
-        &self.hosts
-    }
-
     /// `{login_url}/services/oauth2/authorize?response_type=code&client_id&redirect_uri&code_challenge&code_challenge_method=S256&state&scope[&login_hint][&prompt]`
     /// (RFC 6749 §4.1.1, RFC 7636 §4.3), properly percent-encoded (spaces as `%20`).
     pub fn authorize_url(&self, req: &AuthorizeRequest<'_>) -> Result<Url, SalesforceError> {
