@@ -4,7 +4,7 @@
 //! shared Salesforce client and the API verifier, and binds the listener — port 0 works,
 //! which is how the tests run many instances side by side.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -39,6 +39,7 @@ impl Application {
             &StoreOptions {
                 max_connections: settings.db_max_connections,
                 acquire_timeout: settings.db_acquire_timeout,
+                transaction_pooler: settings.db_transaction_pooler,
             },
         )
         .await
@@ -87,26 +88,62 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes. The keep-alive sweeper stops with it; a sweep in
-    /// progress finishes first.
+    /// Serves until `shutdown` completes, then shuts down within the shutdown grace: no new
+    /// refresh or keep-alive sweep starts from that moment, HTTP requests in flight are
+    /// answered, and refreshes in flight get to commit (their rotated refresh tokens exist
+    /// nowhere else).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let broker = self.state.broker.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let keepalive = tokio::spawn(self.state.broker.clone().run_keepalive(stop_rx));
-        let store = self.state.broker.store.clone();
+        let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx));
         let app = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-            })
-            .await;
+        let (fired_tx, mut fired_rx) = watch::channel(false);
+        let lifecycle = broker.lifecycle.clone();
+        let mut server = tokio::spawn(
+            axum::serve(self.listener, app)
+                .with_graceful_shutdown(async move {
+                    shutdown.await;
+                    tracing::info!("shutting down");
+                    lifecycle.drain();
+                    let _ = fired_tx.send(true);
+                })
+                .into_future(),
+        );
+        let early = tokio::select! {
+            joined = &mut server => Some(joined),
+            _ = fired_rx.wait_for(|fired| *fired) => None,
+        };
         let _ = stop_tx.send(true);
-        let _ = keepalive.await;
-        store.close().await;
+        let grace = broker.settings.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
+        let served = match early {
+            Some(joined) => joined.unwrap_or(Ok(())),
+            None => match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(joined) => joined.unwrap_or(Ok(())),
+                Err(_) => {
+                    tracing::warn!(
+                        grace_secs = grace.as_secs(),
+                        "requests still open at the end of the shutdown grace; closing them"
+                    );
+                    server.abort();
+                    Ok(())
+                }
+            },
+        };
+        let _ = tokio::time::timeout_at(deadline, keepalive).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if !broker.lifecycle.wait_idle(left).await {
+            tracing::error!(
+                refreshes = broker.lifecycle.in_flight(),
+                "refreshes still in flight at the end of the shutdown grace"
+            );
+        }
+        broker.store.close().await;
+        tracing::info!("stopped");
         served
     }
 }

@@ -27,6 +27,9 @@ use crate::salesforce::HostPolicy;
 /// configured with `{public_url}/oauth2/v1/callback/salesforce`.
 pub const CALLBACK_PATH: &str = "/oauth2/v1/callback/salesforce";
 
+/// The least time a refresh lease outlives the Salesforce call's deadline.
+const MIN_LEASE_GRACE: Duration = Duration::from_secs(20);
+
 /// Every setting: its TOML name, its default (None: no default), whether it is a secret
 /// (then `…_file` is accepted too), and what it means (used for `--help`-like docs).
 const SETTINGS: &[(&str, Option<&str>, bool)] = &[
@@ -36,7 +39,8 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("database_url", Some("sqlite://data/valo-oauth.db"), true),
     ("migrate_on_start", Some("true"), false),
     ("db_max_connections", Some("10"), false),
-    ("db_acquire_timeout_ms", Some("5000"), false),
+    ("db_acquire_timeout_ms", Some("800"), false),
+    ("db_transaction_pooler", Some("false"), false),
     ("encryption_keys", None, true),
     ("api_jwt_secret", None, true),
     ("api_jwt_public_key_file", None, false),
@@ -62,14 +66,17 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("salesforce_connect_timeout_ms", Some("3000"), false),
     ("salesforce_timeout_ms", Some("10000"), false),
     ("salesforce_max_response_bytes", Some("65536"), false),
+    ("salesforce_max_in_flight", Some("256"), false),
     ("assumed_token_lifetime_secs", Some("7200"), false),
     ("authorization_ttl_secs", Some("600"), false),
-    ("refresh_lock_timeout_ms", Some("30000"), false),
+    ("refresh_wait_ms", Some("15000"), false),
+    ("refresh_lease_grace_secs", Some("20"), false),
     ("refresh_backoff_max_secs", Some("300"), false),
     ("keepalive_interval_secs", Some("604800"), false),
     ("keepalive_sweep_secs", Some("60"), false),
     ("keepalive_concurrency", Some("4"), false),
     ("token_cache_revalidate_secs", Some("30"), false),
+    ("shutdown_grace_secs", Some("20"), false),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +125,8 @@ pub struct SalesforceSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
+    /// Calls to Salesforce in flight at once on this replica, shared fairly by tenants.
+    pub max_in_flight: usize,
     /// Access-token lifetime assumed when introspection cannot tell (Salesforce sends no
     /// `expires_in`; the default session timeout is 2 hours).
     pub assumed_token_lifetime: Duration,
@@ -125,10 +134,12 @@ pub struct SalesforceSettings {
 
 #[derive(Clone, Debug)]
 pub struct TokenSettings {
-    /// How long a caller waits for another replica's refresh of the same connection.
-    /// Always longer than the Salesforce request timeout, so a lock holder's upstream call
-    /// ends before anyone could give up waiting and the lock is never stolen.
-    pub refresh_lock_timeout: Duration,
+    /// How long a caller waits for a refresh (its own, or another replica's of the same
+    /// connection) before it gets 503 `service_unavailable` with `Retry-After`.
+    pub refresh_wait: Duration,
+    /// How long a refresh lease lasts: the Salesforce request timeout (the hard deadline of
+    /// the call) plus the grace in which a commit is retried while the database is away.
+    pub lease_duration: Duration,
     /// Upper bound of the back-off after transient refresh failures.
     pub backoff_max: Duration,
     /// Refresh every active connection not refreshed for this long (None: disabled).
@@ -151,6 +162,8 @@ pub struct Settings {
     pub migrate_on_start: bool,
     pub db_max_connections: u32,
     pub db_acquire_timeout: Duration,
+    /// The database URL points at a transaction-mode pooler (PgBouncer).
+    pub db_transaction_pooler: bool,
     pub keyring: Arc<Keyring>,
     pub api_auth: ApiAuthSettings,
     pub login_hosts: HostPolicy,
@@ -163,6 +176,8 @@ pub struct Settings {
     pub salesforce: SalesforceSettings,
     pub authorization_ttl: Duration,
     pub tokens: TokenSettings,
+    /// How long in-flight refreshes get to finish and commit after SIGTERM.
+    pub shutdown_grace: Duration,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
     pub warnings: Vec<String>,
@@ -640,6 +655,7 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         connect_timeout: l.millis("salesforce_connect_timeout_ms")?,
         request_timeout: l.millis("salesforce_timeout_ms")?,
         max_response_bytes: l.positive("salesforce_max_response_bytes", "a number of bytes")?,
+        max_in_flight: l.positive("salesforce_max_in_flight", "a whole number")?,
         assumed_token_lifetime: l.secs("assumed_token_lifetime_secs")?,
     };
     if salesforce.request_timeout.is_zero() {
@@ -650,23 +666,30 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     }
 
     let keepalive_interval = l.secs("keepalive_interval_secs")?;
+    // The lease outlives the call's hard deadline by the grace in which the rotated token's
+    // commit is retried; once another replica may take the lease, no holder can still be
+    // presenting the refresh token. 20 s covers a database failover or pooler restart.
+    let lease_grace = l.secs("refresh_lease_grace_secs")?;
+    if lease_grace < MIN_LEASE_GRACE {
+        return Err(l.err(
+            "refresh_lease_grace_secs",
+            format!("must be at least {}", MIN_LEASE_GRACE.as_secs()),
+        ));
+    }
     let tokens = TokenSettings {
-        refresh_lock_timeout: l.millis("refresh_lock_timeout_ms")?,
+        refresh_wait: l.millis("refresh_wait_ms")?,
+        lease_duration: salesforce.request_timeout + lease_grace,
         backoff_max: l.secs("refresh_backoff_max_secs")?,
         keepalive_interval: (!keepalive_interval.is_zero()).then_some(keepalive_interval),
         keepalive_sweep: l.secs("keepalive_sweep_secs")?,
         keepalive_concurrency: l.positive("keepalive_concurrency", "a whole number")?,
         cache_revalidate: l.secs("token_cache_revalidate_secs")?,
     };
-    // The invariant behind cross-replica exclusion: a waiter never gives up on a lock while
-    // its holder may still be talking to Salesforce with the refresh token.
-    if tokens.refresh_lock_timeout <= salesforce.request_timeout * 2 {
+    // A caller must be able to wait for one whole Salesforce call.
+    if tokens.refresh_wait <= salesforce.request_timeout {
         return Err(l.err(
-            "refresh_lock_timeout_ms",
-            format!(
-                "must be more than twice {} (a refresh may make two Salesforce calls)",
-                l.name("salesforce_timeout_ms")
-            ),
+            "refresh_wait_ms",
+            format!("must be more than {}", l.name("salesforce_timeout_ms")),
         ));
     }
     if tokens.keepalive_sweep.is_zero() {
@@ -687,6 +710,7 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         migrate_on_start: l.parse("migrate_on_start", "true or false")?,
         db_max_connections: l.positive("db_max_connections", "a whole number")?,
         db_acquire_timeout: l.millis("db_acquire_timeout_ms")?,
+        db_transaction_pooler: l.parse("db_transaction_pooler", "true or false")?,
         keyring: Arc::new(keyring),
         api_auth,
         login_hosts,
@@ -698,6 +722,7 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         salesforce,
         authorization_ttl: l.secs("authorization_ttl_secs")?,
         tokens,
+        shutdown_grace: l.secs("shutdown_grace_secs")?,
         warnings,
     })
 }
@@ -879,8 +904,10 @@ mod tests {
         assert_eq!(err.setting, "VALO_OAUTH_RETURN_TO_ORIGINS");
         let err = load_env(&[("VALO_OAUTH_LOGIN_HOSTS", "http://")]).unwrap_err();
         assert_eq!(err.setting, "VALO_OAUTH_LOGIN_HOSTS");
-        let err = load_env(&[("VALO_OAUTH_REFRESH_LOCK_TIMEOUT_MS", "5000")]).unwrap_err();
-        assert_eq!(err.setting, "VALO_OAUTH_REFRESH_LOCK_TIMEOUT_MS");
+        let err = load_env(&[("VALO_OAUTH_REFRESH_WAIT_MS", "5000")]).unwrap_err();
+        assert_eq!(err.setting, "VALO_OAUTH_REFRESH_WAIT_MS");
+        let err = load_env(&[("VALO_OAUTH_REFRESH_LEASE_GRACE_SECS", "19")]).unwrap_err();
+        assert_eq!(err.setting, "VALO_OAUTH_REFRESH_LEASE_GRACE_SECS");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub static REFRESH_SUCCESS: Counter = Counter::new();
 pub static REFRESH_REAUTHORIZE: Counter = Counter::new();
 pub static REFRESH_TRANSIENT: Counter = Counter::new();
 pub static REFRESH_UPSTREAM: Counter = Counter::new();
+pub static REFRESH_APP_CREDENTIALS: Counter = Counter::new();
+pub static REFRESH_LEASE_WAITS: Counter = Counter::new();
+pub static REFRESH_COMMIT_RETRIES: Counter = Counter::new();
+pub static ROTATED_REFRESH_TOKEN_LOST: Counter = Counter::new();
 pub static CALLBACK_CONNECTED: Counter = Counter::new();
 pub static CALLBACK_FAILED: Counter = Counter::new();
 pub static CALLBACK_INVALID_STATE: Counter = Counter::new();
@@ -53,7 +57,7 @@ pub fn record_status(status: u16) {
 type Family<'a> = (&'a str, &'a str, &'a [(&'a str, &'a Counter)]);
 
 pub fn render(gauges: &[(&str, &str, u64)]) -> String {
-    let families: [Family<'_>; 6] = [
+    let families: [Family<'_>; 9] = [
         (
             "valo_oauth_token_cache_hits_total",
             "Access tokens served from this replica's memory.",
@@ -67,7 +71,27 @@ pub fn render(gauges: &[(&str, &str, u64)]) -> String {
                 ("outcome=\"needs_reauthorization\"", &REFRESH_REAUTHORIZE),
                 ("outcome=\"upstream_unavailable\"", &REFRESH_TRANSIENT),
                 ("outcome=\"upstream_error\"", &REFRESH_UPSTREAM),
+                (
+                    "outcome=\"app_credentials_invalid\"",
+                    &REFRESH_APP_CREDENTIALS,
+                ),
             ],
+        ),
+        (
+            "valo_oauth_refresh_lease_waits_total",
+            "Refreshes that found the connection's lease held by another replica and waited.",
+            &[("", &REFRESH_LEASE_WAITS)],
+        ),
+        (
+            "valo_oauth_refresh_commit_retries_total",
+            "Commits of a refresh result retried because the database was unreachable.",
+            &[("", &REFRESH_COMMIT_RETRIES)],
+        ),
+        (
+            "valo_oauth_rotated_refresh_tokens_lost_total",
+            "Rotated refresh tokens that could not be saved (the connection will need \
+             reauthorization). Alert on any increase.",
+            &[("", &ROTATED_REFRESH_TOKEN_LOST)],
         ),
         (
             "valo_oauth_keepalive_refreshes_total",

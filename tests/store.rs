@@ -11,14 +11,14 @@ mod support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::db::{TestDatabase, test_options};
 use uuid::Uuid;
 use valo_oauth::store::{
-    AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus, ConsumeOutcome,
-    RefreshFailure, RefreshedTokens, SavedConnection, Store, StoreError, StoreOptions,
-    TenantAppRecord,
+    AppStatus, AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus,
+    ConsumeOutcome, LeaseAttempt, RefreshFailure, RefreshLease, RefreshedTokens, SavedConnection,
+    Store, StoreError, StoreOptions, TenantAppRecord,
 };
 
 const T0: i64 = 1_700_000_000_000;
@@ -31,6 +31,9 @@ fn app(tenant: &str, at: i64, secret: &str) -> TenantAppRecord {
         consumer_key_enc: format!("key-enc-{secret}"),
         consumer_key_hint: "3MVG…Xy9Q".into(),
         consumer_secret_enc: format!("secret-enc-{secret}"),
+        status: AppStatus::Active,
+        status_reason: None,
+        credentials_version: 1,
         created_at: at,
         updated_at: at,
     }
@@ -85,12 +88,13 @@ async fn save(store: &Store, tenant: &str, user: &str, now: i64, tag: &str) -> S
         .unwrap()
 }
 
-async fn lock(store: &Store, tenant: &str, id: Uuid) -> valo_oauth::store::ConnectionLock {
-    store
-        .lock_connection(tenant, id, LONG)
-        .await
-        .unwrap()
-        .expect("the connection exists")
+/// Takes the connection's refresh lease (it must be free).
+async fn lock(store: &Store, tenant: &str, id: Uuid) -> RefreshLease {
+    match store.acquire_lease(tenant, id, "test", LONG).await.unwrap() {
+        LeaseAttempt::Acquired(lease) => lease,
+        LeaseAttempt::Held(_) => panic!("the lease is held"),
+        LeaseAttempt::NotFound => panic!("no such connection"),
+    }
 }
 
 fn refreshed(tag: &str, now: i64, scopes: Option<&str>) -> RefreshedTokens {
@@ -150,7 +154,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
         assert_eq!(
             db.execute("UPDATE _sqlx_migrations SET success = false")
                 .await,
-            1
+            2
         );
         let failed = store.check_ready().await;
         assert!(
@@ -159,7 +163,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
             failed.err()
         );
 
-        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 1);
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 2);
         let missing = store.check_ready().await;
         assert!(
             matches!(missing, Err(StoreError::Migration(_))),
@@ -468,7 +472,7 @@ async fn save_inserts_then_updates_the_same_org_user() {
 
         // The connection then broke for good.
         let l = lock(&store, "acme", first_id).await;
-        l.commit_failure(RefreshFailure::NeedsReauthorization {
+        l.commit_failure(&RefreshFailure::NeedsReauthorization {
             reason: "invalid_grant".into(),
             now: T0 + 1,
         })
@@ -580,11 +584,13 @@ async fn save_rolls_back_when_build_fails() {
         assert_eq!(row.version, 1, "{b}: unchanged");
         assert_eq!(row.refresh_token_enc, saved.connection.refresh_token_enc);
         // Nothing is left locked.
-        let again = store
-            .lock_connection("acme", saved.connection.id, Duration::from_secs(2))
-            .await
-            .unwrap();
-        again.expect("exists").release().await.unwrap();
+        assert!(
+            lock(&store, "acme", saved.connection.id)
+                .await
+                .release()
+                .await
+                .unwrap()
+        );
         store.close().await;
     }
 }
@@ -681,11 +687,10 @@ async fn connections_are_tenant_scoped() {
         );
         assert!(!store.delete_connection("evil", id).await.unwrap(), "{b}");
         assert!(
-            store
-                .lock_connection("evil", id, LONG)
-                .await
-                .unwrap()
-                .is_none(),
+            matches!(
+                store.acquire_lease("evil", id, "test", LONG).await.unwrap(),
+                LeaseAttempt::NotFound
+            ),
             "{b}"
         );
         assert!(
@@ -707,10 +712,10 @@ async fn connections_are_tenant_scoped() {
     }
 }
 
-// --- the refresh lock ------------------------------------------------------------------
+// --- the refresh lease -----------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_second_locker_waits_and_then_reads_the_committed_values() {
+#[tokio::test]
+async fn a_held_lease_is_refused_until_its_commit_releases_it() {
     for db in TestDatabase::all().await {
         let b = db.backend;
         let store = db.store().await;
@@ -722,69 +727,224 @@ async fn a_second_locker_waits_and_then_reads_the_committed_values() {
 
         let first = lock(&store, "acme", id).await;
         assert_eq!(first.record().version, 1);
-        let waiter = {
-            let store = store.clone();
-            tokio::spawn(async move { store.lock_connection("acme", id, LONG).await })
-        };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!waiter.is_finished(), "{b}: the second locker must wait");
+        assert!(first.record().lease_id.is_some(), "{b}");
+        // No transaction stays open: other statements run while the lease is held.
+        assert_eq!(get(&store, "acme", id).await.version, 1, "{b}");
+        match store
+            .acquire_lease("acme", id, "other", LONG)
+            .await
+            .unwrap()
+        {
+            LeaseAttempt::Held(row) => assert_eq!(row.version, 1, "{b}"),
+            _ => panic!("{b}: a second holder must be refused while the lease is live"),
+        }
 
         let committed = first
-            .commit_refreshed(refreshed("new", T0 + 10, None))
+            .commit_refreshed(&refreshed("new", T0 + 10, None))
             .await
             .unwrap();
         assert_eq!(committed.version, 2);
+        assert!(
+            committed.lease_id.is_none(),
+            "{b}: the commit releases the lease"
+        );
 
-        let second = tokio::time::timeout(Duration::from_secs(10), waiter)
-            .await
-            .expect("the waiter gets the lock after the commit")
-            .unwrap()
-            .unwrap()
-            .expect("exists");
+        let second = lock(&store, "acme", id).await;
         assert_eq!(second.record().version, 2, "{b}: reads the new version");
         assert_eq!(second.record().refresh_token_enc, "rt:new", "{b}");
-        second.release().await.unwrap();
+        assert!(second.release().await.unwrap());
+        // A second commit with the first (spent) lease is refused.
+        assert!(
+            matches!(
+                first
+                    .commit_refreshed(&refreshed("late", T0 + 20, None))
+                    .await,
+                Err(StoreError::LeaseLost)
+            ),
+            "{b}"
+        );
+        assert_eq!(get(&store, "acme", id).await.refresh_token_enc, "rt:new");
         store.close().await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_lock_wait_is_bounded_by_the_lock_timeout() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
-    let store = db.store().await;
-    store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-    let id = save(&store, "acme", "005000000000001AAA", T0, "a")
-        .await
-        .connection
-        .id;
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
+            .await
+            .connection
+            .id;
+        let short = match store
+            .acquire_lease("acme", id, "dying", Duration::from_millis(300))
+            .await
+            .unwrap()
+        {
+            LeaseAttempt::Acquired(lease) => lease,
+            _ => panic!("{b}: free"),
+        };
+        assert!(matches!(
+            store
+                .acquire_lease("acme", id, "other", LONG)
+                .await
+                .unwrap(),
+            LeaseAttempt::Held(_)
+        ));
+        // The lease ends in the database's clock; then another holder takes it.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let taker = lock(&store, "acme", id).await;
+        let failed = short
+            .commit_failure(&RefreshFailure::NeedsReauthorization {
+                reason: "late".into(),
+                now: T0 + 5,
+            })
+            .await;
+        assert!(matches!(failed, Err(StoreError::LeaseLost)), "{b}");
+        assert!(
+            matches!(
+                short
+                    .commit_refreshed(&refreshed("stale", T0 + 5, None))
+                    .await,
+                Err(StoreError::LeaseLost)
+            ),
+            "{b}: a holder whose lease was taken over never overwrites newer state"
+        );
+        assert!(
+            !short.release().await.unwrap(),
+            "{b}: not its lease any more"
+        );
+        let row = taker
+            .commit_refreshed(&refreshed("taker", T0 + 6, None))
+            .await
+            .unwrap();
+        assert_eq!(row.refresh_token_enc, "rt:taker", "{b}");
+        assert_eq!(row.status, ConnectionStatus::Active, "{b}");
+        store.close().await;
+    }
+}
 
-    let first = lock(&store, "acme", id).await;
-    let started = Instant::now();
-    let second = store
-        .lock_connection("acme", id, Duration::from_millis(300))
-        .await;
-    let waited = started.elapsed();
-    assert!(
-        matches!(second, Err(StoreError::LockTimeout)),
-        "{:?}",
-        second.err()
-    );
-    assert!(
-        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
-        "waited {waited:?}"
-    );
-    // Releasing lets the next one in at once.
-    first.release().await.unwrap();
-    let third = store
-        .lock_connection("acme", id, Duration::from_millis(300))
-        .await
-        .unwrap()
-        .expect("exists");
-    assert_eq!(third.record().version, 1, "release changed nothing");
-    third.release().await.unwrap();
-    store.close().await;
+#[tokio::test]
+async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let user = "005000000000001AAA";
+        let id = save(&store, "acme", user, T0, "a").await.connection.id;
+        let holder = lock(&store, "acme", id).await;
+        let again = save(&store, "acme", user, T0 + 1, "b").await;
+        assert!(again.connection.lease_id.is_none(), "{b}");
+        assert!(
+            matches!(
+                holder
+                    .commit_refreshed(&refreshed("old-family", T0 + 2, None))
+                    .await,
+                Err(StoreError::LeaseLost)
+            ),
+            "{b}: the re-authorized tokens stay"
+        );
+        assert_eq!(
+            get(&store, "acme", id).await.refresh_token_enc,
+            format!("rt:{id}:b")
+        );
+        let holder = lock(&store, "acme", id).await;
+        assert!(store.delete_connection("acme", id).await.unwrap());
+        assert!(matches!(
+            holder
+                .commit_refreshed(&refreshed("gone", T0 + 3, None))
+                .await,
+            Err(StoreError::LeaseLost)
+        ));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn an_unverified_rotation_keeps_the_new_refresh_token_only() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let saved = save(&store, "acme", "005000000000001AAA", T0, "a")
+            .await
+            .connection;
+        let row = lock(&store, "acme", saved.id)
+            .await
+            .commit_failure(&RefreshFailure::UnverifiedRotation {
+                refresh_token_enc: "rt:rotated".into(),
+                reason: "token response signature did not verify".into(),
+                failure_count: 1,
+                next_attempt_at: T0 + 1_000,
+                now: T0 + 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(row.refresh_token_enc, "rt:rotated", "{b}");
+        assert_eq!(row.access_token_enc, saved.access_token_enc, "{b}");
+        assert_eq!(row.status, ConnectionStatus::Active, "{b}");
+        assert_eq!(
+            row.last_error.as_deref(),
+            Some("token response signature did not verify")
+        );
+        assert_eq!(
+            (row.failure_count, row.next_attempt_at),
+            (1, Some(T0 + 1_000))
+        );
+        assert_eq!(
+            row.version,
+            saved.version + 1,
+            "{b}: token material changed"
+        );
+        assert!(row.lease_id.is_none(), "{b}");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn app_credentials_invalid_is_compare_and_set_and_cleared_by_a_put() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        let (stored, _) = store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        assert_eq!(stored.status, AppStatus::Active, "{b}");
+        let version = stored.credentials_version;
+        // A PUT of new credentials lands while a refresh with the old ones is at Salesforce.
+        let (replaced, _) = store
+            .put_tenant_app(&app("acme", T0 + 1, "fixed"))
+            .await
+            .unwrap();
+        assert_eq!(replaced.credentials_version, version + 1, "{b}");
+        assert!(
+            !store
+                .mark_app_credentials_invalid("acme", version, "invalid_client", T0 + 2)
+                .await
+                .unwrap(),
+            "{b}: the old credentials' refusal does not mark the new ones"
+        );
+        assert_eq!(
+            store.get_tenant_app("acme").await.unwrap().unwrap().status,
+            AppStatus::Active
+        );
+        assert!(
+            store
+                .mark_app_credentials_invalid("acme", version + 1, "invalid_client", T0 + 3)
+                .await
+                .unwrap()
+        );
+        let got = store.get_tenant_app("acme").await.unwrap().unwrap();
+        assert_eq!(got.status, AppStatus::CredentialsInvalid, "{b}");
+        assert_eq!(got.status_reason.as_deref(), Some("invalid_client"));
+        let (fixed, _) = store
+            .put_tenant_app(&app("acme", T0 + 4, "fixed-again"))
+            .await
+            .unwrap();
+        assert_eq!(fixed.status, AppStatus::Active, "{b}");
+        assert!(fixed.status_reason.is_none(), "{b}");
+        store.close().await;
+    }
 }
 
 #[tokio::test]
@@ -799,7 +959,7 @@ async fn commit_refreshed_writes_tokens_and_clears_the_failure_state() {
             .id;
         lock(&store, "acme", id)
             .await
-            .commit_failure(RefreshFailure::Transient {
+            .commit_failure(&RefreshFailure::Transient {
                 reason: "timeout".into(),
                 failure_count: 2,
                 next_attempt_at: T0 + 50_000,
@@ -811,7 +971,7 @@ async fn commit_refreshed_writes_tokens_and_clears_the_failure_state() {
         let t = T0 + 1_000;
         let new = lock(&store, "acme", id)
             .await
-            .commit_refreshed(refreshed("r1", t, None))
+            .commit_refreshed(&refreshed("r1", t, None))
             .await
             .unwrap();
         assert_eq!(new.access_token_enc, "at:r1", "{b}");
@@ -847,7 +1007,7 @@ async fn commit_refreshed_writes_tokens_and_clears_the_failure_state() {
 
         let new = lock(&store, "acme", id)
             .await
-            .commit_refreshed(refreshed("r2", t + 1, Some("api")))
+            .commit_refreshed(&refreshed("r2", t + 1, Some("api")))
             .await
             .unwrap();
         assert_eq!((new.scopes.as_str(), new.version), ("api", 3), "{b}");
@@ -874,7 +1034,7 @@ async fn commit_failure_and_release() {
 
         let row = lock(&store, "acme", id)
             .await
-            .commit_failure(RefreshFailure::Transient {
+            .commit_failure(&RefreshFailure::Transient {
                 reason: "salesforce 503".into(),
                 failure_count: 3,
                 next_attempt_at: T0 + 80_000,
@@ -902,7 +1062,7 @@ async fn commit_failure_and_release() {
 
         let row = lock(&store, "acme", id)
             .await
-            .commit_failure(RefreshFailure::NeedsReauthorization {
+            .commit_failure(&RefreshFailure::NeedsReauthorization {
                 reason: "invalid_grant".into(),
                 now: T0 + 20,
             })
@@ -959,7 +1119,7 @@ async fn keepalive_selects_active_stale_not_backing_off_oldest_first() {
 
         lock(&store, "acme", backing_off.id)
             .await
-            .commit_failure(RefreshFailure::Transient {
+            .commit_failure(&RefreshFailure::Transient {
                 reason: "timeout".into(),
                 failure_count: 1,
                 next_attempt_at: now + 1,
@@ -969,7 +1129,7 @@ async fn keepalive_selects_active_stale_not_backing_off_oldest_first() {
             .unwrap();
         lock(&store, "acme", retry_due.id)
             .await
-            .commit_failure(RefreshFailure::Transient {
+            .commit_failure(&RefreshFailure::Transient {
                 reason: "timeout".into(),
                 failure_count: 1,
                 next_attempt_at: now,
@@ -979,12 +1139,27 @@ async fn keepalive_selects_active_stale_not_backing_off_oldest_first() {
             .unwrap();
         lock(&store, "acme", broken.id)
             .await
-            .commit_failure(RefreshFailure::NeedsReauthorization {
+            .commit_failure(&RefreshFailure::NeedsReauthorization {
                 reason: "invalid_grant".into(),
                 now,
             })
             .await
             .unwrap();
+
+        // A connection whose refresh is under way (leased) and the connections of an app
+        // whose credentials were refused are skipped.
+        let leased = save(&store, "acme", "005000000000008AAA", T0 + 60, "h")
+            .await
+            .connection;
+        let _held = lock(&store, "acme", leased.id).await;
+        store.put_tenant_app(&app("gamma", T0, "k")).await.unwrap();
+        let _refused = save(&store, "gamma", "005000000000009AAA", T0 + 70, "i").await;
+        assert!(
+            store
+                .mark_app_credentials_invalid("gamma", 1, "invalid_client", now)
+                .await
+                .unwrap()
+        );
 
         let due = store
             .connections_due_for_keepalive(threshold, now, 100)
@@ -1017,6 +1192,7 @@ async fn unreachable_postgres_is_unavailable_and_keeps_the_password_out() {
     let options = StoreOptions {
         max_connections: 2,
         acquire_timeout: Duration::from_secs(2),
+        transaction_pooler: false,
     };
     let result = Store::connect("postgres://postgres:s3cr3t-pw@127.0.0.1:1/x", &options).await;
     let error = result.err().expect("nothing listens on port 1");

@@ -615,7 +615,6 @@ async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
         })
         .await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
-        let id = app.connect("acme").await;
         let expires_in = |c: &Value| {
             let at = time::OffsetDateTime::parse(
                 c["access_token_expires_at"].as_str().unwrap(),
@@ -624,8 +623,16 @@ async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
             .unwrap();
             (at - time::OffsetDateTime::now_utc()).whole_seconds()
         };
+        // The exchange's introspection fails: the expiry is the configured assumption.
+        fake.inject(Endpoint::Introspect, Fault::Status(503));
+        let id = app.connect("acme").await;
+        let c = connection(&app, id).await;
+        assert_eq!(c["access_token_expiry_assumed"], true, "{c}");
+        assert!(expires_in(&c) > 3_600, "{c}");
+
+        // A refresh answers after one Salesforce call, with an estimate that was assumed:
+        // introspection confirms it afterwards.
         let current = token_of(app.access_token("acme", id, None).await).await;
-        // One Salesforce call before the answer: the refresh (introspection comes after).
         let before = fake.counters();
         let new = token_of(
             app.access_token("acme", id, Some(json!({"rejected_token": current})))
@@ -643,8 +650,8 @@ async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
         assert!((880..=900).contains(&expires_in(&c)), "{c}");
         assert!(fake.counters().introspections > before.introspections);
 
-        // Introspection down: the previous lifetime stays as the estimate, marked assumed.
-        fake.inject(Endpoint::Introspect, Fault::Status(503));
+        // Once measured, the lifetime carries over to the next token without asking again.
+        let before = fake.counters();
         token_of(
             app.access_token("acme", id, Some(json!({"rejected_token": new})))
                 .await,
@@ -652,11 +659,13 @@ async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
         .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let c = connection(&app, id).await;
-        assert_eq!(c["access_token_expiry_assumed"], true, "{c}");
+        assert_eq!(c["access_token_expiry_assumed"], false, "{c}");
         assert!(
             (880..=900).contains(&expires_in(&c)),
-            "estimated from the last lifetime: {c}"
+            "estimated from the measured lifetime: {c}"
         );
+        assert_eq!(fake.counters().introspections, before.introspections);
+        assert_eq!(fake.counters().refreshes, before.refreshes + 1);
         app.stop().await;
     }
 }

@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Broker, BrokerError, TenantId};
 use crate::crypto::Binding;
-use crate::store::{Millis, TenantAppRecord};
+use crate::store::{AppStatus, Millis, TenantAppRecord};
 
 /// The longest consumer key or secret accepted (Salesforce's are far shorter).
 const MAX_CREDENTIAL_LEN: usize = 256;
@@ -18,6 +18,8 @@ pub struct AppMetadata {
     pub tenant_id: String,
     pub login_url: String,
     pub consumer_key_hint: String,
+    pub status: AppStatus,
+    pub status_reason: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
 }
@@ -28,6 +30,8 @@ impl From<&TenantAppRecord> for AppMetadata {
             tenant_id: r.tenant_id.clone(),
             login_url: r.login_url.clone(),
             consumer_key_hint: r.consumer_key_hint.clone(),
+            status: r.status,
+            status_reason: r.status_reason.clone(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -101,11 +105,15 @@ impl Broker {
                 secret.expose_secret(),
                 Binding::new("tenant_apps", tenant.as_str(), "consumer_secret"),
             )?,
+            status: AppStatus::Active,
+            status_reason: None,
+            credentials_version: 1,
             created_at: now,
             updated_at: now,
         };
         let (stored, created) = self.store.put_tenant_app(&record).await?;
         tracing::info!(tenant = tenant.as_str(), created, "tenant app stored");
+        // The connections' cached tokens are still valid; only refreshes were held back.
         Ok((AppMetadata::from(&stored), created))
     }
 

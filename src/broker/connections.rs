@@ -7,8 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use super::{Broker, BrokerError, TenantId};
-use crate::crypto::Binding;
+use super::{Broker, BrokerError, SecretColumn, TenantId};
 use crate::salesforce::ErrorClass;
 use crate::store::{ConnectionRecord, ConnectionStatus};
 
@@ -56,10 +55,7 @@ impl Broker {
         if connection.status == ConnectionStatus::Revoked {
             return Ok(());
         }
-        let token = self.keyring.open(
-            &connection.refresh_token_enc,
-            Binding::new("connections", &connection.id.to_string(), "refresh_token"),
-        )?;
+        let token = self.open_connection_secret(connection, SecretColumn::RefreshToken)?;
         match self.salesforce.revoke(&connection.login_url, &token).await {
             Ok(()) => Ok(()),
             Err(e) if force => {
@@ -86,10 +82,7 @@ impl Broker {
         replaced: &ConnectionRecord,
         new_refresh_token: &SecretString,
     ) {
-        let old = self.keyring.open(
-            &replaced.refresh_token_enc,
-            Binding::new("connections", &replaced.id.to_string(), "refresh_token"),
-        );
+        let old = self.open_connection_secret(replaced, SecretColumn::RefreshToken);
         if let Ok(old) = &old
             && bool::from(
                 old.expose_secret()

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 use uuid::Uuid;
 
-use super::{Broker, BrokerError, TenantId};
+use super::{Broker, BrokerError, SecretColumn, TenantId};
 use crate::crypto::Binding;
 use crate::salesforce::{AuthorizeRequest, SalesforceError, TokenGrant};
 use crate::store::{AuthorizationSession, AuthorizedConnection, ConsumeOutcome, Millis};
@@ -358,12 +358,12 @@ impl Broker {
                         scopes: grant.scopes.clone().unwrap_or_default(),
                         access_token_enc: self.seal_connection_secret(
                             &id,
-                            "access_token",
+                            SecretColumn::AccessToken,
                             &grant.access_token,
                         )?,
                         refresh_token_enc: self.seal_connection_secret(
                             &id,
-                            "refresh_token",
+                            SecretColumn::RefreshToken,
                             &refresh_token,
                         )?,
                         issued_at: grant.issued_at_ms,

@@ -4,8 +4,9 @@
 //!
 //! Every replica may run the sweeper: each refresh goes through the same exclusive path as
 //! the API ([`Broker::access_token`] with [`Want::KeepAlive`]), which re-checks
-//! `last_refreshed_at` under the row lock, so a connection another replica just refreshed is
-//! left alone.
+//! `last_refreshed_at` under the connection's refresh lease, so a connection another replica
+//! just refreshed is left alone. Apps whose credentials were refused are skipped. On
+//! shutdown the sweep starts no further refresh.
 
 use std::sync::Arc;
 
@@ -55,6 +56,16 @@ impl Broker {
             let permits = permits.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
+                // Shutting down: start nothing new (the refresh path refuses too).
+                if broker.lifecycle.is_draining() {
+                    return (
+                        id,
+                        Err(BrokerError::Busy {
+                            reason: "shutting down".into(),
+                            retry_after: std::time::Duration::ZERO,
+                        }),
+                    );
+                }
                 let result = broker
                     .access_token(&tenant, id, Want::KeepAlive { refreshed_before })
                     .await;

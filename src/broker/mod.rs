@@ -4,7 +4,9 @@
 //! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
 //! - [`connections`]: reading and deleting (revoking) connections;
 //! - [`tokens`]: fresh access tokens, with exactly one refresh per connection at a time;
-//! - [`keepalive`]: the background sweeper that refreshes idle connections.
+//! - [`keepalive`]: the background sweeper that refreshes idle connections;
+//! - [`limiter`]: the per-replica limit on Salesforce calls in flight, fair across tenants;
+//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit.
 //!
 //! Every operation takes the time from [`Clock`] so tests can control it.
 
@@ -12,6 +14,8 @@ pub mod apps;
 pub mod connections;
 pub mod flow;
 pub mod keepalive;
+pub mod lifecycle;
+pub mod limiter;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::Settings;
 use crate::crypto::{Binding, Keyring, KeyringError};
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
-use crate::store::{Millis, Store, StoreError, TenantAppRecord};
+use crate::store::{ConnectionRecord, Millis, Store, StoreError, TenantAppRecord};
 
 /// The source of "now" (Unix milliseconds).
 pub trait Clock: Send + Sync {
@@ -76,6 +80,11 @@ pub enum BrokerError {
     /// The connection must be authorized again (409 `needs_reauthorization`).
     #[error("the connection needs reauthorization: {reason}")]
     NeedsReauthorization { reason: String },
+    /// Salesforce refused the tenant app's consumer key or secret; the connection is intact
+    /// and serves again once the app's credentials are fixed (409
+    /// `app_credentials_invalid`).
+    #[error("the tenant app's credentials were refused: {reason}")]
+    AppCredentialsInvalid { reason: String },
     /// Salesforce answered in a way we cannot use (502 `upstream_error`).
     #[error("salesforce error: {0}")]
     Upstream(String),
@@ -89,6 +98,15 @@ pub enum BrokerError {
     /// (503 `service_unavailable`).
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// We could not finish in time, through no fault of the database or Salesforce: another
+    /// replica's refresh of the connection outlasted the wait, too many refreshes queue for
+    /// Salesforce, or the process is shutting down (503 `service_unavailable`,
+    /// `Retry-After`).
+    #[error("not served in time: {reason}")]
+    Busy {
+        reason: String,
+        retry_after: Duration,
+    },
     /// A bug or corrupt data (500, opaque to the caller).
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,9 +115,7 @@ pub enum BrokerError {
 impl From<StoreError> for BrokerError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::LockTimeout => {
-                Self::Unavailable(e.to_string())
-            }
+            StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -120,6 +136,12 @@ pub struct Broker {
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
     pub tokens: Arc<tokens::TokenCache>,
+    /// Calls to Salesforce in flight on this replica, fair across tenants.
+    pub limiter: Arc<limiter::FairLimiter>,
+    /// Refreshes in flight, and whether new ones may start.
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
+    /// Who holds this replica's refresh leases (host, process, instance), for operators.
+    holder: Arc<str>,
 }
 
 impl Broker {
@@ -134,8 +156,11 @@ impl Broker {
             keyring: settings.keyring.clone(),
             salesforce,
             clock,
+            limiter: limiter::FairLimiter::new(settings.salesforce.max_in_flight),
             settings,
             tokens: Arc::new(tokens::TokenCache::default()),
+            lifecycle: Arc::new(lifecycle::Lifecycle::default()),
+            holder: lease_holder_name().into(),
         }
     }
 
@@ -170,13 +195,26 @@ impl Broker {
     fn seal_connection_secret(
         &self,
         connection_id: &str,
-        column: &str,
+        column: SecretColumn,
         value: &SecretString,
     ) -> Result<String, KeyringError> {
-        self.keyring.seal(
-            value.expose_secret(),
-            Binding::new("connections", connection_id, column),
-        )
+        self.keyring
+            .seal(value.expose_secret(), column.binding(connection_id))
+    }
+
+    /// Opens one of a connection's sealed tokens.
+    fn open_connection_secret(
+        &self,
+        row: &ConnectionRecord,
+        column: SecretColumn,
+    ) -> Result<SecretString, BrokerError> {
+        let sealed = match column {
+            SecretColumn::AccessToken => &row.access_token_enc,
+            SecretColumn::RefreshToken => &row.refresh_token_enc,
+        };
+        Ok(self
+            .keyring
+            .open(sealed, column.binding(&row.id.to_string()))?)
     }
 
     fn open_app_secret(
@@ -191,10 +229,51 @@ impl Broker {
     }
 }
 
+/// The sealed token columns of a connection; each ciphertext is bound to its row and column
+/// (the associated data), so a ciphertext copied to another row or column fails to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SecretColumn {
+    AccessToken,
+    RefreshToken,
+}
+
+impl SecretColumn {
+    fn binding(self, connection_id: &str) -> Binding<'_> {
+        let column = match self {
+            Self::AccessToken => "access_token",
+            Self::RefreshToken => "refresh_token",
+        };
+        Binding::new("connections", connection_id, column)
+    }
+}
+
+/// `host:pid:instance`: enough for an operator to find the replica holding a lease.
+fn lease_holder_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown-host".into());
+    let instance = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "{}:{}:{}",
+        host.chars().take(64).collect::<String>(),
+        std::process::id(),
+        &instance[..8]
+    )
+}
+
 /// A Salesforce failure during a token operation, as the caller sees it.
 fn upstream_error(e: &SalesforceError, retry_after: Duration) -> BrokerError {
     use crate::salesforce::ErrorClass;
     match e.class() {
+        ErrorClass::AppCredentials => BrokerError::AppCredentialsInvalid {
+            reason: e.summary(),
+        },
         ErrorClass::Reauthorize => BrokerError::NeedsReauthorization {
             reason: e.summary(),
         },

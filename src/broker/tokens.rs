@@ -1,8 +1,11 @@
 //! Fresh access tokens, refreshed with refresh-token rotation — exactly one refresh per
-//! connection at a time.
+//! connection at a time, across every replica, and no rotated token dropped while it can
+//! still be saved.
 //!
 //! Salesforce invalidates a rotated refresh token at once, and presenting it again revokes
-//! the whole token family (Salesforce Help, "Refresh Token Rotation"). So:
+//! the whole token family (Salesforce Help, "Refresh Token Rotation",
+//! https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_refresh_token_rotation.htm).
+//! So:
 //!
 //! 1. **Hot path**: a decrypted token valid for the caller's `min_ttl` is served from this
 //!    replica's memory ([`TokenCache`]) without touching the database. Entries are re-read
@@ -10,12 +13,19 @@
 //!    or a deletion on another replica is noticed.
 //! 2. **In one process** callers of one connection queue on one async mutex ("flight"); the
 //!    first refreshes, the others find the new token when they get the mutex.
-//! 3. **Across replicas** the refresh happens under the database row lock
-//!    ([`crate::store::Store::lock_connection`]), and the row is checked again once the lock
-//!    is held: another replica may have refreshed meanwhile.
-//! 4. The new tokens are committed in that transaction before anyone sees them. The slow
-//!    path runs in its own task, so a caller that hangs up cannot cancel a refresh between
-//!    Salesforce's answer and the commit.
+//! 3. **Across replicas** a refresh runs under a fenced lease kept in the connection's row
+//!    ([`crate::store::Store::acquire_lease`]), taken in one short statement when free or
+//!    expired. No transaction and no pooled connection is held during the Salesforce call.
+//!    Callers on other replicas poll the row until the lease is released and then read the
+//!    committed token (no second refresh), or give up after `refresh_wait` with a 503.
+//! 4. The Salesforce call has a hard deadline (the Salesforce timeout, counted from just
+//!    before the lease was taken) that ends well before the lease does. The result is
+//!    committed with a compare-and-set on the lease id, retried while the database is
+//!    unreachable until the lease ends. Once another replica may take the lease, no holder
+//!    can still be presenting the old refresh token, and a holder whose lease was taken over
+//!    cannot overwrite newer state.
+//! 5. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
+//!    between Salesforce's answer and the commit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,10 +35,14 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use super::{Broker, BrokerError, TenantId, upstream_error};
-use crate::crypto::Binding;
-use crate::salesforce::ErrorClass;
-use crate::store::{ConnectionRecord, ConnectionStatus, Millis, RefreshFailure, RefreshedTokens};
+use tokio::time::Instant;
+
+use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
+use crate::salesforce::{AppCredentials, ErrorClass, RefreshAnswer, SalesforceError, TokenGrant};
+use crate::store::{
+    AppStatus, ConnectionRecord, ConnectionStatus, LeaseAttempt, Millis, RefreshFailure,
+    RefreshLease, RefreshedTokens, StoreError,
+};
 
 /// A token refreshed less than this long ago is not refreshed again just to satisfy a
 /// `min_ttl` longer than the org's session lifetime (that would refresh on every call).
@@ -167,6 +181,41 @@ impl TokenCache {
     }
 }
 
+/// What taking the lease came to.
+enum Leased {
+    /// The lease is ours and the connection needs the refresh.
+    Ours(RefreshLease),
+    /// No refresh needed after all (another holder just committed one).
+    Served(AccessToken),
+}
+
+/// Why a commit under a lease did not happen.
+enum CommitLost {
+    /// The row no longer carries our lease.
+    LeaseLost,
+    /// The database stayed unreachable (or failed) until the lease ended.
+    Unreachable(StoreError),
+}
+
+/// Gives a lease back; if that fails, the lease simply expires.
+async fn release_quietly(lease: &RefreshLease) {
+    if let Err(e) = lease.release().await {
+        tracing::warn!(connection = %lease.record().id, error = %e, "could not release a refresh lease; it expires by itself");
+    }
+}
+
+/// The first pause of a caller polling another replica's lease; it grows to
+/// [`LEASE_POLL_MAX`].
+const LEASE_POLL_FIRST: Duration = Duration::from_millis(10);
+/// Polling a held lease is cheap (one indexed read and one update that matches no row), so
+/// the pause stays short: a waiter should see the committed token within this of its
+/// commit.
+const LEASE_POLL_MAX: Duration = Duration::from_millis(50);
+/// The first pause between attempts to commit while the database is unreachable; doubles
+/// up to [`COMMIT_RETRY_MAX`].
+const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(100);
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(1);
+
 impl Broker {
     /// A valid access token for the connection, refreshing it if needed.
     pub async fn access_token(
@@ -182,10 +231,19 @@ impl Broker {
         }
         let this = self.clone();
         let tenant = tenant.clone();
-        // Own task: the caller hanging up must not cancel a refresh mid-way.
-        tokio::spawn(async move { this.access_token_slow(&tenant, id, want).await })
-            .await
-            .map_err(|e| BrokerError::Internal(format!("token task failed: {e}")))?
+        // Own task: the caller hanging up (or giving up below) must not cancel a refresh
+        // between Salesforce's answer and the commit.
+        let slow = tokio::spawn(async move { this.access_token_slow(&tenant, id, want).await });
+        let wait = self.settings.tokens.refresh_wait;
+        match tokio::time::timeout(wait, slow).await {
+            Ok(joined) => {
+                joined.map_err(|e| BrokerError::Internal(format!("token task failed: {e}")))?
+            }
+            Err(_) => Err(BrokerError::Busy {
+                reason: "the connection's refresh did not finish in time; retry".into(),
+                retry_after: Duration::from_secs(1),
+            }),
+        }
     }
 
     /// The hot path: a cached token, recently checked, that serves the want.
@@ -218,150 +276,471 @@ impl Broker {
         result
     }
 
-    /// Reads the row; refreshes under the row lock if it does not serve the want.
+    /// Reads the row; refreshes under the connection's lease if it does not serve the want.
     async fn refresh_if_needed(
         &self,
         tenant: &TenantId,
         id: Uuid,
         want: &Want,
     ) -> Result<AccessToken, BrokerError> {
-        let now = self.now();
         let Some(row) = self.store.get_connection(tenant.as_str(), id).await? else {
             self.tokens.forget(id);
             return Err(BrokerError::NotFound("no such connection for this tenant"));
         };
-        if let Some(token) = self.usable_without_refresh(&row, want, now)? {
+        if let Some(token) = self.usable_without_refresh(&row, want, self.now())? {
             return Ok(token);
         }
         let app = self.tenant_app(tenant).await?;
+        if app.status == AppStatus::CredentialsInvalid {
+            // Fail at once, without a Salesforce call: it would be refused the same way.
+            return Err(BrokerError::AppCredentialsInvalid {
+                reason: app
+                    .status_reason
+                    .unwrap_or_else(|| "salesforce refused the consumer credentials".into()),
+            });
+        }
         let credentials = self.app_credentials(&app)?;
-
-        let Some(lock) = self
-            .store
-            .lock_connection(
-                tenant.as_str(),
-                id,
-                self.settings.tokens.refresh_lock_timeout,
-            )
-            .await?
-        else {
-            self.tokens.forget(id);
-            return Err(BrokerError::NotFound("no such connection for this tenant"));
+        let Some(_refreshing) = self.lifecycle.start_refresh() else {
+            return Err(BrokerError::Busy {
+                reason: "the service is shutting down; retry on another replica".into(),
+                retry_after: Duration::from_secs(1),
+            });
         };
-        // Re-check under the lock: another replica may have refreshed while we waited.
-        let row = lock.record().clone();
-        let now = self.now();
-        match self.usable_without_refresh(&row, want, now) {
-            Ok(Some(token)) => {
-                lock.release().await?;
-                return Ok(token);
+        let (lease, lease_started) = self.take_lease(tenant, id, want).await?;
+        let lease = match lease {
+            Leased::Ours(lease) => lease,
+            Leased::Served(token) => return Ok(token),
+        };
+        self.refresh_under_lease(
+            tenant,
+            &lease,
+            lease_started,
+            &credentials,
+            app.credentials_version,
+        )
+        .await
+    }
+
+    /// Takes the connection's lease, waiting (polling) while another replica holds it.
+    /// The row is checked again once the lease is ours: the other holder may have refreshed.
+    async fn take_lease(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        want: &Want,
+    ) -> Result<(Leased, Instant), BrokerError> {
+        let give_up = Instant::now() + self.settings.tokens.refresh_wait;
+        let mut pause = LEASE_POLL_FIRST;
+        let mut waited = false;
+        loop {
+            // Taken before the statement: the Salesforce call's deadline counts from here,
+            // so it ends before the lease (counted by the database from later) does.
+            let started = Instant::now();
+            match self
+                .store
+                .acquire_lease(
+                    tenant.as_str(),
+                    id,
+                    &self.holder,
+                    self.settings.tokens.lease_duration,
+                )
+                .await?
+            {
+                LeaseAttempt::Acquired(lease) => {
+                    let row = lease.record().clone();
+                    // Nothing to do after all (another holder refreshed just before, or the
+                    // connection cannot be refreshed): give the lease back at once.
+                    return match self.usable_without_refresh(&row, want, self.now()) {
+                        Ok(None) => Ok((Leased::Ours(lease), started)),
+                        Ok(Some(token)) => {
+                            release_quietly(&lease).await;
+                            Ok((Leased::Served(token), started))
+                        }
+                        Err(e) => {
+                            release_quietly(&lease).await;
+                            Err(e)
+                        }
+                    };
+                }
+                LeaseAttempt::Held(row) => {
+                    if !waited {
+                        waited = true;
+                        crate::metrics::REFRESH_LEASE_WAITS.inc();
+                    }
+                    if let Some(token) = self.usable_without_refresh(&row, want, self.now())? {
+                        return Ok((Leased::Served(token), started));
+                    }
+                }
+                LeaseAttempt::NotFound => {
+                    self.tokens.forget(id);
+                    return Err(BrokerError::NotFound("no such connection for this tenant"));
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                lock.release().await?;
-                return Err(e);
+            if Instant::now() + pause > give_up {
+                return Err(BrokerError::Busy {
+                    reason: "another replica is refreshing this connection; retry".into(),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LEASE_POLL_MAX);
+        }
+    }
+
+    /// Calls Salesforce under the lease and commits what it answered.
+    async fn refresh_under_lease(
+        &self,
+        tenant: &TenantId,
+        lease: &RefreshLease,
+        lease_started: Instant,
+        credentials: &AppCredentials,
+        credentials_version: i64,
+    ) -> Result<AccessToken, BrokerError> {
+        let row = lease.record().clone();
+        let id = row.id;
+        let deadline = lease_started + self.settings.salesforce.request_timeout;
+        // Past this, another replica may take the lease: stop retrying the commit.
+        let lease_end = lease_started + self.settings.tokens.lease_duration;
+        let refresh_token = self.open_connection_secret(&row, SecretColumn::RefreshToken)?;
+
+        let answer = {
+            let permit =
+                tokio::time::timeout_at(deadline, self.limiter.acquire(tenant.as_str())).await;
+            match permit {
+                Ok(_permit) => tokio::time::timeout_at(
+                    deadline,
+                    self.salesforce.refresh(credentials, &refresh_token),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    // The hard deadline: whatever Salesforce does with this request now, no
+                    // later attempt overlaps it (the lease outlives the deadline).
+                    Err(SalesforceError::Unavailable(
+                        "no answer before the refresh deadline".into(),
+                    ))
+                }),
+                Err(_) => Err(SalesforceError::Unavailable(
+                    "too many Salesforce calls in flight on this replica".into(),
+                )),
+            }
+        };
+        let now = self.now();
+        match answer {
+            Ok(RefreshAnswer {
+                rotated_refresh_token,
+                checked: Ok(grant),
+            }) => {
+                self.commit_success(
+                    tenant,
+                    lease,
+                    lease_end,
+                    credentials,
+                    &row,
+                    grant,
+                    rotated_refresh_token,
+                    &refresh_token,
+                )
+                .await
+            }
+            Ok(RefreshAnswer {
+                rotated_refresh_token: Some(rotated),
+                checked: Err(e),
+            }) => {
+                // Salesforce has invalidated the old refresh token: keep the new one, never
+                // present the old one again, and report the answer as unusable.
+                crate::metrics::REFRESH_UPSTREAM.inc();
+                let failure_count = row.failure_count.saturating_add(1);
+                tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh answer failed a check; its new refresh token is kept");
+                let failure = RefreshFailure::UnverifiedRotation {
+                    refresh_token_enc: self.seal_connection_secret(
+                        &id.to_string(),
+                        SecretColumn::RefreshToken,
+                        &rotated,
+                    )?,
+                    reason: e.summary(),
+                    failure_count,
+                    next_attempt_at: self.after_backoff(now, failure_count),
+                    now,
+                };
+                match self
+                    .commit_with_retry(lease, lease_end, |l| l.commit_failure(&failure))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(lost) => {
+                        self.rotated_token_not_saved(tenant, &row, &rotated, credentials, lost)
+                            .await
+                    }
+                }
+                self.tokens.forget(id);
+                Err(BrokerError::Upstream(e.summary()))
+            }
+            Ok(RefreshAnswer {
+                rotated_refresh_token: None,
+                checked: Err(e),
+            })
+            | Err(e) => {
+                self.commit_refusal(tenant, lease, lease_end, &row, credentials_version, e, now)
+                    .await
             }
         }
-        let refresh_token = self.open_connection_secret(&row, "refresh_token")?;
-        let refreshed = self.salesforce.refresh(&credentials, &refresh_token).await;
-        match refreshed {
-            Ok(grant) => {
-                // Salesforce sends no `expires_in`. The lifetime is the org's session policy,
-                // so the previous token's lifetime is the estimate; introspection confirms it
-                // after the commit, off the lock, so waiters get their token after one call.
-                let expires_at = grant
-                    .issued_at_ms
-                    .saturating_add(self.lifetime_estimate(&row));
-                let assumed = true;
-                let row_id = row.id.to_string();
-                // Legacy Connected Apps do not rotate: the old refresh token stays valid.
-                let new_refresh = grant.refresh_token.as_ref().unwrap_or(&refresh_token);
-                let update = RefreshedTokens {
-                    instance_url: grant.instance_url.clone(),
-                    scopes: grant.scopes.clone(),
-                    access_token_enc: self.seal_connection_secret(
-                        &row_id,
-                        "access_token",
-                        &grant.access_token,
-                    )?,
-                    refresh_token_enc: self.seal_connection_secret(
-                        &row_id,
-                        "refresh_token",
-                        new_refresh,
-                    )?,
-                    issued_at: grant.issued_at_ms,
-                    access_expires_at: expires_at,
-                    expiry_assumed: assumed,
-                    now: self.now(),
-                };
-                let saved = lock.commit_refreshed(update).await.map_err(|e| {
-                    // Salesforce rotated the refresh token but we could not keep the new
-                    // one: the connection will need reauthorization.
-                    tracing::error!(
-                        security_event = "rotated_refresh_token_lost",
-                        connection = %id,
-                        error = %e,
-                        "refreshed tokens could not be saved"
-                    );
-                    BrokerError::from(e)
-                })?;
-                crate::metrics::REFRESH_SUCCESS.inc();
-                tracing::info!(tenant = tenant.as_str(), connection = %id, rotated = grant.refresh_token.is_some(), "access token refreshed");
-                let token = AccessToken {
-                    access_token: grant.access_token,
-                    instance_url: saved.instance_url,
-                    issued_at: saved.issued_at,
-                    expires_at: saved.access_expires_at,
-                };
-                self.tokens
-                    .put(id, tenant.as_str(), token.clone(), self.now());
-                self.confirm_expiry_later(tenant, credentials, token.clone(), id, saved.version);
-                Ok(token)
-            }
-            Err(e) => {
-                let now = self.now();
-                if e.class() == ErrorClass::Reauthorize {
-                    crate::metrics::REFRESH_REAUTHORIZE.inc();
-                    tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: connection needs reauthorization");
-                    lock.commit_failure(RefreshFailure::NeedsReauthorization {
-                        reason: e.summary(),
-                        now,
-                    })
-                    .await?;
-                    self.tokens.forget(id);
-                    return Err(upstream_error(&e, Duration::ZERO));
+    }
+
+    /// A verified answer: the new tokens are committed before anyone sees them.
+    #[allow(clippy::too_many_arguments, reason = "one refresh's whole context")]
+    async fn commit_success(
+        &self,
+        tenant: &TenantId,
+        lease: &RefreshLease,
+        lease_end: Instant,
+        credentials: &AppCredentials,
+        row: &ConnectionRecord,
+        grant: TokenGrant,
+        rotated: Option<SecretString>,
+        old_refresh_token: &SecretString,
+    ) -> Result<AccessToken, BrokerError> {
+        let id = row.id;
+        // Salesforce sends no `expires_in`. The lifetime is the org's session policy, so the
+        // previous token's lifetime is the estimate; when that was not measured,
+        // introspection confirms it after the commit, off the caller's path (and off the
+        // Salesforce budget of a refresh storm).
+        let (lifetime, measured) = self.lifetime_estimate(row);
+        let expires_at = grant.issued_at_ms.saturating_add(lifetime);
+        // Legacy Connected Apps do not rotate: the old refresh token stays valid.
+        let new_refresh = rotated.as_ref().unwrap_or(old_refresh_token);
+        let row_id = id.to_string();
+        let update = RefreshedTokens {
+            instance_url: grant.instance_url.clone(),
+            scopes: grant.scopes.clone(),
+            access_token_enc: self.seal_connection_secret(
+                &row_id,
+                SecretColumn::AccessToken,
+                &grant.access_token,
+            )?,
+            refresh_token_enc: self.seal_connection_secret(
+                &row_id,
+                SecretColumn::RefreshToken,
+                new_refresh,
+            )?,
+            issued_at: grant.issued_at_ms,
+            access_expires_at: expires_at,
+            expiry_assumed: !measured,
+            now: self.now(),
+        };
+        let saved = match self
+            .commit_with_retry(lease, lease_end, |l| l.commit_refreshed(&update))
+            .await
+        {
+            Ok(saved) => saved,
+            Err(lost) => {
+                if let Some(rotated) = &rotated {
+                    self.rotated_token_not_saved(tenant, row, rotated, credentials, lost)
+                        .await;
                 }
-                if e.class() == ErrorClass::Transient {
+                self.tokens.forget(id);
+                return Err(BrokerError::Unavailable(
+                    "the refreshed tokens could not be saved".into(),
+                ));
+            }
+        };
+        crate::metrics::REFRESH_SUCCESS.inc();
+        tracing::info!(tenant = tenant.as_str(), connection = %id, rotated = rotated.is_some(), "access token refreshed");
+        let token = AccessToken {
+            access_token: grant.access_token,
+            instance_url: saved.instance_url,
+            issued_at: saved.issued_at,
+            expires_at: saved.access_expires_at,
+        };
+        self.tokens
+            .put(id, tenant.as_str(), token.clone(), self.now());
+        if !measured {
+            self.confirm_expiry_later(
+                tenant,
+                credentials.clone(),
+                token.clone(),
+                id,
+                saved.version,
+            );
+        }
+        Ok(token)
+    }
+
+    /// Salesforce refused, failed or timed out, and no new refresh token came back: record
+    /// the failure on what failed (the app or the connection) and release the lease.
+    #[allow(clippy::too_many_arguments, reason = "one refresh's whole context")]
+    async fn commit_refusal(
+        &self,
+        tenant: &TenantId,
+        lease: &RefreshLease,
+        lease_end: Instant,
+        row: &ConnectionRecord,
+        credentials_version: i64,
+        e: SalesforceError,
+        now: Millis,
+    ) -> Result<AccessToken, BrokerError> {
+        let id = row.id;
+        let class = e.class();
+        let failure = match class {
+            ErrorClass::AppCredentials => {
+                // The app's state, not the connection's: nothing was consumed, the refresh
+                // token stays good for when the credentials are fixed.
+                crate::metrics::REFRESH_APP_CREDENTIALS.inc();
+                tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: the tenant app's credentials are invalid");
+                let marked = self
+                    .store
+                    .mark_app_credentials_invalid(
+                        tenant.as_str(),
+                        credentials_version,
+                        &e.summary(),
+                        now,
+                    )
+                    .await;
+                if let Err(store_error) = marked {
+                    tracing::warn!(tenant = tenant.as_str(), error = %store_error, "could not record the app's invalid credentials");
+                }
+                release_quietly(lease).await;
+                return Err(upstream_error(&e, Duration::ZERO));
+            }
+            ErrorClass::Reauthorize => {
+                crate::metrics::REFRESH_REAUTHORIZE.inc();
+                tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: connection needs reauthorization");
+                RefreshFailure::NeedsReauthorization {
+                    reason: e.summary(),
+                    now,
+                }
+            }
+            ErrorClass::Transient | ErrorClass::Upstream => {
+                if class == ErrorClass::Transient {
                     crate::metrics::REFRESH_TRANSIENT.inc();
                 } else {
                     crate::metrics::REFRESH_UPSTREAM.inc();
                 }
                 let failure_count = row.failure_count.saturating_add(1);
-                let backoff = self.backoff(failure_count);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), failures = failure_count, "refresh failed; refresh token kept");
-                lock.commit_failure(RefreshFailure::Transient {
+                RefreshFailure::Transient {
                     reason: e.summary(),
                     failure_count,
-                    next_attempt_at: now
-                        .saturating_add(i64::try_from(backoff.as_millis()).unwrap_or(i64::MAX)),
+                    next_attempt_at: self.after_backoff(now, failure_count),
                     now,
-                })
-                .await?;
-                Err(upstream_error(&e, backoff))
+                }
+            }
+        };
+        let backoff = match &failure {
+            RefreshFailure::Transient { failure_count, .. } => self.backoff(*failure_count),
+            _ => Duration::ZERO,
+        };
+        match self
+            .commit_with_retry(lease, lease_end, |l| l.commit_failure(&failure))
+            .await
+        {
+            Ok(_) | Err(CommitLost::LeaseLost) => {}
+            Err(CommitLost::Unreachable(store_error)) => {
+                // Only the failure's bookkeeping is lost: the refresh token is unchanged.
+                tracing::warn!(connection = %id, error = %store_error, "could not record the refresh failure");
+            }
+        }
+        if class == ErrorClass::Reauthorize {
+            self.tokens.forget(id);
+        }
+        Err(upstream_error(&e, backoff))
+    }
+
+    /// Runs `commit` (a compare-and-set on the lease) until it succeeds, the lease is lost,
+    /// or the lease ends while the database stays unreachable. Each attempt reconnects
+    /// through the pool.
+    async fn commit_with_retry<'a, F, Fut>(
+        &self,
+        lease: &'a RefreshLease,
+        lease_end: Instant,
+        commit: F,
+    ) -> Result<ConnectionRecord, CommitLost>
+    where
+        F: Fn(&'a RefreshLease) -> Fut,
+        Fut: std::future::Future<Output = Result<ConnectionRecord, StoreError>>,
+    {
+        let mut pause = COMMIT_RETRY_FIRST;
+        loop {
+            match commit(lease).await {
+                Ok(saved) => return Ok(saved),
+                Err(StoreError::LeaseLost) => return Err(CommitLost::LeaseLost),
+                Err(StoreError::Unavailable(e)) if Instant::now() + pause < lease_end => {
+                    tracing::warn!(connection = %lease.record().id, error = %e, "database unreachable while committing a refresh; retrying until the lease ends");
+                    crate::metrics::REFRESH_COMMIT_RETRIES.inc();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(COMMIT_RETRY_MAX);
+                }
+                Err(e) => return Err(CommitLost::Unreachable(e)),
             }
         }
     }
 
-    /// The expected lifetime of a new access token: the previous one's (introspected or
-    /// assumed), within sane bounds, else the configured lifetime.
-    fn lifetime_estimate(&self, row: &ConnectionRecord) -> Millis {
+    /// A rotated refresh token could not be committed. Tells a true loss (the database
+    /// stayed away for the whole lease, or another holder took the lease over and presented
+    /// the old token) from a superseded one (the connection was deleted or re-authorized
+    /// meanwhile: the new token is revoked, as nobody will use it).
+    async fn rotated_token_not_saved(
+        &self,
+        tenant: &TenantId,
+        row: &ConnectionRecord,
+        rotated: &SecretString,
+        credentials: &AppCredentials,
+        why: CommitLost,
+    ) {
+        let id = row.id;
+        let superseded = match &why {
+            CommitLost::LeaseLost => match self.store.get_connection(tenant.as_str(), id).await {
+                Ok(None) => Some("the connection was deleted"),
+                Ok(Some(now)) if now.lease_id.is_none() && now.version != row.version => {
+                    Some("the connection was re-authorized")
+                }
+                _ => None,
+            },
+            CommitLost::Unreachable(_) => None,
+        };
+        if let Some(reason) = superseded {
+            tracing::info!(tenant = tenant.as_str(), connection = %id, reason, "refresh result superseded; revoking its new refresh token");
+            let _permit = self.limiter.acquire(tenant.as_str()).await;
+            if let Err(e) = self
+                .salesforce
+                .revoke(&credentials.login_url, rotated)
+                .await
+            {
+                tracing::warn!(connection = %id, error = %e.summary(), "could not revoke a superseded refresh token");
+            }
+            return;
+        }
+        crate::metrics::ROTATED_REFRESH_TOKEN_LOST.inc();
+        let error = match &why {
+            CommitLost::LeaseLost => "the refresh lease was taken over".to_owned(),
+            CommitLost::Unreachable(e) => e.to_string(),
+        };
+        tracing::error!(
+            security_event = "rotated_refresh_token_lost",
+            tenant = tenant.as_str(),
+            connection = %id,
+            error = %error,
+            "a rotated refresh token could not be saved: the connection will need reauthorization"
+        );
+    }
+
+    fn after_backoff(&self, now: Millis, failure_count: i32) -> Millis {
+        now.saturating_add(
+            i64::try_from(self.backoff(failure_count).as_millis()).unwrap_or(i64::MAX),
+        )
+    }
+    /// The expected lifetime of a new access token, and whether it is measured: the
+    /// previous token's lifetime when Salesforce told it (introspection) and it is within
+    /// sane bounds — the org's session policy rarely changes, and a token that dies early is
+    /// reported back as `rejected_token` — else the previous assumed one or the configured
+    /// lifetime, to be confirmed by introspection.
+    fn lifetime_estimate(&self, row: &ConnectionRecord) -> (Millis, bool) {
         let previous = row.access_expires_at.saturating_sub(row.issued_at);
         let configured =
             i64::try_from(self.settings.salesforce.assumed_token_lifetime.as_millis()).unwrap_or(0);
         if (60_000..=7 * 24 * 3_600_000).contains(&previous) {
-            previous
+            (previous, !row.expiry_assumed)
         } else {
-            configured
+            (configured, false)
         }
     }
 
@@ -436,7 +815,7 @@ impl Broker {
                 });
             }
         }
-        let access_token = self.open_connection_secret(row, "access_token")?;
+        let access_token = self.open_connection_secret(row, SecretColumn::AccessToken)?;
         if !want.needs_refresh(row, &access_token, now) {
             let token = AccessToken {
                 access_token,
@@ -463,22 +842,6 @@ impl Broker {
             });
         }
         Ok(None)
-    }
-
-    fn open_connection_secret(
-        &self,
-        row: &ConnectionRecord,
-        column: &str,
-    ) -> Result<SecretString, BrokerError> {
-        let sealed = if column == "refresh_token" {
-            &row.refresh_token_enc
-        } else {
-            &row.access_token_enc
-        };
-        Ok(self.keyring.open(
-            sealed,
-            Binding::new("connections", &row.id.to_string(), column),
-        )?)
     }
 
     /// Exponential back-off after `failures` consecutive transient failures: 1 s, 2 s, 4 s …

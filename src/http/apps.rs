@@ -37,6 +37,11 @@ struct AppView {
     login_url: String,
     consumer_key_hint: String,
     callback_url: String,
+    /// `active`, or `credentials_invalid` after Salesforce refused the credentials on a
+    /// refresh (a PUT of new credentials makes it `active` again).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_reason: Option<String>,
     created_at: String,
     updated_at: String,
 }
@@ -47,6 +52,8 @@ fn view(state: &AppState, m: AppMetadata) -> AppView {
         login_url: m.login_url,
         consumer_key_hint: m.consumer_key_hint,
         callback_url: state.broker.settings.callback_url(),
+        status: m.status.as_str(),
+        status_reason: m.status_reason,
         created_at: rfc3339(m.created_at),
         updated_at: rfc3339(m.updated_at),
     }

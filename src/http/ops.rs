@@ -27,9 +27,18 @@ async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
 
+/// The longest a readiness probe waits for the database: an orchestrator's probe must get
+/// its answer well within its own timeout, database or not.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
+
 /// Ready: the database answers and every migration is applied.
 async fn readyz(State(state): State<AppState>) -> Response {
-    match state.broker.store.check_ready().await {
+    let checked = tokio::time::timeout(READY_TIMEOUT, state.broker.store.check_ready()).await;
+    match checked.unwrap_or_else(|_| {
+        Err(crate::store::StoreError::Unavailable(
+            sqlx::Error::PoolTimedOut,
+        ))
+    }) {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(json!({"status": "ready", "database": state.broker.store.backend_name()})),
@@ -46,11 +55,30 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let cached = u64::try_from(state.broker.tokens.len()).unwrap_or(u64::MAX);
-    let body = crate::metrics::render(&[(
-        "valo_oauth_token_cache_entries",
-        "Access tokens held in this replica's memory.",
-        cached,
-    )]);
+    let gauge = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let broker = &state.broker;
+    let body = crate::metrics::render(&[
+        (
+            "valo_oauth_token_cache_entries",
+            "Access tokens held in this replica's memory.",
+            cached,
+        ),
+        (
+            "valo_oauth_salesforce_calls_in_flight",
+            "Calls to Salesforce under way on this replica (limit: salesforce_max_in_flight).",
+            gauge(broker.limiter.in_flight()),
+        ),
+        (
+            "valo_oauth_salesforce_calls_waiting",
+            "Calls to Salesforce queued for the in-flight limit on this replica.",
+            gauge(broker.limiter.waiting()),
+        ),
+        (
+            "valo_oauth_refreshes_in_flight",
+            "Refreshes under way on this replica.",
+            gauge(broker.lifecycle.in_flight()),
+        ),
+    ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

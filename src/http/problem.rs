@@ -149,6 +149,16 @@ impl From<BrokerError> for Problem {
             .with_detail(format!(
                 "a person must connect the Salesforce org again (start a new authorization): {reason}"
             )),
+            BrokerError::AppCredentialsInvalid { reason } => Self::new(
+                StatusCode::CONFLICT,
+                "app_credentials_invalid",
+                "The tenant's app credentials were refused",
+            )
+            .with_detail(format!(
+                "Salesforce refused the tenant's consumer key or secret; the connection is \
+                 intact: PUT the External Client App's correct credentials and it serves \
+                 again with no reauthorization ({reason})"
+            )),
             BrokerError::Upstream(reason) => {
                 tracing::warn!(error = %reason, "salesforce error");
                 Self::new(StatusCode::BAD_GATEWAY, "upstream_error", "Salesforce error")
@@ -167,6 +177,20 @@ impl From<BrokerError> for Problem {
             BrokerError::Unavailable(reason) => {
                 tracing::error!(error = %reason, "service unavailable");
                 Self::service_unavailable(Duration::from_secs(1))
+            }
+            BrokerError::Busy {
+                reason,
+                retry_after,
+            } => {
+                tracing::warn!(error = %reason, "request not served in time");
+                let mut p = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "Service unavailable",
+                )
+                .with_detail(reason);
+                p.retry_after = Some(retry_after);
+                p
             }
             BrokerError::Internal(reason) => {
                 tracing::error!(error = %reason, "internal error");

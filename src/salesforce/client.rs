@@ -56,6 +56,7 @@ impl Default for ClientSettings {
 }
 
 /// A tenant's External Client App credentials and login host.
+#[derive(Clone)]
 pub struct AppCredentials {
     pub login_url: String,
     pub client_id: SecretString,
@@ -121,6 +122,38 @@ impl fmt::Debug for TokenGrant {
             .field("scopes", &self.scopes)
             .field("signature_verified", &self.signature_verified)
             .finish()
+    }
+}
+
+/// What a refresh brought back.
+pub struct RefreshAnswer {
+    /// The new refresh token (Refresh Token Rotation), whether or not the answer passed
+    /// the checks; `None` when Salesforce did not rotate.
+    pub rotated_refresh_token: Option<SecretString>,
+    /// The checked grant, or why the answer cannot be trusted.
+    pub checked: Result<TokenGrant, SalesforceError>,
+}
+
+impl fmt::Debug for RefreshAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshAnswer")
+            .field(
+                "rotated_refresh_token",
+                &self.rotated_refresh_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("checked", &self.checked)
+            .finish()
+    }
+}
+
+/// The `refresh_token` member of a JSON body, if it has a non-empty one.
+fn refresh_token_in(body: &[u8]) -> Option<SecretString> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match value.get("refresh_token")? {
+        serde_json::Value::String(token) if !token.is_empty() => {
+            Some(SecretString::from(token.clone()))
+        }
+        _ => None,
     }
 }
 
@@ -384,12 +417,17 @@ impl SalesforceClient {
 
     /// grant_type=refresh_token (RFC 6749 §6), client_secret_post, through the `oauth2`
     /// crate. A response without refresh_token is fine (no Refresh Token Rotation).
+    ///
+    /// `Err` means no usable answer arrived (a refusal, a transport failure). An answer that
+    /// carries a refresh token is returned even when it fails the checks (signature,
+    /// `instance_url` policy, identity, shape): with rotation, that token is now the only
+    /// valid one and must be kept (Salesforce Help, "Refresh Token Rotation").
     #[instrument(skip_all, fields(login_host = tracing::field::Empty, grant = "refresh_token"))]
     pub async fn refresh(
         &self,
         app: &AppCredentials,
         refresh_token: &SecretString,
-    ) -> Result<TokenGrant, SalesforceError> {
+    ) -> Result<RefreshAnswer, SalesforceError> {
         let origin = self.login_origin(&app.login_url)?;
         let client = token_client(&origin, app)?;
         let status = AtomicU16::new(0);
@@ -403,7 +441,25 @@ impl SalesforceClient {
             .request_async(&http)
             .await;
         let status = status.load(Ordering::Relaxed);
-        self.finish_grant(result, status, app)
+        let rotated_refresh_token = match &result {
+            Ok(token) => token
+                .refresh_token()
+                .map(|t| SecretString::from(t.secret().clone())),
+            // A success status whose body the token response type could not take (a field
+            // missing or of the wrong type): its refresh token still counts.
+            Err(RequestTokenError::Parse(_, body)) if (200..300).contains(&status) => {
+                refresh_token_in(body)
+            }
+            Err(_) => None,
+        };
+        let checked = self.finish_grant(result, status, app);
+        match (checked, rotated_refresh_token) {
+            (Err(e), None) => Err(e),
+            (checked, rotated_refresh_token) => Ok(RefreshAnswer {
+                rotated_refresh_token,
+                checked,
+            }),
+        }
     }
 
     /// RFC 7662 introspection at `{login_url}/services/oauth2/introspect` (Salesforce Help
@@ -1069,7 +1125,7 @@ mod tests {
             matches!(e, SalesforceError::Refused { status: 401, .. }),
             "{e:?}"
         );
-        assert_eq!(e.class(), ErrorClass::Reauthorize);
+        assert_eq!(e.class(), ErrorClass::AppCredentials);
 
         let e = exchange_against(|_| {
             json(
@@ -1302,11 +1358,12 @@ mod tests {
             json(StatusCode::OK, token_body(false))
         })
         .await;
-        let grant = client()
+        let answer = client()
             .refresh(&app(&base), &secret(REFRESH_TOKEN))
             .await
             .unwrap();
-        assert!(grant.refresh_token.is_none());
+        assert!(answer.rotated_refresh_token.is_none());
+        let grant = answer.checked.unwrap();
         assert!(grant.signature_verified);
         assert_eq!(grant.access_token.expose_secret(), ACCESS_TOKEN);
         let pairs = form(&seen.lock().unwrap()[0]);
@@ -1323,11 +1380,50 @@ mod tests {
             json(StatusCode::OK, token_body(true))
         })
         .await;
-        let grant = client()
+        let answer = client()
             .refresh(&app(&base), &secret(REFRESH_TOKEN))
             .await
             .unwrap();
-        assert!(grant.refresh_token.is_some());
+        assert_eq!(
+            answer.rotated_refresh_token.unwrap().expose_secret(),
+            REFRESH_TOKEN
+        );
+        assert!(answer.checked.is_ok());
+
+        // An answer that fails a check still hands back its new refresh token (Salesforce
+        // has invalidated the old one): a bad signature, and a body missing `instance_url`.
+        for broken in [
+            {
+                let mut v = token_body(true);
+                v["signature"] = "bm90LXRoZS1zaWduYXR1cmU=".into();
+                v
+            },
+            {
+                let mut v = token_body(true);
+                v.as_object_mut().unwrap().remove("instance_url");
+                v
+            },
+        ] {
+            let (base, _) = server("/services/oauth2/token", move |_| {
+                json(StatusCode::OK, broken.clone())
+            })
+            .await;
+            let answer = client()
+                .refresh(&app(&base), &secret(REFRESH_TOKEN))
+                .await
+                .unwrap();
+            assert_eq!(
+                answer
+                    .rotated_refresh_token
+                    .as_ref()
+                    .unwrap()
+                    .expose_secret(),
+                REFRESH_TOKEN
+            );
+            assert!(!format!("{answer:?}").contains(REFRESH_TOKEN));
+            let e = answer.checked.unwrap_err();
+            assert_eq!(e.class(), ErrorClass::Upstream, "{e:?}");
+        }
 
         let (base, _) = server("/services/oauth2/token", |_| {
             json(
@@ -1451,7 +1547,7 @@ mod tests {
             .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
             .await
             .unwrap_err();
-        assert_eq!(e.class(), ErrorClass::Reauthorize);
+        assert_eq!(e.class(), ErrorClass::AppCredentials);
         assert_no_secrets(&e);
 
         let (base, _) = server("/services/oauth2/introspect", |_| {

@@ -2,9 +2,10 @@
 //! org (authorize URL, token exchange, refresh, introspection, revocation), plus the URL
 //! policy that keeps those calls on Salesforce hosts.
 //!
-//! Protocol facts follow `/work/shared/salesforce.md` (Salesforce Help "OAuth 2.0 Web Server
-//! Flow", "Refresh Token Flow", "OAuth flow errors", "Token Introspection Endpoint",
-//! "Identity URLs"; RFC 6749, RFC 7636, RFC 7009, RFC 7662).
+//! Protocol facts follow Salesforce Help ("OAuth 2.0 Web Server Flow", "Refresh Token Flow",
+//! "Refresh Token Rotation", "OAuth flow errors", "Token Introspection Endpoint", "Identity
+//! URLs"; https://help.salesforce.com) and RFC 6749, RFC 7636, RFC 7009, RFC 7662; the
+//! facts the code relies on are collected in `docs/salesforce.md`.
 //!
 //! Secrets (client secret, tokens, codes, PKCE verifiers) live in [`secrecy::SecretString`]
 //! and never reach `Debug`, `Display`, errors or logs.
@@ -14,7 +15,9 @@ mod hosts;
 mod identity;
 mod signature;
 
-pub use client::{AppCredentials, AuthorizeRequest, ClientSettings, SalesforceClient, TokenGrant};
+pub use client::{
+    AppCredentials, AuthorizeRequest, ClientSettings, RefreshAnswer, SalesforceClient, TokenGrant,
+};
 pub use hosts::{HostPolicy, UrlField, UrlPolicyError};
 pub use identity::{parse_identity_url, to_18_char_id};
 pub use signature::verify_signature;
@@ -57,6 +60,9 @@ pub enum ErrorClass {
     /// The grant is gone (revoked, expired, user or org inactive, wrong app credentials): the
     /// customer must connect again.
     Reauthorize,
+    /// The tenant's consumer key or secret was refused (`invalid_client_id`,
+    /// `invalid_client`): the app's credentials must be fixed; the grant itself is intact.
+    AppCredentials,
     /// Worth retrying later (outage, rate limit, admin login-hours policy).
     Transient,
     /// Salesforce or our configuration misbehaves: neither retrying nor reconnecting helps.
@@ -66,7 +72,8 @@ pub enum ErrorClass {
 impl SalesforceError {
     /// The classification of salesforce.md's error table ("Token-endpoint errors"):
     /// `invalid_grant` (except "IP restricted or invalid login hours", which is Transient),
-    /// `inactive_user`, `inactive_org`, `invalid_client_id`, `invalid_client` → Reauthorize;
+    /// `inactive_user`, `inactive_org` → Reauthorize; `invalid_client_id`, `invalid_client`
+    /// → AppCredentials;
     /// `rate_limit_exceeded` (and `LOGIN_RATE_EXCEEDED`), any `Unavailable` → Transient;
     /// everything else → Upstream.
     pub fn class(&self) -> ErrorClass {
@@ -84,8 +91,8 @@ impl SalesforceError {
                     "invalid_grant" if desc.contains("login_rate_exceeded") => {
                         ErrorClass::Transient
                     }
-                    "invalid_grant" | "inactive_user" | "inactive_org" | "invalid_client_id"
-                    | "invalid_client" => ErrorClass::Reauthorize,
+                    "invalid_grant" | "inactive_user" | "inactive_org" => ErrorClass::Reauthorize,
+                    "invalid_client_id" | "invalid_client" => ErrorClass::AppCredentials,
                     "rate_limit_exceeded" | "login_rate_exceeded" => ErrorClass::Transient,
                     _ => ErrorClass::Upstream,
                 }
@@ -162,11 +169,16 @@ mod tests {
             refused("invalid_grant", None),
             refused("inactive_user", None),
             refused("inactive_org", None),
-            refused("invalid_client_id", Some("client identifier invalid")),
-            refused("invalid_client", Some("invalid client credentials")),
         ];
         for e in reauth {
             assert_eq!(e.class(), ErrorClass::Reauthorize, "{e:?}");
+        }
+        let credentials = [
+            refused("invalid_client_id", Some("client identifier invalid")),
+            refused("invalid_client", Some("invalid client credentials")),
+        ];
+        for e in credentials {
+            assert_eq!(e.class(), ErrorClass::AppCredentials, "{e:?}");
         }
         let transient = [
             refused(

@@ -6,21 +6,37 @@
 //! Timestamps are Unix milliseconds (`i64`) in both databases so that the same SQL and the
 //! same comparisons work on both.
 //!
-//! Both backends share their SQL (SQLite accepts `$N` placeholders, `ON CONFLICT` and
-//! `RETURNING`); they differ only in how a connection row is locked for a refresh:
-//! Postgres takes `SELECT … FOR UPDATE` under a `lock_timeout`, SQLite takes the database's
-//! single write lock with `BEGIN IMMEDIATE` (SQLite is the one-replica default).
+//! The SQL is written once ([`sql`]) and run by one generic store ([`SqlStore`]); a small
+//! [`Backend`] trait supplies what differs between the databases: how to connect, the
+//! embedded migrations, the id type, the database clock used by the refresh lease, and how
+//! a save of a new connection is serialised.
+//!
+//! A refresh is fenced by a lease stored in the connection's row ([`Store::acquire_lease`]):
+//! taken in one short statement, committed with a compare-and-set on its id. No transaction
+//! and no pooled connection is held while Salesforce is called.
 
+mod backend;
 mod postgres;
 mod sql;
+mod sql_store;
 mod sqlite;
 
 use std::time::Duration;
 
 use uuid::Uuid;
 
-pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use backend::Backend;
+pub use sql_store::SqlStore;
+
+/// Runs the same call on whichever backend this store is.
+macro_rules! dispatch {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self {
+            Store::Postgres($s) => $call,
+            Store::Sqlite($s) => $call,
+        }
+    };
+}
 
 /// Unix time in milliseconds, the one time representation of the storage layer.
 pub type Millis = i64;
@@ -37,8 +53,39 @@ pub struct TenantAppRecord {
     pub consumer_key_hint: String,
     /// Encrypted consumer secret (AAD: `tenant_apps/{tenant_id}/consumer_secret`).
     pub consumer_secret_enc: String,
+    /// Whether Salesforce accepted the credentials at the last refresh that tried them.
+    pub status: AppStatus,
+    /// Why the credentials were refused (a short, secret-free reason).
+    pub status_reason: Option<String>,
+    /// Grows with every PUT of new credentials (compare-and-set for [`AppStatus`]).
+    pub credentials_version: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// The state of a tenant's app credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppStatus {
+    /// Usable (or not known to be wrong).
+    Active,
+    /// Salesforce answered `invalid_client` / `invalid_client_id` to a refresh: every
+    /// connection of the app keeps its tokens and waits for a PUT of new credentials.
+    CredentialsInvalid,
+}
+
+impl AppStatus {
+    pub const ALL: [Self; 2] = [Self::Active, Self::CredentialsInvalid];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::CredentialsInvalid => "credentials_invalid",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
+    }
 }
 
 /// One pending authorization-code flow (RFC 6749 §4.1), keyed by the SHA-256 of its state.
@@ -76,6 +123,8 @@ pub enum ConnectionStatus {
 }
 
 impl ConnectionStatus {
+    pub const ALL: [Self; 3] = [Self::Active, Self::NeedsReauthorization, Self::Revoked];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
@@ -85,12 +134,7 @@ impl ConnectionStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "active" => Some(Self::Active),
-            "needs_reauthorization" => Some(Self::NeedsReauthorization),
-            "revoked" => Some(Self::Revoked),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 }
 
@@ -129,6 +173,10 @@ pub struct ConnectionRecord {
     pub last_refreshed_at: Millis,
     /// Incremented on every change of the token material.
     pub version: i64,
+    /// The refresh lease, when one was taken and not released (it may have expired).
+    pub lease_id: Option<String>,
+    /// When that lease ends, in the database's clock.
+    pub lease_expires_at: Option<Millis>,
 }
 
 /// The token material and metadata of a freshly authorized connection.
@@ -151,7 +199,7 @@ pub struct SavedConnection {
     pub replaced: Option<ConnectionRecord>,
 }
 
-/// A successful refresh, committed while the connection row is locked.
+/// A successful refresh, committed with the lease's compare-and-set.
 pub struct RefreshedTokens {
     pub instance_url: String,
     pub scopes: Option<String>,
@@ -164,7 +212,7 @@ pub struct RefreshedTokens {
     pub now: Millis,
 }
 
-/// A failed refresh, committed while the connection row is locked.
+/// A failed refresh, committed with the lease's compare-and-set (which also releases it).
 pub enum RefreshFailure {
     /// Salesforce refused the grant for good: status becomes `needs_reauthorization`.
     NeedsReauthorization { reason: String, now: Millis },
@@ -175,6 +223,66 @@ pub enum RefreshFailure {
         next_attempt_at: Millis,
         now: Millis,
     },
+    /// Salesforce answered with a new refresh token, but the answer failed a check
+    /// (signature, `instance_url` policy, identity): the new refresh token replaces the old
+    /// one (which Salesforce has invalidated), the access token stays, the back-off grows.
+    UnverifiedRotation {
+        refresh_token_enc: String,
+        reason: String,
+        failure_count: i32,
+        next_attempt_at: Millis,
+        now: Millis,
+    },
+}
+
+/// What an attempt to take a connection's refresh lease found.
+pub enum LeaseAttempt {
+    /// The lease is ours; the row as it was when we took it (re-check it: another holder
+    /// may have refreshed just before).
+    Acquired(RefreshLease),
+    /// Another holder's lease is live; the row as read just now.
+    Held(ConnectionRecord),
+    /// No such connection for this tenant.
+    NotFound,
+}
+
+/// A refresh lease held on one connection: the right to present its refresh token until the
+/// lease ends. Committing with it succeeds only while the row still carries this lease.
+pub struct RefreshLease {
+    store: Store,
+    lease_id: String,
+    record: ConnectionRecord,
+}
+
+impl RefreshLease {
+    /// The row as read when the lease was taken.
+    pub fn record(&self) -> &ConnectionRecord {
+        &self.record
+    }
+
+    /// Writes the refreshed tokens and releases the lease in one statement, only if the row
+    /// still carries this lease ([`StoreError::LeaseLost`] otherwise). Safe to retry.
+    pub async fn commit_refreshed(
+        &self,
+        update: &RefreshedTokens,
+    ) -> Result<ConnectionRecord, StoreError> {
+        dispatch!(&self.store, s => s.commit_refreshed(self.record.id, &self.lease_id, update).await)
+    }
+
+    /// Records a failed refresh and releases the lease in one statement, only if the row
+    /// still carries this lease. Safe to retry.
+    pub async fn commit_failure(
+        &self,
+        failure: &RefreshFailure,
+    ) -> Result<ConnectionRecord, StoreError> {
+        dispatch!(&self.store, s => s.commit_failure(self.record.id, &self.lease_id, failure).await)
+    }
+
+    /// Releases the lease without changing anything else; `false` when it was no longer
+    /// ours.
+    pub async fn release(&self) -> Result<bool, StoreError> {
+        dispatch!(&self.store, s => s.release_lease(self.record.id, &self.lease_id).await)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,9 +290,10 @@ pub enum StoreError {
     /// The database cannot be reached or did not answer in time (pool timeout, I/O).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
-    /// Another holder kept the connection's row lock longer than the lock timeout.
-    #[error("timed out waiting for the connection's refresh lock")]
-    LockTimeout,
+    /// The refresh lease is no longer ours: it ended and another holder took it, the
+    /// connection was re-authorized (which clears it), or the connection was deleted.
+    #[error("the refresh lease was lost")]
+    LeaseLost,
     /// The schema is not (fully) migrated.
     #[error("database migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
@@ -200,14 +309,20 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     pub max_connections: u32,
+    /// How long a statement waits for a pooled connection (which includes connecting to a
+    /// database that is down): short, so that an outage answers 503 fast.
     pub acquire_timeout: Duration,
+    /// Postgres behind a transaction-mode pooler (PgBouncer `pool_mode = transaction`): no
+    /// named prepared statements, every statement in a transaction of its own.
+    pub transaction_pooler: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             max_connections: 10,
-            acquire_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_millis(800),
+            transaction_pooler: false,
         }
     }
 }
@@ -215,28 +330,8 @@ impl Default for StoreOptions {
 /// The storage interface: one of the two backends, chosen by the database URL.
 #[derive(Clone)]
 pub enum Store {
-    Postgres(PgStore),
-    Sqlite(SqliteStore),
-}
-
-/// Runs the same call on whichever backend this store is.
-macro_rules! dispatch {
-    ($self:expr, $s:ident => $call:expr) => {
-        match $self {
-            Store::Postgres($s) => $call,
-            Store::Sqlite($s) => $call,
-        }
-    };
-}
-
-/// Runs the same call on whichever backend this lock is.
-macro_rules! dispatch_lock {
-    ($self:expr, $l:ident => $call:expr) => {
-        match $self {
-            ConnectionLock::Postgres($l) => $call,
-            ConnectionLock::Sqlite($l) => $call,
-        }
-    };
+    Postgres(SqlStore<sqlx::Postgres>),
+    Sqlite(SqlStore<sqlx::Sqlite>),
 }
 
 impl Store {
@@ -244,9 +339,9 @@ impl Store {
     /// folder are created when missing). Does not migrate.
     pub async fn connect(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(PgStore::connect(url, options).await?))
+            Ok(Self::Postgres(SqlStore::connect(url, options).await?))
         } else if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite(SqliteStore::connect(url, options).await?))
+            Ok(Self::Sqlite(SqlStore::connect(url, options).await?))
         } else {
             // A configuration error, not a corrupt row (and the URL is not echoed: it may
             // carry a password).
@@ -257,10 +352,7 @@ impl Store {
     }
 
     pub fn backend_name(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
-        }
+        dispatch!(self, s => s.backend_name())
     }
 
     /// Applies the backend's embedded migrations (idempotent, safe from many replicas).
@@ -279,8 +371,9 @@ impl Store {
 
     // --- tenant apps -------------------------------------------------------------------
 
-    /// Inserts or replaces the tenant's app; `created_at` of an existing row is kept.
-    /// Returns the stored row and whether it was created (true) or replaced (false).
+    /// Inserts or replaces the tenant's app; `created_at` of an existing row is kept, the
+    /// status becomes `active` and `credentials_version` grows. Returns the stored row and
+    /// whether it was created (true) or replaced (false).
     pub async fn put_tenant_app(
         &self,
         app: &TenantAppRecord,
@@ -293,6 +386,18 @@ impl Store {
         tenant_id: &str,
     ) -> Result<Option<TenantAppRecord>, StoreError> {
         dispatch!(self, s => s.get_tenant_app(tenant_id).await)
+    }
+
+    /// Marks the app's credentials refused, unless they were replaced since
+    /// `credentials_version` was read. Returns whether it did.
+    pub async fn mark_app_credentials_invalid(
+        &self,
+        tenant_id: &str,
+        credentials_version: i64,
+        reason: &str,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.mark_app_credentials_invalid(tenant_id, credentials_version, reason, now).await)
     }
 
     /// Deletes the app and, by cascade, its authorization sessions and connections.
@@ -332,7 +437,8 @@ impl Store {
     /// Upserts the connection of (tenant, org, user) in one transaction. `build` gets the
     /// row id the tokens will live under (the existing row's, else `new_id`) so that they can
     /// be encrypted with that id in their associated data. Status becomes `active`, the
-    /// failure state is cleared, `version` grows.
+    /// failure state is cleared, `version` grows, and a refresh lease in flight is cleared
+    /// (its holder's commit then fails instead of overwriting the new tokens).
     pub async fn save_authorized_connection<E>(
         &self,
         tenant_id: &str,
@@ -378,8 +484,9 @@ impl Store {
         dispatch!(self, s => s.delete_connection(tenant_id, id).await)
     }
 
-    /// Ids of active connections last refreshed before `refreshed_before` and not backing
-    /// off at `now`, oldest first, at most `limit`.
+    /// Ids of active connections of apps with usable credentials, last refreshed before
+    /// `refreshed_before`, not backing off at `now` and not leased, oldest first, at most
+    /// `limit`.
     pub async fn connections_due_for_keepalive(
         &self,
         refreshed_before: Millis,
@@ -389,59 +496,29 @@ impl Store {
         dispatch!(self, s => s.connections_due_for_keepalive(refreshed_before, now, limit).await)
     }
 
-    /// Takes the connection's exclusive refresh lock (Postgres: row lock with
-    /// `lock_timeout`; SQLite: `BEGIN IMMEDIATE` with the busy timeout) and reads the row
-    /// under it. `None` when the connection does not exist (for that tenant).
-    pub async fn lock_connection(
+    /// Takes the connection's refresh lease for `duration` (in the database's clock) when
+    /// it is free or expired, in one short statement. `holder` names this replica for
+    /// operators.
+    pub async fn acquire_lease(
         &self,
         tenant_id: &str,
         id: Uuid,
-        lock_timeout: Duration,
-    ) -> Result<Option<ConnectionLock>, StoreError> {
-        match self {
-            Self::Postgres(s) => Ok(s
-                .lock_connection(tenant_id, id, lock_timeout)
-                .await?
-                .map(ConnectionLock::Postgres)),
-            Self::Sqlite(s) => Ok(s
-                .lock_connection(tenant_id, id, lock_timeout)
-                .await?
-                .map(ConnectionLock::Sqlite)),
+        holder: &str,
+        duration: Duration,
+    ) -> Result<LeaseAttempt, StoreError> {
+        let lease_id = Uuid::new_v4().to_string();
+        let duration_ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+        let acquired = dispatch!(self, s => s.acquire_lease(tenant_id, id, &lease_id, holder, duration_ms).await)?;
+        if let Some(record) = acquired {
+            return Ok(LeaseAttempt::Acquired(RefreshLease {
+                store: self.clone(),
+                lease_id,
+                record,
+            }));
         }
-    }
-}
-
-/// A connection row held exclusively for a refresh. Dropping it without committing rolls
-/// back and releases the lock.
-pub enum ConnectionLock {
-    Postgres(postgres::PgConnectionLock),
-    Sqlite(sqlite::SqliteConnectionLock),
-}
-
-impl ConnectionLock {
-    /// The row as read under the lock (re-check it: another holder may have refreshed).
-    pub fn record(&self) -> &ConnectionRecord {
-        dispatch_lock!(self, l => l.record())
-    }
-
-    /// Writes the refreshed tokens and commits; returns the new row.
-    pub async fn commit_refreshed(
-        self,
-        update: RefreshedTokens,
-    ) -> Result<ConnectionRecord, StoreError> {
-        dispatch_lock!(self, l => l.commit_refreshed(update).await)
-    }
-
-    /// Records a failed refresh and commits; returns the new row.
-    pub async fn commit_failure(
-        self,
-        failure: RefreshFailure,
-    ) -> Result<ConnectionRecord, StoreError> {
-        dispatch_lock!(self, l => l.commit_failure(failure).await)
-    }
-
-    /// Releases the lock without changing anything.
-    pub async fn release(self) -> Result<(), StoreError> {
-        dispatch_lock!(self, l => l.release().await)
+        Ok(match self.get_connection(tenant_id, id).await? {
+            Some(record) => LeaseAttempt::Held(record),
+            None => LeaseAttempt::NotFound,
+        })
     }
 }

@@ -1,12 +1,9 @@
-//! What the two backends share: the SQL text, the error classification, and (through
-//! [`store_methods!`]) the bodies of every method that is the same on both.
+//! The SQL text, written once for both databases, and what the backends share around it:
+//! the embedded-migration helpers and the classification of database errors.
 //!
-//! The backends differ only in how they connect, which migrations they embed, how a UUID is
-//! bound and read (Postgres `UUID`, SQLite hyphenated `TEXT`) and how they lock. Each backend
-//! module defines those pieces under fixed names (`id_param`, `read_id`, `migrator`,
-//! `begin_save`, `Db`) and then invokes [`store_methods!`], which stamps out the rest.
-//!
-//! All SQL here uses `$N` placeholders, which SQLite accepts too (as named parameters).
+//! All SQL here uses `$N` placeholders, which SQLite accepts too (as named parameters). The
+//! one statement that differs, taking a refresh lease, reads the database's clock; each
+//! [`super::Backend`] builds it with [`acquire_lease_sql!`] and its own clock expression.
 
 use std::borrow::Cow;
 
@@ -20,14 +17,15 @@ macro_rules! connection_columns {
     () => {
         "id, tenant_id, org_id, user_id, login_url, instance_url, scopes, access_token_enc, \
          refresh_token_enc, issued_at, access_expires_at, expiry_assumed, status, last_error, \
-         failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version"
+         failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version, \
+         lease_id, lease_expires_at"
     };
 }
 
 macro_rules! tenant_app_columns {
     () => {
         "tenant_id, login_url, consumer_key_enc, consumer_key_hint, consumer_secret_enc, \
-         created_at, updated_at"
+         status, status_reason, credentials_version, created_at, updated_at"
     };
 }
 
@@ -48,18 +46,27 @@ pub(super) const SELECT_APPLIED_MIGRATIONS: &str =
 
 /// Creates the app unless the tenant has one (then no row comes back).
 pub(super) const INSERT_TENANT_APP: &str = concat!(
-    "INSERT INTO tenant_apps (",
-    tenant_app_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id) DO NOTHING RETURNING ",
+    "INSERT INTO tenant_apps (tenant_id, login_url, consumer_key_enc, consumer_key_hint, \
+     consumer_secret_enc, status, credentials_version, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, 'active', 1, $6, $7) ON CONFLICT (tenant_id) DO NOTHING \
+     RETURNING ",
     tenant_app_columns!()
 );
 
-/// Replaces the app's credentials; `created_at` stays.
+/// Replaces the app's credentials; `created_at` stays. New credentials are untested: the
+/// status returns to `active` and the version grows, so that a refresh still running with
+/// the old ones cannot mark the new ones invalid.
 pub(super) const UPDATE_TENANT_APP: &str = concat!(
     "UPDATE tenant_apps SET login_url = $2, consumer_key_enc = $3, consumer_key_hint = $4, \
-     consumer_secret_enc = $5, updated_at = $6 WHERE tenant_id = $1 RETURNING ",
+     consumer_secret_enc = $5, updated_at = $6, status = 'active', status_reason = NULL, \
+     credentials_version = credentials_version + 1 WHERE tenant_id = $1 RETURNING ",
     tenant_app_columns!()
 );
+
+/// `invalid_client` / `invalid_client_id` on a refresh, for the credentials of version $2.
+pub(super) const MARK_APP_CREDENTIALS_INVALID: &str = "UPDATE tenant_apps \
+     SET status = 'credentials_invalid', status_reason = $3, updated_at = $4 \
+     WHERE tenant_id = $1 AND credentials_version = $2";
 
 pub(super) const SELECT_TENANT_APP: &str = concat!(
     "SELECT ",
@@ -99,8 +106,8 @@ pub(super) const SELECT_CONNECTION_BY_IDENTITY: &str = concat!(
     " FROM connections WHERE tenant_id = $1 AND org_id = $2 AND user_id = $3"
 );
 
-/// Postgres: also waits for (and then blocks) a refresh holding the row, so that the row
-/// returned as `replaced` carries the latest refresh token.
+/// Postgres: also waits for (and then blocks) a refresh commit on the row, so that the
+/// row returned as `replaced` carries the latest refresh token.
 pub(super) const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str = concat!(
     "SELECT ",
     connection_columns!(),
@@ -116,12 +123,15 @@ pub(super) const INSERT_AUTHORIZED_CONNECTION: &str = concat!(
     connection_columns!()
 );
 
-/// A re-authorization: new tokens, failure state cleared, `created_at` kept.
+/// A re-authorization: new tokens, failure state cleared, `created_at` kept. A refresh
+/// lease in flight is cleared: its holder presented the replaced family's token, and its
+/// compare-and-set commit must not overwrite the new tokens.
 pub(super) const UPDATE_AUTHORIZED_CONNECTION: &str = concat!(
     "UPDATE connections SET login_url = $2, instance_url = $3, scopes = $4, \
      access_token_enc = $5, refresh_token_enc = $6, issued_at = $7, access_expires_at = $8, \
      expiry_assumed = $9, status = 'active', last_error = NULL, failure_count = 0, \
-     next_attempt_at = NULL, updated_at = $10, last_refreshed_at = $10, version = version + 1 \
+     next_attempt_at = NULL, updated_at = $10, last_refreshed_at = $10, version = version + 1, \
+     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
      WHERE id = $1 RETURNING ",
     connection_columns!()
 );
@@ -138,13 +148,6 @@ pub(super) const SELECT_CONNECTION: &str = concat!(
     " FROM connections WHERE tenant_id = $1 AND id = $2"
 );
 
-/// Postgres: the refresh lock (waits under `lock_timeout`).
-pub(super) const SELECT_CONNECTION_FOR_UPDATE: &str = concat!(
-    "SELECT ",
-    connection_columns!(),
-    " FROM connections WHERE tenant_id = $1 AND id = $2 FOR UPDATE"
-);
-
 pub(super) const DELETE_CONNECTION: &str =
     "DELETE FROM connections WHERE tenant_id = $1 AND id = $2";
 
@@ -152,35 +155,88 @@ pub(super) const DELETE_CONNECTION: &str =
 pub(super) const UPDATE_ACCESS_EXPIRY: &str = "UPDATE connections SET access_expires_at = $3, \
      expiry_assumed = $4 WHERE id = $1 AND version = $2";
 
-pub(super) const CONNECTIONS_DUE_FOR_KEEPALIVE: &str = "SELECT tenant_id, id FROM connections \
-     WHERE status = 'active' AND last_refreshed_at < $1 \
-     AND (next_attempt_at IS NULL OR next_attempt_at <= $2) \
-     ORDER BY last_refreshed_at, id LIMIT $3";
+/// Apps whose credentials were refused are skipped (their refreshes would fail the same
+/// way), and so are connections whose lease is taken (a refresh is under way).
+pub(super) const CONNECTIONS_DUE_FOR_KEEPALIVE: &str = "SELECT c.tenant_id, c.id \
+     FROM connections c JOIN tenant_apps a ON a.tenant_id = c.tenant_id \
+     WHERE c.status = 'active' AND a.status = 'active' AND c.last_refreshed_at < $1 \
+     AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= $2) AND c.lease_id IS NULL \
+     ORDER BY c.last_refreshed_at, c.id LIMIT $3";
 
-/// A successful refresh. `version = $10` re-states what the lock guarantees (nobody else
-/// changed the row since it was read); `scopes` stays when the response had none.
+// --- the refresh lease -----------------------------------------------------------------------
+//
+// Every statement below is one short autocommit statement. The lease's id is the fence: a
+// commit writes only while the row still carries the id its holder got, and releases the
+// lease in the same statement.
+
+/// Takes the lease of one connection of one tenant when it is free or expired, for `$5` ms
+/// of the database's clock (`$now`, an SQL expression of Unix milliseconds). The database's
+/// clock, not the replicas': one clock for every replica, so that no replica's clock skew
+/// can end another's lease early.
+macro_rules! acquire_lease_sql {
+    ($now:literal) => {
+        concat!(
+            "UPDATE connections SET lease_id = $3, lease_holder = $4, lease_expires_at = ",
+            $now,
+            " + $5 WHERE tenant_id = $1 AND id = $2 AND (lease_id IS NULL OR lease_expires_at <= ",
+            $now,
+            ") RETURNING ",
+            connection_columns!()
+        )
+    };
+}
+
+/// Postgres: `clock_timestamp()`, the time of the statement (not of the transaction).
+pub(super) const ACQUIRE_LEASE_POSTGRES: &str =
+    acquire_lease_sql!("(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT");
+
+/// SQLite: `julianday('now')`, the process's clock (SQLite serves one replica).
+pub(super) const ACQUIRE_LEASE_SQLITE: &str =
+    acquire_lease_sql!("CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)");
+
+/// A successful refresh: the new tokens, the failure state cleared, the lease released.
+/// `scopes` stays when the response had none.
 pub(super) const COMMIT_REFRESHED: &str = concat!(
-    "UPDATE connections SET instance_url = $2, scopes = COALESCE($3, scopes), \
-     access_token_enc = $4, refresh_token_enc = $5, issued_at = $6, access_expires_at = $7, \
-     expiry_assumed = $8, last_refreshed_at = $9, updated_at = $9, last_error = NULL, \
-     failure_count = 0, next_attempt_at = NULL, version = version + 1 \
-     WHERE id = $1 AND version = $10 RETURNING ",
+    "UPDATE connections SET instance_url = $3, scopes = COALESCE($4, scopes), \
+     access_token_enc = $5, refresh_token_enc = $6, issued_at = $7, access_expires_at = $8, \
+     expiry_assumed = $9, last_refreshed_at = $10, updated_at = $10, last_error = NULL, \
+     failure_count = 0, next_attempt_at = NULL, version = version + 1, \
+     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_id = $2 RETURNING ",
     connection_columns!()
 );
 
-/// `invalid_grant`: the tokens are dead, so the token material (and `version`) stays as is.
+/// `invalid_grant` and the like: the tokens are dead, so the token material (and
+/// `version`) stays as is.
 pub(super) const COMMIT_NEEDS_REAUTHORIZATION: &str = concat!(
-    "UPDATE connections SET status = 'needs_reauthorization', last_error = $2, updated_at = $3 \
-     WHERE id = $1 AND version = $4 RETURNING ",
+    "UPDATE connections SET status = 'needs_reauthorization', last_error = $3, updated_at = $4, \
+     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_id = $2 RETURNING ",
     connection_columns!()
 );
 
 /// A transient failure: status and refresh token stay, the back-off grows.
 pub(super) const COMMIT_TRANSIENT_FAILURE: &str = concat!(
-    "UPDATE connections SET last_error = $2, failure_count = $3, next_attempt_at = $4, \
-     updated_at = $5 WHERE id = $1 AND version = $6 RETURNING ",
+    "UPDATE connections SET last_error = $3, failure_count = $4, next_attempt_at = $5, \
+     updated_at = $6, lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_id = $2 RETURNING ",
     connection_columns!()
 );
+
+/// An answer with a new refresh token that failed a check: the new refresh token is kept
+/// (Salesforce has invalidated the old one), the access token stays, the back-off grows.
+pub(super) const COMMIT_UNVERIFIED_ROTATION: &str = concat!(
+    "UPDATE connections SET refresh_token_enc = $3, last_error = $4, failure_count = $5, \
+     next_attempt_at = $6, updated_at = $7, version = version + 1, \
+     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_id = $2 RETURNING ",
+    connection_columns!()
+);
+
+/// Gives the lease back unchanged (another holder had already refreshed).
+pub(super) const RELEASE_LEASE: &str = "UPDATE connections \
+     SET lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     WHERE id = $1 AND lease_id = $2";
 
 // --- migrations ----------------------------------------------------------------------------
 
@@ -237,56 +293,21 @@ pub(super) fn check_applied(
 
 // --- errors --------------------------------------------------------------------------------
 
-/// Postgres SQLSTATE `lock_not_available`: `lock_timeout` expired (or `NOWAIT`).
-const PG_LOCK_NOT_AVAILABLE: &str = "55P03";
-/// SQLite primary result codes `SQLITE_BUSY` and `SQLITE_LOCKED` (extended codes keep them in
-/// their low byte).
-const SQLITE_BUSY: i32 = 5;
-const SQLITE_LOCKED: i32 = 6;
-
-/// Whether the error is "someone else holds the lock and the wait ran out".
-fn is_lock_wait_exceeded(error: &sqlx::Error) -> bool {
-    let Some(db) = error.as_database_error() else {
-        return false;
-    };
-    if db
-        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-        .is_some()
-    {
-        return db.code().as_deref() == Some(PG_LOCK_NOT_AVAILABLE);
-    }
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        return db
-            .code()
-            .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
-    }
-    false
-}
-
-/// Maps a sqlx error met outside of taking a refresh lock.
-///
-/// A lock wait that ran out here (SQLite's busy timeout on its single write lock) means the
-/// database did not answer in time: `Unavailable`, like a pool timeout.
-pub(super) fn map_err(error: sqlx::Error) -> StoreError {
+/// Maps a sqlx error. A lock wait that ran out (SQLite's busy timeout on its single write
+/// lock, a Postgres `lock_timeout`) means the database did not answer in time:
+/// `Unavailable`, like a pool timeout or a connection that died.
+pub(super) fn map_err<DB: super::Backend>(error: sqlx::Error) -> StoreError {
     match error {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error),
-        error if is_lock_wait_exceeded(&error) => StoreError::Unavailable(error),
+        error if error.as_database_error().is_some_and(DB::is_unavailable) => {
+            StoreError::Unavailable(error)
+        }
         error => StoreError::Database(error),
-    }
-}
-
-/// Maps a sqlx error met while taking a connection's refresh lock: an exceeded lock wait is
-/// a [`StoreError::LockTimeout`].
-pub(super) fn map_lock_err(error: sqlx::Error) -> StoreError {
-    if is_lock_wait_exceeded(&error) {
-        StoreError::LockTimeout
-    } else {
-        map_err(error)
     }
 }
 
@@ -302,494 +323,3 @@ pub(super) fn invalid_url(backend: &str, error: &sqlx::Error) -> StoreError {
         format!("invalid {backend} database URL: {reason}").into(),
     ))
 }
-
-/// Stamps out the methods both backends share. Expects in scope, at the invocation site:
-/// `Db` (the sqlx database type), `id_param(Uuid)` (the bind value of an id),
-/// `read_id(&Row, &str)` (an id column), `migrator()`, and on the store type
-/// `pool: sqlx::Pool<Db>` and `begin_save(&self, tenant, org, user)`, which opens the
-/// transaction that serialises saves of one (tenant, org, user) and reads its row.
-macro_rules! store_methods {
-    ($Store:ident, $Lock:ident) => {
-        fn tenant_app_from_row(
-            row: &<Db as sqlx::Database>::Row,
-        ) -> Result<$crate::store::TenantAppRecord, sqlx::Error> {
-            use sqlx::Row as _;
-            Ok($crate::store::TenantAppRecord {
-                tenant_id: row.try_get("tenant_id")?,
-                login_url: row.try_get("login_url")?,
-                consumer_key_enc: row.try_get("consumer_key_enc")?,
-                consumer_key_hint: row.try_get("consumer_key_hint")?,
-                consumer_secret_enc: row.try_get("consumer_secret_enc")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        }
-
-        fn session_from_row(
-            row: &<Db as sqlx::Database>::Row,
-        ) -> Result<$crate::store::AuthorizationSession, sqlx::Error> {
-            use sqlx::Row as _;
-            Ok($crate::store::AuthorizationSession {
-                state_hash: row.try_get("state_hash")?,
-                id: read_id(row, "id")?,
-                tenant_id: row.try_get("tenant_id")?,
-                pkce_verifier_enc: row.try_get("pkce_verifier_enc")?,
-                return_to: row.try_get("return_to")?,
-                created_at: row.try_get("created_at")?,
-                expires_at: row.try_get("expires_at")?,
-                consumed_at: row.try_get("consumed_at")?,
-            })
-        }
-
-        fn connection_from_row(
-            row: &<Db as sqlx::Database>::Row,
-        ) -> Result<$crate::store::ConnectionRecord, $crate::store::StoreError> {
-            use sqlx::Row as _;
-            let map = $crate::store::sql::map_err;
-            let status: String = row.try_get("status").map_err(map)?;
-            let status = $crate::store::ConnectionStatus::parse(&status).ok_or_else(|| {
-                $crate::store::StoreError::Corrupt(format!("unknown connection status {status:?}"))
-            })?;
-            Ok($crate::store::ConnectionRecord {
-                id: read_id(row, "id").map_err(map)?,
-                tenant_id: row.try_get("tenant_id").map_err(map)?,
-                org_id: row.try_get("org_id").map_err(map)?,
-                user_id: row.try_get("user_id").map_err(map)?,
-                login_url: row.try_get("login_url").map_err(map)?,
-                instance_url: row.try_get("instance_url").map_err(map)?,
-                scopes: row.try_get("scopes").map_err(map)?,
-                access_token_enc: row.try_get("access_token_enc").map_err(map)?,
-                refresh_token_enc: row.try_get("refresh_token_enc").map_err(map)?,
-                issued_at: row.try_get("issued_at").map_err(map)?,
-                access_expires_at: row.try_get("access_expires_at").map_err(map)?,
-                expiry_assumed: row.try_get("expiry_assumed").map_err(map)?,
-                status,
-                last_error: row.try_get("last_error").map_err(map)?,
-                failure_count: row.try_get("failure_count").map_err(map)?,
-                next_attempt_at: row.try_get("next_attempt_at").map_err(map)?,
-                created_at: row.try_get("created_at").map_err(map)?,
-                updated_at: row.try_get("updated_at").map_err(map)?,
-                last_refreshed_at: row.try_get("last_refreshed_at").map_err(map)?,
-                version: row.try_get("version").map_err(map)?,
-            })
-        }
-
-        impl $Store {
-            /// Applies the embedded migrations (idempotent; sqlx serialises concurrent
-            /// migrators with a database lock).
-            pub async fn migrate(&self) -> Result<(), $crate::store::StoreError> {
-                migrator().run(&self.pool).await?;
-                Ok(())
-            }
-
-            /// The database answers and every embedded migration is applied.
-            pub async fn check_ready(&self) -> Result<(), $crate::store::StoreError> {
-                use sqlx::Row as _;
-                let map = $crate::store::sql::map_err;
-                sqlx::query($crate::store::sql::SELECT_ONE)
-                    .execute(&self.pool)
-                    .await
-                    .map_err(map)?;
-                let rows = sqlx::query($crate::store::sql::SELECT_APPLIED_MIGRATIONS)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(|error| match map(error) {
-                        // No migrations table: never migrated.
-                        $crate::store::StoreError::Database(error) => {
-                            $crate::store::StoreError::Migration(
-                                sqlx::migrate::MigrateError::Execute(error),
-                            )
-                        }
-                        other => other,
-                    })?;
-                let applied = rows
-                    .iter()
-                    .map(|row| {
-                        Ok((
-                            row.try_get::<i64, _>("version")?,
-                            row.try_get::<bool, _>("success")?,
-                            row.try_get::<Vec<u8>, _>("checksum")?,
-                        ))
-                    })
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(map)?;
-                $crate::store::sql::check_applied(&migrator(), &applied)
-            }
-
-            pub async fn close(&self) {
-                self.pool.close().await;
-            }
-
-            pub async fn put_tenant_app(
-                &self,
-                app: &$crate::store::TenantAppRecord,
-            ) -> Result<($crate::store::TenantAppRecord, bool), $crate::store::StoreError> {
-                let map = $crate::store::sql::map_err;
-                // Insert-or-update in two statements so that the caller learns which one
-                // happened; the loop covers a delete racing between the two.
-                for _ in 0..3 {
-                    let inserted = sqlx::query($crate::store::sql::INSERT_TENANT_APP)
-                        .bind(&app.tenant_id)
-                        .bind(&app.login_url)
-                        .bind(&app.consumer_key_enc)
-                        .bind(&app.consumer_key_hint)
-                        .bind(&app.consumer_secret_enc)
-                        .bind(app.created_at)
-                        .bind(app.updated_at)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(map)?;
-                    if let Some(row) = inserted {
-                        return Ok((tenant_app_from_row(&row).map_err(map)?, true));
-                    }
-                    let updated = sqlx::query($crate::store::sql::UPDATE_TENANT_APP)
-                        .bind(&app.tenant_id)
-                        .bind(&app.login_url)
-                        .bind(&app.consumer_key_enc)
-                        .bind(&app.consumer_key_hint)
-                        .bind(&app.consumer_secret_enc)
-                        .bind(app.updated_at)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(map)?;
-                    if let Some(row) = updated {
-                        return Ok((tenant_app_from_row(&row).map_err(map)?, false));
-                    }
-                }
-                Err($crate::store::StoreError::Database(sqlx::Error::RowNotFound))
-            }
-
-            pub async fn get_tenant_app(
-                &self,
-                tenant_id: &str,
-            ) -> Result<Option<$crate::store::TenantAppRecord>, $crate::store::StoreError> {
-                let map = $crate::store::sql::map_err;
-                let row = sqlx::query($crate::store::sql::SELECT_TENANT_APP)
-                    .bind(tenant_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map)?;
-                row.as_ref()
-                    .map(tenant_app_from_row)
-                    .transpose()
-                    .map_err(map)
-            }
-
-            pub async fn delete_tenant_app(
-                &self,
-                tenant_id: &str,
-            ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query($crate::store::sql::DELETE_TENANT_APP)
-                    .bind(tenant_id)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            pub async fn insert_authorization_session(
-                &self,
-                session: &$crate::store::AuthorizationSession,
-            ) -> Result<(), $crate::store::StoreError> {
-                sqlx::query($crate::store::sql::INSERT_SESSION)
-                    .bind(&session.state_hash)
-                    .bind(id_param(session.id))
-                    .bind(&session.tenant_id)
-                    .bind(&session.pkce_verifier_enc)
-                    .bind(&session.return_to)
-                    .bind(session.created_at)
-                    .bind(session.expires_at)
-                    .bind(session.consumed_at)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                Ok(())
-            }
-
-            pub async fn consume_authorization_session(
-                &self,
-                state_hash: &[u8],
-                now: $crate::store::Millis,
-            ) -> Result<$crate::store::ConsumeOutcome, $crate::store::StoreError> {
-                use sqlx::Row as _;
-                let map = $crate::store::sql::map_err;
-                // One statement marks it consumed and reads it: atomic single use.
-                let consumed = sqlx::query($crate::store::sql::CONSUME_SESSION)
-                    .bind(state_hash)
-                    .bind(now)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map)?;
-                if let Some(row) = consumed {
-                    let session = session_from_row(&row).map_err(map)?;
-                    return Ok(if session.expires_at <= now {
-                        $crate::store::ConsumeOutcome::Expired
-                    } else {
-                        $crate::store::ConsumeOutcome::Consumed(session)
-                    });
-                }
-                let existing = sqlx::query($crate::store::sql::SELECT_SESSION_CONSUMED_AT)
-                    .bind(state_hash)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map)?;
-                match existing {
-                    None => Ok($crate::store::ConsumeOutcome::Unknown),
-                    Some(row) => match row.try_get::<Option<i64>, _>("consumed_at").map_err(map)? {
-                        Some(_) => Ok($crate::store::ConsumeOutcome::AlreadyConsumed),
-                        // Unconsumed yet missed by the UPDATE: cannot happen, as the UPDATE
-                        // saw the latest committed row. Refuse rather than guess.
-                        None => Err($crate::store::StoreError::Corrupt(
-                            "authorization session neither consumable nor consumed".into(),
-                        )),
-                    },
-                }
-            }
-
-            pub async fn delete_expired_authorization_sessions(
-                &self,
-                before: $crate::store::Millis,
-            ) -> Result<u64, $crate::store::StoreError> {
-                let done = sqlx::query($crate::store::sql::DELETE_EXPIRED_SESSIONS)
-                    .bind(before)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                Ok(done.rows_affected())
-            }
-
-            #[allow(clippy::too_many_arguments, reason = "mirrors Store::save_authorized_connection")]
-            pub async fn save_authorized_connection<E>(
-                &self,
-                tenant_id: &str,
-                org_id: &str,
-                user_id: &str,
-                new_id: uuid::Uuid,
-                now: $crate::store::Millis,
-                build: impl FnOnce(uuid::Uuid) -> Result<$crate::store::AuthorizedConnection, E> + Send,
-            ) -> Result<Result<$crate::store::SavedConnection, E>, $crate::store::StoreError> {
-                let map = $crate::store::sql::map_err;
-                // From here until commit no other save of this (tenant, org, user) can run,
-                // so the id handed to `build` is the id the row ends up with: the tokens'
-                // associated data names the right row.
-                let (mut tx, existing) = self.begin_save(tenant_id, org_id, user_id).await?;
-                let id = existing.as_ref().map_or(new_id, |row| row.id);
-                let new = match build(id) {
-                    Ok(new) => new,
-                    Err(error) => {
-                        tx.rollback().await.map_err(map)?;
-                        return Ok(Err(error));
-                    }
-                };
-                let row = if existing.is_some() {
-                    sqlx::query($crate::store::sql::UPDATE_AUTHORIZED_CONNECTION)
-                        .bind(id_param(id))
-                        .bind(&new.login_url)
-                        .bind(&new.instance_url)
-                        .bind(&new.scopes)
-                        .bind(&new.access_token_enc)
-                        .bind(&new.refresh_token_enc)
-                        .bind(new.issued_at)
-                        .bind(new.access_expires_at)
-                        .bind(new.expiry_assumed)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map)?
-                } else {
-                    sqlx::query($crate::store::sql::INSERT_AUTHORIZED_CONNECTION)
-                        .bind(id_param(id))
-                        .bind(tenant_id)
-                        .bind(org_id)
-                        .bind(user_id)
-                        .bind(&new.login_url)
-                        .bind(&new.instance_url)
-                        .bind(&new.scopes)
-                        .bind(&new.access_token_enc)
-                        .bind(&new.refresh_token_enc)
-                        .bind(new.issued_at)
-                        .bind(new.access_expires_at)
-                        .bind(new.expiry_assumed)
-                        .bind(now)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(map)?
-                };
-                let connection = connection_from_row(&row)?;
-                tx.commit().await.map_err(map)?;
-                Ok(Ok($crate::store::SavedConnection {
-                    connection,
-                    replaced: existing,
-                }))
-            }
-
-            pub async fn list_connections(
-                &self,
-                tenant_id: &str,
-            ) -> Result<Vec<$crate::store::ConnectionRecord>, $crate::store::StoreError> {
-                let rows = sqlx::query($crate::store::sql::LIST_CONNECTIONS)
-                    .bind(tenant_id)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                rows.iter().map(connection_from_row).collect()
-            }
-
-            pub async fn get_connection(
-                &self,
-                tenant_id: &str,
-                id: uuid::Uuid,
-            ) -> Result<Option<$crate::store::ConnectionRecord>, $crate::store::StoreError> {
-                let row = sqlx::query($crate::store::sql::SELECT_CONNECTION)
-                    .bind(tenant_id)
-                    .bind(id_param(id))
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                row.as_ref().map(connection_from_row).transpose()
-            }
-
-            pub async fn update_access_expiry(
-                &self,
-                id: uuid::Uuid,
-                version: i64,
-                access_expires_at: $crate::store::Millis,
-                expiry_assumed: bool,
-            ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query($crate::store::sql::UPDATE_ACCESS_EXPIRY)
-                    .bind(id_param(id))
-                    .bind(version)
-                    .bind(access_expires_at)
-                    .bind(expiry_assumed)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            pub async fn delete_connection(
-                &self,
-                tenant_id: &str,
-                id: uuid::Uuid,
-            ) -> Result<bool, $crate::store::StoreError> {
-                let done = sqlx::query($crate::store::sql::DELETE_CONNECTION)
-                    .bind(tenant_id)
-                    .bind(id_param(id))
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::store::sql::map_err)?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            pub async fn connections_due_for_keepalive(
-                &self,
-                refreshed_before: $crate::store::Millis,
-                now: $crate::store::Millis,
-                limit: i64,
-            ) -> Result<Vec<(String, uuid::Uuid)>, $crate::store::StoreError> {
-                use sqlx::Row as _;
-                let map = $crate::store::sql::map_err;
-                let rows = sqlx::query($crate::store::sql::CONNECTIONS_DUE_FOR_KEEPALIVE)
-                    .bind(refreshed_before)
-                    .bind(now)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(map)?;
-                rows.iter()
-                    .map(|row| Ok((row.try_get("tenant_id")?, read_id(row, "id")?)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()
-                    .map_err(map)
-            }
-        }
-
-        impl $Lock {
-            /// The row as read under the lock.
-            pub fn record(&self) -> &$crate::store::ConnectionRecord {
-                &self.record
-            }
-
-            pub async fn commit_refreshed(
-                mut self,
-                update: $crate::store::RefreshedTokens,
-            ) -> Result<$crate::store::ConnectionRecord, $crate::store::StoreError> {
-                let map = $crate::store::sql::map_err;
-                let row = sqlx::query($crate::store::sql::COMMIT_REFRESHED)
-                    .bind(id_param(self.record.id))
-                    .bind(&update.instance_url)
-                    .bind(&update.scopes)
-                    .bind(&update.access_token_enc)
-                    .bind(&update.refresh_token_enc)
-                    .bind(update.issued_at)
-                    .bind(update.access_expires_at)
-                    .bind(update.expiry_assumed)
-                    .bind(update.now)
-                    .bind(self.record.version)
-                    .fetch_optional(&mut *self.tx)
-                    .await
-                    .map_err(map)?;
-                self.finish(row).await
-            }
-
-            pub async fn commit_failure(
-                mut self,
-                failure: $crate::store::RefreshFailure,
-            ) -> Result<$crate::store::ConnectionRecord, $crate::store::StoreError> {
-                let map = $crate::store::sql::map_err;
-                let row = match &failure {
-                    $crate::store::RefreshFailure::NeedsReauthorization { reason, now } => {
-                        sqlx::query($crate::store::sql::COMMIT_NEEDS_REAUTHORIZATION)
-                            .bind(id_param(self.record.id))
-                            .bind(reason)
-                            .bind(*now)
-                            .bind(self.record.version)
-                            .fetch_optional(&mut *self.tx)
-                            .await
-                    }
-                    $crate::store::RefreshFailure::Transient {
-                        reason,
-                        failure_count,
-                        next_attempt_at,
-                        now,
-                    } => {
-                        sqlx::query($crate::store::sql::COMMIT_TRANSIENT_FAILURE)
-                            .bind(id_param(self.record.id))
-                            .bind(reason)
-                            .bind(*failure_count)
-                            .bind(*next_attempt_at)
-                            .bind(*now)
-                            .bind(self.record.version)
-                            .fetch_optional(&mut *self.tx)
-                            .await
-                    }
-                }
-                .map_err(map)?;
-                self.finish(row).await
-            }
-
-            /// Commits the update that returned `row`; no row means the locked row changed
-            /// or vanished, which the lock rules out: roll back and report it.
-            async fn finish(
-                self,
-                row: Option<<Db as sqlx::Database>::Row>,
-            ) -> Result<$crate::store::ConnectionRecord, $crate::store::StoreError> {
-                let map = $crate::store::sql::map_err;
-                let Some(row) = row else {
-                    self.tx.rollback().await.map_err(map)?;
-                    return Err($crate::store::StoreError::Corrupt(
-                        "connection row changed while locked".into(),
-                    ));
-                };
-                let record = connection_from_row(&row)?;
-                self.tx.commit().await.map_err(map)?;
-                Ok(record)
-            }
-
-            pub async fn release(self) -> Result<(), $crate::store::StoreError> {
-                self.tx.rollback().await.map_err($crate::store::sql::map_err)
-            }
-        }
-    };
-}
-
-pub(super) use store_methods;

@@ -57,7 +57,7 @@ pub fn test_env(db: &TestDatabase, keys: &str, extra: &[(&str, &str)]) -> config
         ),
         ("VALO_OAUTH_RETURN_TO_ORIGINS", RETURN_ORIGIN),
         ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "2000"),
-        ("VALO_OAUTH_REFRESH_LOCK_TIMEOUT_MS", "10000"),
+        ("VALO_OAUTH_REFRESH_WAIT_MS", "10000"),
         ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "0"),
         ("VALO_OAUTH_DATA_DIR", data_dir.to_str().unwrap()),
     ]

@@ -48,6 +48,7 @@ pub fn test_options() -> StoreOptions {
     StoreOptions {
         max_connections: 8,
         acquire_timeout: Duration::from_secs(10),
+        transaction_pooler: false,
     }
 }
 

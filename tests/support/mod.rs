@@ -9,3 +9,6 @@
 
 pub mod app;
 pub mod db;
+pub mod pgbouncer;
+pub mod process;
+pub mod proxy;

@@ -1,0 +1,50 @@
+//! What differs between the two databases, behind one small trait; everything else is the
+//! generic [`super::SqlStore`].
+
+use std::future::Future;
+
+use sqlx::error::DatabaseError;
+use sqlx::{Pool, Transaction};
+use uuid::Uuid;
+
+use super::{StoreError, StoreOptions};
+
+/// A database the store runs on: Postgres or SQLite.
+pub trait Backend: sqlx::Database {
+    /// `"postgres"` or `"sqlite"`.
+    const LABEL: &'static str;
+    /// Takes a refresh lease, reading the database's own clock (see `sql::acquire_lease_sql`).
+    const ACQUIRE_LEASE: &'static str;
+    /// Reads the (tenant, org, user) row inside a save's transaction.
+    const SELECT_FOR_SAVE: &'static str;
+
+    /// How an id is bound: Postgres `UUID`, SQLite hyphenated `TEXT`.
+    type Id: for<'q> sqlx::Encode<'q, Self> + sqlx::Type<Self> + Send + Sync;
+
+    fn id_param(id: Uuid) -> Self::Id;
+
+    fn read_id(row: &Self::Row, column: &str) -> Result<Uuid, sqlx::Error>;
+
+    /// How many rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// The backend's embedded migrations.
+    fn migrator() -> sqlx::migrate::Migrator;
+
+    /// Opens the pool (eagerly for Postgres, so a wrong host or password shows at start).
+    fn connect(
+        url: &str,
+        options: &StoreOptions,
+    ) -> impl Future<Output = Result<Pool<Self>, StoreError>> + Send;
+
+    /// Opens the transaction of a save of the (tenant, org, user) connection and makes sure
+    /// no other save of the same identity runs until it ends.
+    fn begin_save<'a>(
+        pool: &'a Pool<Self>,
+        identity: String,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send + 'a;
+
+    /// Whether a database error means "the database did not answer in time" (a lock wait
+    /// that ran out) rather than a bad statement or row.
+    fn is_unavailable(error: &dyn DatabaseError) -> bool;
+}
