@@ -184,7 +184,7 @@ impl TokenCache {
 /// What taking the lease came to.
 enum Leased {
     /// The lease is ours and the connection needs the refresh.
-    Ours(RefreshLease),
+    Ours(Box<RefreshLease>),
     /// No refresh needed after all (another holder just committed one).
     Served(AccessToken),
 }
@@ -351,7 +351,7 @@ impl Broker {
                     // Nothing to do after all (another holder refreshed just before, or the
                     // connection cannot be refreshed): give the lease back at once.
                     return match self.usable_without_refresh(&row, want, self.now()) {
-                        Ok(None) => Ok((Leased::Ours(lease), started)),
+                        Ok(None) => Ok((Leased::Ours(Box::new(lease)), started)),
                         Ok(Some(token)) => {
                             release_quietly(&lease).await;
                             Ok((Leased::Served(token), started))

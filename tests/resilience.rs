@@ -1,0 +1,429 @@
+//! Refresh that survives every fault we can survive: the fenced lease, black-box. Each test
+//! injects one fault — into Salesforce (the fake), into the database (a TCP proxy that cuts
+//! every session, `pg_terminate_backend`, a transaction-mode PgBouncer) — and checks that no
+//! refresh token is presented twice, no rotated one is dropped, and the caller gets a token
+//! or a clear 503, never a 500.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::app::{CLIENT_ID, CLIENT_SECRET, TestApp};
+use support::db::TestDatabase;
+use support::pgbouncer::PgBouncer;
+use support::proxy::FaultProxy;
+use uuid::Uuid;
+use valo_oauth::fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
+
+async fn token_of(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+async fn problem(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn connection(app: &TestApp, id: Uuid) -> Value {
+    let (status, body) = app
+        .get_json(
+            &format!("/v1/tenants/acme/connections/{id}"),
+            "connections:read",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn fake() -> FakeSalesforce {
+    FakeSalesforce::start(FakeOptions::default()).await.unwrap()
+}
+
+fn rejecting(token: &str) -> Option<Value> {
+    Some(json!({ "rejected_token": token }))
+}
+
+/// The Postgres server of `TEST_DATABASE_URL`, for a proxy in front of it.
+fn postgres_addr(db: &TestDatabase) -> std::net::SocketAddr {
+    let url = url::Url::parse(&db.url).unwrap();
+    let host = url.host_str().unwrap();
+    let port = url.port().unwrap_or(5432);
+    format!("{host}:{port}").parse().unwrap()
+}
+
+// --- Salesforce faults ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn refused_app_credentials_are_the_apps_state_and_a_put_revives_every_connection() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+
+        // The tenant re-registers its app with a mistyped secret; the next refresh is
+        // refused with invalid_client.
+        app.fake.inject(
+            Endpoint::Token,
+            Fault::OAuthError {
+                status: 400,
+                error: "invalid_client".into(),
+                description: "invalid client credentials".into(),
+            },
+        );
+        let (status, body) = problem(app.access_token("acme", id, rejecting(&current)).await).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{b}: {body}");
+        assert_eq!(body["code"], "app_credentials_invalid", "{b}");
+        assert_eq!(
+            connection(&app, id).await["status"],
+            "active",
+            "{b}: status unchanged"
+        );
+        let (_, shown) = app
+            .get_json("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
+        assert_eq!(shown["status"], "credentials_invalid", "{b}: {shown}");
+        assert!(
+            shown["status_reason"]
+                .as_str()
+                .unwrap()
+                .contains("invalid_client")
+        );
+        assert!(!shown.to_string().contains(CLIENT_SECRET));
+
+        // Further requests answer at once, without asking Salesforce.
+        let before = app.fake.counters().token_requests;
+        let (status, body) = problem(app.access_token("acme", id, rejecting(&current)).await).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::CONFLICT, Some("app_credentials_invalid"))
+        );
+        assert_eq!(
+            app.fake.counters().token_requests,
+            before,
+            "{b}: no Salesforce call"
+        );
+
+        // The corrected PUT: the connection serves again, with no new authorization.
+        let authorizations = app.fake.counters().authorizations;
+        assert!(
+            app.put_app_with("acme", CLIENT_ID, CLIENT_SECRET)
+                .await
+                .status()
+                .is_success()
+        );
+        let new = token_of(app.access_token("acme", id, rejecting(&current)).await).await;
+        assert_ne!(new, current, "{b}");
+        assert_eq!(app.fake.counters().authorizations, authorizations, "{b}");
+        assert_eq!(app.fake.counters().refresh_reuse_attempts, 0, "{b}");
+        let (_, shown) = app
+            .get_json("/v1/tenants/acme/salesforce-app", "apps:write")
+            .await;
+        assert_eq!(shown["status"], "active", "{b}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        // The test settings: Salesforce timeout 2 s, so the lease lasts 22 s.
+        app.fake
+            .inject(Endpoint::Token, Fault::Hang(Duration::from_secs(30)));
+        let started = Instant::now();
+        let (status, body) = problem(app.access_token("acme", id, rejecting(&current)).await).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{b}: {body}");
+        assert_eq!(body["code"], "upstream_unavailable", "{b}");
+        assert!(
+            took >= Duration::from_millis(1_900) && took < Duration::from_secs(5),
+            "{b}: cut at the 2 s deadline, long before the 22 s lease: {took:?}"
+        );
+        // The failure was recorded and the lease released: nothing waits for it to expire.
+        let c = connection(&app, id).await;
+        assert_eq!(c["status"], "active", "{b}");
+        assert!(
+            c["last_error"].as_str().unwrap().contains("deadline"),
+            "{b}: {c}"
+        );
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let app = TestApp::spawn(&db).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        app.fake.inject(Endpoint::Token, Fault::BadSignature);
+        let (status, body) = problem(app.access_token("acme", id, rejecting(&current)).await).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{b}: {body}");
+        assert_eq!(body["code"], "upstream_error", "{b}");
+        let c = connection(&app, id).await;
+        assert_eq!(c["status"], "active", "{b}");
+        assert!(
+            c["last_error"].as_str().unwrap().contains("signature"),
+            "{b}: {c}"
+        );
+        // After the back-off, the next refresh presents the token the refused answer
+        // carried: never the rotated-out one.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let new = token_of(app.access_token("acme", id, rejecting(&current)).await).await;
+        assert_ne!(new, current);
+        assert_eq!(app.fake.counters().refreshes, 2, "{b}");
+        assert_eq!(app.fake.counters().refresh_reuse_attempts, 0, "{b}");
+        app.stop().await;
+    }
+}
+
+// --- database faults (Postgres) ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_session_killed_mid_refresh_lets_nobody_present_the_token_twice() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!("TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    let fake = fake().await;
+    let a = TestApp::spawn_with(&db, &fake, &[]).await;
+    let b = TestApp::spawn_with(&db, &fake, &[]).await;
+    let id = a.connect("acme").await;
+    let current = token_of(a.access_token("acme", id, None).await).await;
+    fake.set_latency(Duration::from_millis(1_200));
+    let first = {
+        let request = a
+            .client
+            .post(a.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+            .bearer_auth(a.token("tokens:read", Some("acme")))
+            .json(&json!({ "rejected_token": current }));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A failover, a pooler restart, an idle limit: every session of both replicas dies
+    // while the first replica's refresh is at Salesforce.
+    let name = url::Url::parse(&db.url)
+        .unwrap()
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    db.execute(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    ))
+    .await;
+    let second = b.access_token("acme", id, rejecting(&current)).await;
+    for response in [first.await.unwrap(), second] {
+        let status = response.status();
+        assert!(
+            status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+            "a token or a 503, never a 500: {status} {:?}",
+            response.text().await
+        );
+    }
+    assert_eq!(
+        fake.counters().refreshes,
+        1,
+        "the refresh token was presented once"
+    );
+    assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+    fake.set_latency(Duration::ZERO);
+    // The connection works afterwards, on both replicas, and refreshes again.
+    let new = token_of(b.access_token("acme", id, rejecting(&current)).await).await;
+    assert_ne!(new, current);
+    let newer = token_of(a.access_token("acme", id, rejecting(&new)).await).await;
+    assert_ne!(newer, new);
+    assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_gone_while_the_answer_is_on_its_way_the_rotated_token_is_still_saved() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!("TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    let proxy = FaultProxy::start(postgres_addr(&db)).await;
+    let through = proxy.url_for(&db.url);
+    let fake = fake().await;
+    let app = TestApp::spawn_with(&db, &fake, &[("DATABASE_URL", &through)]).await;
+    let id = app.connect("acme").await;
+    let current = token_of(app.access_token("acme", id, None).await).await;
+    fake.set_latency(Duration::from_millis(1_000));
+    let request = app.access_token("acme", id, rejecting(&current));
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        proxy.cut();
+        // Down from before Salesforce answers until seconds after.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        proxy.restore();
+    };
+    let (response, ()) = tokio::join!(request, outage);
+    let status = response.status();
+    assert!(
+        status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+        "{status}: {:?}",
+        response.text().await
+    );
+    assert_eq!(fake.counters().refreshes, 1);
+    fake.set_latency(Duration::ZERO);
+    // The rotated token was committed once the database came back: the next refresh
+    // presents it, and Salesforce sees no reuse.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stored = connection(&app, id).await;
+    assert_eq!(stored["status"], "active", "{stored}");
+    let new = token_of(app.access_token("acme", id, rejecting(&current)).await).await;
+    let newer = token_of(app.access_token("acme", id, rejecting(&new)).await).await;
+    assert_ne!(newer, new);
+    assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+    assert!(
+        fake.is_refresh_token_active(&active_refresh_token(&fake)),
+        "the connection's refresh token is live"
+    );
+    app.stop().await;
+}
+
+fn active_refresh_token(fake: &FakeSalesforce) -> String {
+    let active: Vec<String> = fake
+        .issued_tokens()
+        .into_iter()
+        .filter(|t| fake.is_refresh_token_active(t))
+        .collect();
+    assert_eq!(active.len(), 1, "exactly one live refresh token");
+    active[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_postgres_down_readiness_and_reads_fail_fast_and_cached_tokens_are_served() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!("TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    let proxy = FaultProxy::start(postgres_addr(&db)).await;
+    let through = proxy.url_for(&db.url);
+    let fake = fake().await;
+    // The shipped default acquire timeout, not the tests' relaxed one.
+    let app = TestApp::spawn_with(&db, &fake, &[("DATABASE_URL", &through)]).await;
+    let id = app.connect("acme").await;
+    let cached = token_of(app.access_token("acme", id, None).await).await;
+    proxy.cut();
+    for _ in 0..2 {
+        let started = Instant::now();
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        let (status, body) = app
+            .get_json("/v1/tenants/acme/connections", "connections:read")
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["code"], "service_unavailable");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        assert_eq!(
+            token_of(app.access_token("acme", id, None).await).await,
+            cached
+        );
+    }
+    // Recovery needs no restart.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        if ready.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ready again after the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = app
+        .get_json("/v1/tenants/acme/connections", "connections:read")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_pgbouncer_in_transaction_mode_three_replicas_refresh_once() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!("TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    let admin = std::env::var("TEST_DATABASE_URL").unwrap();
+    let Some(bouncer) = PgBouncer::start(&admin).await else {
+        eprintln!("pgbouncer is not installed: skipping");
+        return;
+    };
+    let through = bouncer.url_for(&db.url);
+    // Migrations take a session-level advisory lock: they run on a direct connection
+    // (`valo-oauth migrate`), the replicas behind the pooler do not migrate.
+    db.store().await.close().await;
+    let fake = fake().await;
+    let env = [
+        ("DATABASE_URL", through.as_str()),
+        ("VALO_OAUTH_DB_TRANSACTION_POOLER", "true"),
+        ("VALO_OAUTH_MIGRATE_ON_START", "false"),
+    ];
+    let replicas = [
+        TestApp::spawn_with(&db, &fake, &env).await,
+        TestApp::spawn_with(&db, &fake, &env).await,
+        TestApp::spawn_with(&db, &fake, &env).await,
+    ];
+    let id = replicas[0].connect("acme").await;
+    let mut current = token_of(replicas[0].access_token("acme", id, None).await).await;
+    fake.set_latency(Duration::from_millis(300));
+    for round in 1..=2u64 {
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let app = &replicas[i % replicas.len()];
+                let request = app
+                    .client
+                    .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+                    .bearer_auth(app.token("tokens:read", Some("acme")))
+                    .json(&json!({ "rejected_token": current }));
+                tokio::spawn(async move { token_of(request.send().await.unwrap()).await })
+            })
+            .collect();
+        let mut tokens = Vec::new();
+        for task in tasks {
+            tokens.push(task.await.unwrap());
+        }
+        assert!(
+            tokens.iter().all(|t| *t == tokens[0] && *t != current),
+            "round {round}: every caller got the one new token"
+        );
+        assert_eq!(
+            fake.counters().refreshes,
+            round,
+            "exactly one refresh per storm"
+        );
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        current = tokens[0].clone();
+    }
+    for app in replicas {
+        app.stop().await;
+    }
+    drop(bouncer);
+}
