@@ -363,9 +363,24 @@ async fn connect_org(
     public_url: &str,
     fake: &FakeSalesforce,
 ) -> Uuid {
+    put_app(client, base, TENANT, fake).await;
+    connect_user(
+        client,
+        base,
+        public_url,
+        fake,
+        TENANT,
+        None,
+        &tokio::sync::Mutex::new(()),
+    )
+    .await
+}
+
+/// PUTs `tenant`'s External Client App (the bench credentials, the fake as login host).
+async fn put_app(client: &reqwest::Client, base: &str, tenant: &str, fake: &FakeSalesforce) {
     let admin = mint(ALL_SCOPES, None, 3600);
     let put = client
-        .put(format!("{base}/v1/tenants/{TENANT}/salesforce-app"))
+        .put(format!("{base}/v1/tenants/{tenant}/salesforce-app"))
         .bearer_auth(&admin)
         .json(&json!({"consumer_key": CLIENT_ID, "consumer_secret": CLIENT_SECRET, "login_url": fake.base_url()}))
         .send()
@@ -377,8 +392,28 @@ async fn connect_org(
         put.status(),
         put.text().await
     );
+}
+
+/// Who approves at the fake: (18-character org id, 18-character user id, username).
+type FakeUser<'a> = (&'a str, &'a str, &'a str);
+
+/// Connects one org user of `tenant` (whose app is registered) through the real flow:
+/// POST an authorization, approve it at the fake (as `user`, or as the fake's current user
+/// when `None`), GET the callback. The fake's current user is global state, so switching
+/// it and approving happen under `approvals`; the rest of the flow runs concurrently.
+/// Returns the connection id.
+async fn connect_user(
+    client: &reqwest::Client,
+    base: &str,
+    public_url: &str,
+    fake: &FakeSalesforce,
+    tenant: &str,
+    user: Option<FakeUser<'_>>,
+    approvals: &tokio::sync::Mutex<()>,
+) -> Uuid {
+    let admin = mint(ALL_SCOPES, None, 3600);
     let started = client
-        .post(format!("{base}/v1/tenants/{TENANT}/authorizations"))
+        .post(format!("{base}/v1/tenants/{tenant}/authorizations"))
         .bearer_auth(&admin)
         .json(&json!({"return_to": format!("{RETURN_ORIGIN}/done")}))
         .send()
@@ -387,10 +422,15 @@ async fn connect_org(
     assert_eq!(started.status(), reqwest::StatusCode::CREATED);
     let body: Value = started.json().await.unwrap();
     let authorize_url = body["authorization_url"].as_str().unwrap();
-    let callback = fake
-        .approve(authorize_url)
-        .await
-        .expect("the fake approves");
+    let callback = {
+        let _approving = approvals.lock().await;
+        if let Some((org_id, user_id, username)) = user {
+            fake.set_user(org_id, user_id, username);
+        }
+        fake.approve(authorize_url)
+            .await
+            .expect("the fake approves")
+    };
     let callback = callback.replacen(public_url, base, 1);
     let response = client.get(&callback).send().await.unwrap();
     assert_eq!(

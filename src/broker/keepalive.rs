@@ -1,6 +1,6 @@
 //! Keep-alive: refreshes active connections nobody asked a token for in a while, so that
 //! they survive "expire refresh token if not used for N" policies and Salesforce's idle
-//! limit for External Client Apps (salesforce.md, "Refresh-token policies").
+//! limit for External Client Apps (`docs/salesforce.md`, "Refresh-token policies").
 //!
 //! Every replica may run the sweeper: each refresh goes through the same exclusive path as
 //! the API ([`Broker::access_token`] with [`Want::KeepAlive`]), which re-checks

@@ -174,7 +174,7 @@ impl IssuedAt {
     }
 }
 
-/// Salesforce's additions to the RFC 6749 §5.1 token response (salesforce.md "Token").
+/// Salesforce's additions to the RFC 6749 §5.1 token response (`docs/salesforce.md`, "Token").
 #[derive(Clone, Deserialize, Serialize)]
 struct SalesforceFields {
     instance_url: String,
@@ -717,7 +717,7 @@ fn token_client(origin: &str, app: &AppCredentials) -> Result<TokenClient, Sales
     )
 }
 
-/// Classifies an `oauth2` token-request error (salesforce.md "Token-endpoint errors").
+/// Classifies an `oauth2` token-request error (`docs/salesforce.md`, "Token-endpoint errors").
 fn token_error(
     e: RequestTokenError<Transport, BasicErrorResponse>,
     status: u16,
@@ -770,7 +770,7 @@ fn error_from_body(status: u16, body: &[u8]) -> SalesforceError {
 }
 
 /// JSON of the wrong shape is a protocol violation; non-JSON (HTML error pages, maintenance
-/// pages) is treated as an outage (salesforce.md: "non-JSON bodies: transient").
+/// pages) is treated as an outage (`docs/salesforce.md`: "non-JSON bodies: transient").
 fn non_conforming_body(status: u16, body: &[u8], what: &str) -> SalesforceError {
     if serde_json::from_slice::<serde_json::Value>(body).is_ok() {
         SalesforceError::InvalidResponse(format!("HTTP {status} {what}"))
@@ -1152,7 +1152,7 @@ mod tests {
         let e = exchange_against(|_| StatusCode::TOO_MANY_REQUESTS.into_response()).await;
         assert_eq!(e.class(), ErrorClass::Transient);
 
-        // 200 with an HTML page: non-JSON → Unavailable (transient, salesforce.md).
+        // 200 with an HTML page: non-JSON → Unavailable (transient, docs/salesforce.md).
         let e = exchange_against(|_| {
             (
                 [(axum::http::header::CONTENT_TYPE, "text/html")],

@@ -1,7 +1,7 @@
 //! SSRF-safe URL policy for the hosts this service sends credentials to.
 //!
 //! A tenant's login URL receives the client secret and refresh tokens, so it must be a
-//! Salesforce login host the operator allowed (salesforce.md "Hosts": `login.salesforce.com`,
+//! Salesforce login host the operator allowed (`docs/salesforce.md` "Hosts": `login.salesforce.com`,
 //! `test.salesforce.com`, My Domain `*.my.salesforce.com`); `instance_url` from a token
 //! response must be a Salesforce-operated host. Plain http and IP literals are refused
 //! unless explicitly listed (tests and local development use `http://127.0.0.1`).

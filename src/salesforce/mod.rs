@@ -70,7 +70,7 @@ pub enum ErrorClass {
 }
 
 impl SalesforceError {
-    /// The classification of salesforce.md's error table ("Token-endpoint errors"):
+    /// The classification of the error table in `docs/salesforce.md` ("Token-endpoint errors"):
     /// `invalid_grant` (except "IP restricted or invalid login hours", which is Transient),
     /// `inactive_user`, `inactive_org` → Reauthorize; `invalid_client_id`, `invalid_client`
     /// → AppCredentials;
