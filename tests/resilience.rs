@@ -427,3 +427,215 @@ async fn through_pgbouncer_in_transaction_mode_three_replicas_refresh_once() {
     }
     drop(bouncer);
 }
+
+// --- process faults: SIGKILL and SIGTERM -------------------------------------------------------
+
+/// The environment of a replica running as its own process, on `db`, talking to the same
+/// fake Salesforce (registered by [`TestApp::spawn_with`]) with the same keys as the tests'
+/// in-process replicas.
+fn process_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    support::app::test_env(db, support::app::TEST_KEYS, extra)
+        .into_iter()
+        .collect()
+}
+
+/// Connects `n` distinct Salesforce users of one org for tenant `acme`.
+async fn connect_users(app: &TestApp, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let user15 = format!("005000000000{:03}", i + 1);
+        let user = valo_oauth::salesforce::to_18_char_id(&user15).unwrap();
+        app.fake
+            .set_user("00D5g000004ABCDEA4", &user, &format!("user{i}@example.com"));
+        ids.push(app.connect("acme").await);
+    }
+    ids
+}
+
+async fn post_token(base: &str, id: Uuid, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!(
+            "{base}/v1/tenants/acme/connections/{id}/access-token"
+        ))
+        .bearer_auth(support::app::mint(
+            support::app::JWT_SECRET,
+            "tokens:read",
+            Some("acme"),
+            3600,
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let fake = fake().await;
+        let setup = TestApp::spawn_with(&db, &fake, &[]).await;
+        let ids = connect_users(&setup, 6).await;
+        setup.stop().await;
+
+        // Keep-alive due after 1 s, 4 at a time; Salesforce answers after 1.5 s (the
+        // replica's Salesforce timeout is 2 s).
+        fake.set_latency(Duration::from_millis(1_500));
+        let before = fake.counters();
+        let mut replica = support::process::ServiceProcess::spawn(&process_env(
+            &db,
+            &[
+                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "1"),
+                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "1"),
+                ("VALO_OAUTH_KEEPALIVE_CONCURRENCY", "4"),
+                ("VALO_OAUTH_SHUTDOWN_GRACE_SECS", "10"),
+            ],
+        ))
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fake.counters().token_requests < before.token_requests + 4 {
+            assert!(
+                Instant::now() < deadline,
+                "{b}: the sweep did not start\n{}",
+                replica.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Four refreshes are at Salesforce now.
+        let stopped_at = Instant::now();
+        let status = replica.sigterm_and_wait(Duration::from_secs(12)).await;
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{b}: exit 0 within the grace: {status:?}\n{}",
+            replica.log()
+        );
+        assert!(
+            stopped_at.elapsed() >= Duration::from_millis(1_000),
+            "{b}: it waited for them"
+        );
+        let after = fake.counters();
+        assert_eq!(
+            after.refreshes,
+            before.refreshes + 4,
+            "{b}: the four in flight completed, no new one started after SIGTERM"
+        );
+        assert!(!replica.log().contains("rotated_refresh_token_lost"), "{b}");
+
+        // Every rotated token was committed: refreshing each connection again presents the
+        // stored refresh token, and Salesforce sees no reuse.
+        fake.set_latency(Duration::ZERO);
+        let check = TestApp::spawn_with(&db, &fake, &[]).await;
+        for id in &ids {
+            let current = token_of(check.access_token("acme", *id, None).await).await;
+            let refreshed = check.access_token("acme", *id, rejecting(&current)).await;
+            assert_eq!(
+                refreshed.status(),
+                StatusCode::OK,
+                "{b}: {id}: {:?}",
+                refreshed.text().await
+            );
+        }
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0, "{b}");
+        assert_eq!(fake.counters().refreshes, before.refreshes + 4 + 6, "{b}");
+        check.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_while_holding_a_lease_blocks_the_connection_only_until_it_ends() {
+    let Some(db) = TestDatabase::postgres().await else {
+        eprintln!("TEST_DATABASE_URL is not set: skipping");
+        return;
+    };
+    let fake = fake().await;
+    let survivor = TestApp::spawn_with(&db, &fake, &[]).await;
+    let ids = connect_users(&survivor, 2).await;
+    let (victim_connection, busy_connection) = (ids[0], ids[1]);
+    let current = token_of(survivor.access_token("acme", victim_connection, None).await).await;
+    let busy_token = token_of(survivor.access_token("acme", busy_connection, None).await).await;
+
+    // The doomed replica: a 1 s Salesforce timeout (a 21 s lease) and one call in flight.
+    let mut doomed = support::process::ServiceProcess::spawn(&process_env(
+        &db,
+        &[
+            ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "1000"),
+            ("VALO_OAUTH_REFRESH_WAIT_MS", "5000"),
+            ("VALO_OAUTH_SALESFORCE_MAX_IN_FLIGHT", "1"),
+        ],
+    ))
+    .await;
+    // Its one Salesforce slot is taken by another connection's refresh, which hangs; the
+    // victim's refresh then holds its lease while it waits for the slot — it has not
+    // reached Salesforce, so its refresh token is still good.
+    fake.inject(Endpoint::Token, Fault::Hang(Duration::from_secs(60)));
+    let base = doomed.base();
+    let busy = tokio::spawn({
+        let base = base.clone();
+        async move {
+            post_token(
+                &base,
+                busy_connection,
+                json!({"rejected_token": busy_token}),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leased_at = Instant::now();
+    let victim = tokio::spawn({
+        let base = base.clone();
+        let current = current.clone();
+        async move { post_token(&base, victim_connection, json!({"rejected_token": current})).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    doomed.kill9();
+    let _ = (busy.await, victim.await);
+    let leased = connection(&survivor, victim_connection).await;
+    assert_eq!(leased["status"], "active", "{leased}");
+
+    // The survivor cannot refresh while the dead replica's lease lives: a clear 503.
+    let (status, body) = problem(
+        survivor
+            .access_token("acme", victim_connection, rejecting(&current))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "service_unavailable", "{body}");
+    assert!(
+        leased_at.elapsed() < Duration::from_secs(21),
+        "still within the lease"
+    );
+
+    // Once the lease ends, the survivor serves the connection.
+    let token = loop {
+        let response = survivor
+            .access_token("acme", victim_connection, rejecting(&current))
+            .await;
+        if response.status() == StatusCode::OK {
+            break token_of(response).await;
+        }
+        let (status, body) = problem(response).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "never a 500: {body}"
+        );
+        assert!(
+            leased_at.elapsed() < Duration::from_secs(40),
+            "the lease never ended"
+        );
+    };
+    let waited = leased_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(20),
+        "not before the lease ended: {waited:?}"
+    );
+    assert_ne!(token, current);
+    assert_eq!(
+        fake.counters().refresh_reuse_attempts,
+        0,
+        "the victim's refresh token was never presented twice"
+    );
+    survivor.stop().await;
+}
