@@ -11,8 +11,8 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection};
 use support::db::TestDatabase;
 use support::pgbouncer::PgBouncer;
 use support::process::ServiceProcess;
@@ -48,21 +48,17 @@ async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres() {
     let url = bouncer.url_for(&db.url);
     assert!(url.contains(&bouncer.addr().port().to_string()), "{url}");
 
-    // Through a transaction pooler, a client connection's prepared statements do not
-    // survive its transaction: no statement cache, and parameterised statements inside
-    // explicit transactions (see the report on sqlx and PgBouncer).
-    let options: PgConnectOptions = url
-        .parse::<PgConnectOptions>()
-        .unwrap()
-        .statement_cache_capacity(0);
+    // Through a transaction pooler, statements with parameters run unnamed
+    // (`persistent(false)`) inside explicit transactions: see
+    // `pgbouncer_moves_transactions_between_server_connections`.
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+        .connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connect through pgbouncer: {e}\n{}", bouncer.log()));
 
-    sqlx::query("CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL)")
+    sqlx::raw_sql("CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL)")
         .execute(&pool)
         .await
         .unwrap();
@@ -71,6 +67,7 @@ async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres() {
         sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
             .bind(id)
             .bind(format!("item {id}"))
+            .persistent(false)
             .execute(&mut *tx)
             .await
             .unwrap();
@@ -80,14 +77,19 @@ async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres() {
     let (count, name): (i64, String) =
         sqlx::query_as("SELECT count(*), max(name) FROM items WHERE id <= $1")
             .bind(20_i64)
+            .persistent(false)
             .fetch_one(&mut *tx)
             .await
             .unwrap();
     tx.commit().await.unwrap();
     assert_eq!((count, name.as_str()), (20, "item 9"));
-    let database: String = sqlx::query_scalar("SELECT current_database()")
+    let database: String = sqlx::raw_sql("SELECT current_database()")
         .fetch_one(&pool)
         .await
+        .map(|row| {
+            use sqlx::Row;
+            row.get(0)
+        })
         .unwrap();
     assert_eq!(db.url.rsplit('/').next(), Some(database.as_str()));
     pool.close().await;
@@ -248,150 +250,69 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// The investigation behind the pool settings above: ~200 parameterised queries from 20
-/// tasks over a pool of 10, through a bouncer with 2 server connections.
+/// What sqlx needs behind a transaction pooler, checked where it matters: 20 tasks over a
+/// pool of 10 client connections, through a bouncer with 2 server connections, so that
+/// consecutive transactions of a client connection run on different servers.
+///
+/// sqlx's default named statements (`sqlx_s_1`, … per client connection, cached or not)
+/// outlive the transaction on the server, so another client connection fails with
+/// "prepared statement \"sqlx_s_1\" already exists" and the client whose cache names them
+/// fails elsewhere with "… does not exist" — inside explicit transactions too. Unnamed
+/// statements (`persistent(false)`) *outside* a transaction race: the Parse and the Bind
+/// are separate round trips, the bouncer may hand the server to another client in between,
+/// and the Bind then runs that client's statement (wrong answers, or "unnamed prepared
+/// statement does not exist"). Unnamed statements inside explicit transactions are safe:
+/// the two statement texts below with the same parameter would expose a mix-up.
 #[tokio::test]
-#[ignore = "investigation: run with --ignored --nocapture"]
-async fn investigate_sqlx_through_pgbouncer() {
+async fn pgbouncer_moves_transactions_between_server_connections() {
     let Some(db) = TestDatabase::postgres().await else {
         return;
     };
-    let variants: [(&str, Option<usize>, bool, bool, bool); 8] = [
-        ("a: defaults", None, false, true, false),
-        (
-            "b: statement_cache_capacity(0)",
-            Some(0),
-            false,
-            true,
-            false,
-        ),
-        (
-            "c: cache 0 + explicit transactions",
-            Some(0),
-            true,
-            true,
-            false,
-        ),
-        (
-            "d: cache 0 + persistent(false)",
-            Some(0),
-            false,
-            false,
-            false,
-        ),
-        (
-            "d2: cache 0 + persistent(false), two SQL texts",
-            Some(0),
-            false,
-            false,
-            true,
-        ),
-        (
-            "e: defaults + explicit transactions",
-            None,
-            true,
-            true,
-            false,
-        ),
-        (
-            "f: cache 0 + persistent(false) + explicit transactions, two SQL texts",
-            Some(0),
-            true,
-            false,
-            true,
-        ),
-        (
-            "g: defaults + persistent(false) + explicit transactions, two SQL texts",
-            None,
-            true,
-            false,
-            true,
-        ),
-    ];
-    for (name, cache, in_tx, persistent, mixed) in variants {
-        for round in 1..=3 {
-            // A bouncer of its own: server connections keep what earlier variants left on them.
-            let Some(bouncer) = PgBouncer::start_with(&admin_url(), 2).await else {
-                return;
-            };
-            let url = bouncer.url_for(&db.url);
-            let mut options: PgConnectOptions = url.parse().unwrap();
-            if let Some(capacity) = cache {
-                options = options.statement_cache_capacity(capacity);
-            }
-            let pool = PgPoolOptions::new()
-                .max_connections(10)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect_with(options)
-                .await
-                .unwrap();
-            let mut tasks = Vec::new();
-            for task in 0..20_i64 {
-                let pool = pool.clone();
-                tasks.push(tokio::spawn(async move {
-                    let mut outcomes = Vec::new();
-                    for i in 0..10_i64 {
-                        let n = task * 100 + i;
-                        outcomes.push(run_one(&pool, n, in_tx, persistent, mixed).await);
-                    }
-                    outcomes
-                }));
-            }
-            let mut ok = 0;
-            let mut errors = std::collections::BTreeMap::<String, usize>::new();
-            for task in tasks {
-                for outcome in task.await.unwrap() {
-                    match outcome {
-                        Ok(()) => ok += 1,
-                        Err(e) => *errors.entry(e).or_default() += 1,
-                    }
+    let Some(bouncer) = PgBouncer::start_with(&admin_url(), 2).await else {
+        eprintln!("skipped: no pgbouncer binary");
+        return;
+    };
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&bouncer.url_for(&db.url))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..20_i64 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..10_i64 {
+                let n = task * 100 + i;
+                let (sql, expected) = if n % 2 == 1 {
+                    ("SELECT -$1::bigint", -n)
+                } else {
+                    ("SELECT $1::bigint", n)
+                };
+                let mut tx = pool.begin().await.unwrap();
+                let got = sqlx::query_scalar::<_, i64>(sql)
+                    .bind(n)
+                    .persistent(false)
+                    .fetch_one(&mut *tx)
+                    .await;
+                tx.commit().await.unwrap();
+                match got {
+                    Ok(got) if got == expected => {}
+                    other => failures.push(format!("{sql} with {n}: {other:?}")),
                 }
             }
-            println!("{name} (round {round}): {ok}/200 ok");
-            let mut kinds = std::collections::BTreeMap::<String, usize>::new();
-            for (error, count) in &errors {
-                let kind: String = error.chars().filter(|c| !c.is_ascii_digit()).collect();
-                *kinds.entry(kind).or_default() += count;
-            }
-            for (error, count) in &kinds {
-                println!("    {count} × {error}");
-            }
-            if let Some(example) = errors.keys().next() {
-                println!("    e.g. {example}");
-            }
-            pool.close().await;
-        }
+            failures
+        }));
     }
-}
-
-async fn run_one(
-    pool: &PgPool,
-    n: i64,
-    in_tx: bool,
-    persistent: bool,
-    mixed: bool,
-) -> Result<(), String> {
-    // With `mixed`, odd numbers use another statement with the same parameter: a Bind that
-    // reaches a server whose unnamed statement is the other one answers wrongly.
-    let (sql, expected) = if mixed && n % 2 == 1 {
-        ("SELECT -$1::bigint", -n)
-    } else {
-        ("SELECT $1::bigint", n)
-    };
-    let query = sqlx::query_scalar::<_, i64>(sql)
-        .bind(n)
-        .persistent(persistent);
-    let got = if in_tx {
-        let mut tx = pool.begin().await.map_err(|e| format!("begin: {e}"))?;
-        let got = query.fetch_one(&mut *tx).await.map_err(|e| e.to_string())?;
-        tx.commit().await.map_err(|e| format!("commit: {e}"))?;
-        got
-    } else {
-        query.fetch_one(pool).await.map_err(|e| e.to_string())?
-    };
-    if got == expected {
-        Ok(())
-    } else {
-        Err(format!("wrong answer: {sql} with {n} answered {got}"))
+    let mut failures = Vec::new();
+    for task in tasks {
+        failures.extend(task.await.unwrap());
     }
+    assert!(
+        failures.is_empty(),
+        "{} of 200 failed: {failures:#?}",
+        failures.len()
+    );
+    pool.close().await;
 }

@@ -199,13 +199,13 @@ fn with_addr(url: &str, addr: SocketAddr) -> String {
 }
 
 fn find_binary() -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
+    let on_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|path| {
             std::env::split_paths(&path)
                 .map(|dir| dir.join("pgbouncer"))
                 .collect()
         })
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     on_path
         .into_iter()
         .chain(KNOWN_PATHS.iter().map(PathBuf::from))
