@@ -64,12 +64,14 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let body_limit_bytes = settings.body_limit_bytes;
         let broker = Broker::new(store, salesforce, clock, Arc::new(settings));
         Ok(Self {
             listener,
             state: AppState {
                 broker,
                 auth: Arc::new(auth),
+                body_limit_bytes,
             },
         })
     }
@@ -102,13 +104,13 @@ impl Application {
         let app = http::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let (fired_tx, mut fired_rx) = watch::channel(false);
-        let lifecycle = broker.lifecycle.clone();
+        let draining = broker.clone();
         let mut server = tokio::spawn(
             axum::serve(self.listener, app)
                 .with_graceful_shutdown(async move {
                     shutdown.await;
                     tracing::info!("shutting down");
-                    lifecycle.drain();
+                    draining.begin_shutdown();
                     let _ = fired_tx.send(true);
                 })
                 .into_future(),
@@ -118,7 +120,7 @@ impl Application {
             _ = fired_rx.wait_for(|fired| *fired) => None,
         };
         let _ = stop_tx.send(true);
-        let grace = broker.settings.shutdown_grace;
+        let grace = broker.shutdown_grace();
         let deadline = tokio::time::Instant::now() + grace;
         let served = match early {
             Some(joined) => joined.unwrap_or(Ok(())),
@@ -136,13 +138,13 @@ impl Application {
         };
         let _ = tokio::time::timeout_at(deadline, keepalive).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if !broker.lifecycle.wait_idle(left).await {
+        if !broker.wait_for_refreshes(left).await {
             tracing::error!(
-                refreshes = broker.lifecycle.in_flight(),
+                refreshes = broker.refreshes_in_flight(),
                 "refreshes still in flight at the end of the shutdown grace"
             );
         }
-        broker.store.close().await;
+        broker.close().await;
         tracing::info!("stopped");
         served
     }

@@ -95,7 +95,7 @@ async fn health_readiness_request_ids_and_route_problems() {
 async fn readiness_fails_when_the_database_is_gone() {
     for db in TestDatabase::all().await {
         let app = TestApp::spawn(&db).await;
-        app.broker.store.close().await;
+        app.broker.close().await;
         let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
         assert_problem(
             ready,

@@ -84,7 +84,7 @@ async fn cached_tokens_are_served_without_the_database() {
             "the access token from the exchange"
         );
         // With the database gone, the cache still answers.
-        app.broker.store.close().await;
+        app.broker.close().await;
         let second = token_of(
             app.access_token("acme", id, Some(json!({"min_ttl_seconds": 60})))
                 .await,
@@ -341,7 +341,7 @@ async fn database_outage_is_the_services_own_503() {
         let id = app.connect("acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
         let calls = app.fake.counters().token_requests;
-        app.broker.store.close().await;
+        app.broker.close().await;
         let response = app
             .access_token("acme", id, Some(json!({"rejected_token": current})))
             .await;

@@ -9,17 +9,73 @@ use uuid::Uuid;
 
 use super::{Broker, BrokerError, SecretColumn, TenantId};
 use crate::salesforce::ErrorClass;
-use crate::store::{ConnectionRecord, ConnectionStatus};
+pub use crate::store::ConnectionStatus;
+use crate::store::{ConnectionRecord, Millis};
+
+/// A connection as the domain shows it: everything but the token material.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub id: Uuid,
+    pub tenant_id: String,
+    /// 18-character Salesforce org id (`00D…`).
+    pub org_id: String,
+    /// 18-character Salesforce user id (`005…`).
+    pub user_id: String,
+    pub login_url: String,
+    pub instance_url: String,
+    pub status: ConnectionStatus,
+    /// Granted scopes, as Salesforce listed them.
+    pub scopes: Vec<String>,
+    pub access_expires_at: Millis,
+    /// True when `access_expires_at` is an assumption, not Salesforce's answer.
+    pub expiry_assumed: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_refreshed_at: Millis,
+    /// Why the last refresh failed (a short, secret-free reason).
+    pub last_error: Option<String>,
+}
+
+impl From<ConnectionRecord> for Connection {
+    fn from(c: ConnectionRecord) -> Self {
+        Self {
+            id: c.id,
+            scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+            tenant_id: c.tenant_id,
+            org_id: c.org_id,
+            user_id: c.user_id,
+            login_url: c.login_url,
+            instance_url: c.instance_url,
+            status: c.status,
+            access_expires_at: c.access_expires_at,
+            expiry_assumed: c.expiry_assumed,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            last_refreshed_at: c.last_refreshed_at,
+            last_error: c.last_error,
+        }
+    }
+}
 
 impl Broker {
     pub async fn list_connections(
         &self,
         tenant: &TenantId,
-    ) -> Result<Vec<ConnectionRecord>, BrokerError> {
-        Ok(self.store.list_connections(tenant.as_str()).await?)
+    ) -> Result<Vec<Connection>, BrokerError> {
+        let rows = self.store.list_connections(tenant.as_str()).await?;
+        Ok(rows.into_iter().map(Connection::from).collect())
     }
 
     pub async fn get_connection(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+    ) -> Result<Connection, BrokerError> {
+        Ok(Connection::from(self.connection_record(tenant, id).await?))
+    }
+
+    /// The stored row, token material included (for this layer only).
+    async fn connection_record(
         &self,
         tenant: &TenantId,
         id: Uuid,
@@ -38,7 +94,7 @@ impl Broker {
         id: Uuid,
         force: bool,
     ) -> Result<(), BrokerError> {
-        let connection = self.get_connection(tenant, id).await?;
+        let connection = self.connection_record(tenant, id).await?;
         self.revoke_connection(&connection, force).await?;
         self.store.delete_connection(tenant.as_str(), id).await?;
         self.tokens.forget(id);

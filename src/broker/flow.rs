@@ -60,18 +60,57 @@ pub struct CallbackOutcome {
 /// A failed flow, as reported to the front end in `error=` (a contract: keep the codes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowError {
-    /// Salesforce's own error code, or one of `invalid_signature`, `no_refresh_token`,
-    /// `exchange_failed`, `upstream_unavailable`, `service_unavailable`.
-    pub code: String,
+    pub code: FlowErrorCode,
     /// A short, sanitised description for people.
     pub description: String,
 }
 
 impl FlowError {
-    fn new(code: &str, description: impl Into<String>) -> Self {
+    fn new(code: FlowErrorCode, description: impl Into<String>) -> Self {
         Self {
-            code: code.to_owned(),
+            code,
             description: description.into(),
+        }
+    }
+}
+
+/// The `error` a failed callback ends with (the redirect's `error` parameter and the page's
+/// code): Salesforce's own code passed through, or one of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FlowErrorCode {
+    /// Salesforce's `error` from the callback (`access_denied`, `OAUTH_EC_APP_NOT_FOUND`, …),
+    /// sanitised.
+    Salesforce(String),
+    /// The token response's signature did not verify with the consumer secret.
+    InvalidSignature,
+    /// The token response carried no refresh token (scope not granted).
+    NoRefreshToken,
+    /// The code exchange was refused or could not be completed.
+    ExchangeFailed,
+    /// Salesforce was unreachable or failing.
+    UpstreamUnavailable,
+    /// Our own database failed.
+    ServiceUnavailable,
+}
+
+impl FlowErrorCode {
+    /// Our own codes (Salesforce's are open-ended).
+    pub const OWN: [Self; 5] = [
+        Self::InvalidSignature,
+        Self::NoRefreshToken,
+        Self::ExchangeFailed,
+        Self::UpstreamUnavailable,
+        Self::ServiceUnavailable,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Salesforce(code) => code,
+            Self::InvalidSignature => "invalid_signature",
+            Self::NoRefreshToken => "no_refresh_token",
+            Self::ExchangeFailed => "exchange_failed",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::ServiceUnavailable => "service_unavailable",
         }
     }
 }
@@ -243,7 +282,7 @@ impl Broker {
                 return Ok(CallbackOutcome {
                     return_to: None,
                     result: Err(FlowError::new(
-                        "service_unavailable",
+                        FlowErrorCode::ServiceUnavailable,
                         "The service could not complete the connection. Please try again.",
                     )),
                 });
@@ -273,11 +312,14 @@ impl Broker {
             let code = sanitise_code(error);
             let description =
                 explain_salesforce_error(&code, params.error_description.as_deref().unwrap_or(""));
-            return Err(FlowError { code, description });
+            return Err(FlowError {
+                code: FlowErrorCode::Salesforce(code),
+                description,
+            });
         }
         let code = params.code.ok_or_else(|| {
             FlowError::new(
-                "exchange_failed",
+                FlowErrorCode::ExchangeFailed,
                 "Salesforce sent neither a code nor an error.",
             )
         })?;
@@ -286,14 +328,17 @@ impl Broker {
             tracing::error!(error = %e, "authorization failed inside the service");
             match e {
                 BrokerError::Unavailable(_) => FlowError::new(
-                    "service_unavailable",
+                    FlowErrorCode::ServiceUnavailable,
                     "The service could not complete the connection. Please try again.",
                 ),
                 BrokerError::NotFound(_) => FlowError::new(
-                    "exchange_failed",
+                    FlowErrorCode::ExchangeFailed,
                     "The tenant's Salesforce app was removed during the authorization.",
                 ),
-                _ => FlowError::new("exchange_failed", "The connection could not be completed."),
+                _ => FlowError::new(
+                    FlowErrorCode::ExchangeFailed,
+                    "The connection could not be completed.",
+                ),
             }
         };
         let app = self.tenant_app(&tenant).await.map_err(internal)?;
@@ -332,7 +377,7 @@ impl Broker {
                 tracing::warn!(error = %e.summary(), "could not revoke the unusable access token");
             }
             return Err(FlowError::new(
-                "no_refresh_token",
+                FlowErrorCode::NoRefreshToken,
                 "Salesforce issued no refresh token. In the External Client App's OAuth settings, \
                  select the scopes \"Perform requests at any time (refresh_token, offline_access)\" \
                  and \"Manage user data via APIs (api)\", then connect again.",
@@ -429,12 +474,12 @@ fn exchange_error(tenant: &TenantId, e: &SalesforceError) -> FlowError {
                 "token response signature did not verify: response refused"
             );
             FlowError::new(
-                "invalid_signature",
+                FlowErrorCode::InvalidSignature,
                 "Salesforce's answer could not be verified with the registered consumer secret.",
             )
         }
         _ if e.class() == ErrorClass::Transient => FlowError::new(
-            "upstream_unavailable",
+            FlowErrorCode::UpstreamUnavailable,
             "Salesforce is unavailable right now. Please try again in a moment.",
         ),
         _ => {
@@ -449,7 +494,7 @@ fn exchange_error(tenant: &TenantId, e: &SalesforceError) -> FlowError {
                     "Salesforce refused the authorization code. Please start the connection again."
                 }
             };
-            FlowError::new("exchange_failed", detail)
+            FlowError::new(FlowErrorCode::ExchangeFailed, detail)
         }
     }
 }

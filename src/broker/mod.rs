@@ -127,19 +127,20 @@ impl From<KeyringError> for BrokerError {
     }
 }
 
-/// Everything the domain needs, shared by the HTTP layer and the background tasks.
+/// Everything the domain needs, shared by the HTTP layer and the background tasks. Its
+/// parts are private: the layers above use its operations, never its store or keys.
 #[derive(Clone)]
 pub struct Broker {
-    pub store: Store,
-    pub keyring: Arc<Keyring>,
-    pub salesforce: SalesforceClient,
-    pub clock: Arc<dyn Clock>,
-    pub settings: Arc<Settings>,
-    pub tokens: Arc<tokens::TokenCache>,
+    store: Store,
+    keyring: Arc<Keyring>,
+    salesforce: SalesforceClient,
+    clock: Arc<dyn Clock>,
+    settings: Arc<Settings>,
+    tokens: Arc<tokens::TokenCache>,
     /// Calls to Salesforce in flight on this replica, fair across tenants.
-    pub limiter: Arc<limiter::FairLimiter>,
+    limiter: Arc<limiter::FairLimiter>,
     /// Refreshes in flight, and whether new ones may start.
-    pub lifecycle: Arc<lifecycle::Lifecycle>,
+    lifecycle: Arc<lifecycle::Lifecycle>,
     /// Who holds this replica's refresh leases (host, process, instance), for operators.
     holder: Arc<str>,
 }
@@ -166,6 +167,59 @@ impl Broker {
 
     pub fn now(&self) -> Millis {
         self.clock.now_ms()
+    }
+
+    /// The redirect URI every tenant's ECA is configured with.
+    pub fn callback_url(&self) -> String {
+        self.settings.callback_url()
+    }
+
+    /// Readiness: the database answers and every migration is applied.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        self.store.check_ready().await
+    }
+
+    /// `"postgres"` or `"sqlite"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.store.backend_name()
+    }
+
+    /// What this replica is doing now, for the metrics endpoint.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            cached_tokens: self.tokens.len(),
+            salesforce_calls_in_flight: self.limiter.in_flight(),
+            salesforce_calls_waiting: self.limiter.waiting(),
+            refreshes_in_flight: self.lifecycle.in_flight(),
+        }
+    }
+
+    /// Stops new refreshes (and keep-alive items) from starting: the first step of a
+    /// shutdown.
+    pub fn begin_shutdown(&self) {
+        self.lifecycle.drain();
+    }
+
+    /// Waits for the refreshes in flight to finish, for at most `grace`; `true` when none
+    /// is left.
+    pub async fn wait_for_refreshes(&self, grace: Duration) -> bool {
+        self.lifecycle.wait_idle(grace).await
+    }
+
+    /// Refreshes under way on this replica.
+    pub fn refreshes_in_flight(&self) -> usize {
+        self.lifecycle.in_flight()
+    }
+
+    /// How long a shutdown waits for requests and refreshes in flight.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.settings.shutdown_grace
+    }
+
+    /// Closes the database pool (the last step of a shutdown; tests use it to take the
+    /// database away).
+    pub async fn close(&self) {
+        self.store.close().await;
     }
 
     /// The tenant's app, or 404.
@@ -227,6 +281,15 @@ impl Broker {
             .keyring
             .open(sealed, Binding::new("tenant_apps", &app.tenant_id, column))?)
     }
+}
+
+/// This replica's activity, as the metrics endpoint shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct Gauges {
+    pub cached_tokens: usize,
+    pub salesforce_calls_in_flight: usize,
+    pub salesforce_calls_waiting: usize,
+    pub refreshes_in_flight: usize,
 }
 
 /// The sealed token columns of a connection; each ciphertext is bound to its row and column

@@ -9,12 +9,12 @@ use axum::routing::get;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use super::auth::Authenticated;
+use super::auth::{Authenticated, Scope};
 use super::extract::{JsonBody, Target, force_flag, rfc3339};
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::apps::{AppMetadata, AppRegistration};
 
-const SCOPE: &str = "apps:write";
+const SCOPE: Scope = Scope::AppsWrite;
 
 pub fn router() -> Router<AppState> {
     Router::new().route(
@@ -51,7 +51,7 @@ fn view(state: &AppState, m: AppMetadata) -> AppView {
         tenant_id: m.tenant_id,
         login_url: m.login_url,
         consumer_key_hint: m.consumer_key_hint,
-        callback_url: state.broker.settings.callback_url(),
+        callback_url: state.broker.callback_url(),
         status: m.status.as_str(),
         status_reason: m.status_reason,
         created_at: rfc3339(m.created_at),

@@ -37,6 +37,37 @@ struct Claims {
     tenant: Option<String>,
 }
 
+/// The scopes of the internal API (one space-separated `scope` claim grants several).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Register, read and delete the tenant's Salesforce app.
+    AppsWrite,
+    /// Start authorizations, delete connections.
+    ConnectionsWrite,
+    /// List and read connections.
+    ConnectionsRead,
+    /// Get access tokens.
+    TokensRead,
+}
+
+impl Scope {
+    pub const ALL: [Self; 4] = [
+        Self::AppsWrite,
+        Self::ConnectionsWrite,
+        Self::ConnectionsRead,
+        Self::TokensRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AppsWrite => "apps:write",
+            Self::ConnectionsWrite => "connections:write",
+            Self::ConnectionsRead => "connections:read",
+            Self::TokensRead => "tokens:read",
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug)]
 pub struct Caller {
@@ -47,7 +78,8 @@ pub struct Caller {
 
 impl Caller {
     /// 403 unless the token grants `scope` and, if confined to a tenant, this tenant.
-    pub fn require(&self, scope: &str, tenant: &TenantId) -> Result<(), Problem> {
+    pub fn require(&self, scope: Scope, tenant: &TenantId) -> Result<(), Problem> {
+        let scope = scope.as_str();
         if !self.scopes.iter().any(|s| s == scope) {
             return Err(Problem::forbidden(format!(
                 "the token lacks the scope {scope}"

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use serde::{Deserialize, Serialize};
 
-use super::auth::Authenticated;
+use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, Target, rfc3339};
 use super::{ApiResult, AppState, no_store_json};
 
@@ -34,7 +34,7 @@ async fn start(
     target: Target,
     OptionalJsonBody(body): OptionalJsonBody<StartBody>,
 ) -> ApiResult {
-    caller.require("connections:write", &target.tenant)?;
+    caller.require(Scope::ConnectionsWrite, &target.tenant)?;
     let started = state
         .broker
         .start_authorization(

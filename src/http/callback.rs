@@ -16,7 +16,7 @@ use url::Url;
 
 use super::AppState;
 use super::pages;
-use crate::broker::flow::{CallbackParams, StateProblem};
+use crate::broker::flow::{CallbackParams, FlowErrorCode, StateProblem};
 use crate::config::CALLBACK_PATH;
 
 pub fn router() -> Router<AppState> {
@@ -49,7 +49,7 @@ async fn callback(
     match &outcome.result {
         Ok(_) => crate::metrics::CALLBACK_CONNECTED.inc(),
         Err(e) => {
-            if e.code == "invalid_signature" {
+            if e.code == FlowErrorCode::InvalidSignature {
                 crate::metrics::INVALID_SIGNATURES.inc();
             }
             crate::metrics::CALLBACK_FAILED.inc();
@@ -70,7 +70,7 @@ async fn callback(
                     }
                     Err(e) => {
                         pairs.append_pair("status", "error");
-                        pairs.append_pair("error", &e.code);
+                        pairs.append_pair("error", e.code.as_str());
                         pairs.append_pair("error_description", &e.description);
                     }
                 }

@@ -9,12 +9,12 @@ use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::auth::Authenticated;
+use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, Target, force_flag, rfc3339};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
+use crate::broker::connections::Connection;
 use crate::broker::tokens::Want;
-use crate::store::ConnectionRecord;
 
 /// The default and the largest `min_ttl_seconds`.
 const DEFAULT_MIN_TTL_SECS: u64 = 300;
@@ -53,8 +53,8 @@ struct ConnectionView {
     last_error: Option<String>,
 }
 
-impl From<ConnectionRecord> for ConnectionView {
-    fn from(c: ConnectionRecord) -> Self {
+impl From<Connection> for ConnectionView {
+    fn from(c: Connection) -> Self {
         Self {
             id: c.id.to_string(),
             tenant_id: c.tenant_id,
@@ -63,7 +63,7 @@ impl From<ConnectionRecord> for ConnectionView {
             login_url: c.login_url,
             instance_url: c.instance_url,
             status: c.status.as_str(),
-            scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+            scopes: c.scopes,
             access_token_expires_at: rfc3339(c.access_expires_at),
             access_token_expiry_assumed: c.expiry_assumed,
             created_at: rfc3339(c.created_at),
@@ -84,7 +84,7 @@ async fn list(
     Authenticated(caller): Authenticated,
     target: Target,
 ) -> ApiResult {
-    caller.require("connections:read", &target.tenant)?;
+    caller.require(Scope::ConnectionsRead, &target.tenant)?;
     let connections = state.broker.list_connections(&target.tenant).await?;
     Ok(no_store_json(
         StatusCode::OK,
@@ -99,7 +99,7 @@ async fn read(
     Authenticated(caller): Authenticated,
     target: Target,
 ) -> ApiResult {
-    caller.require("connections:read", &target.tenant)?;
+    caller.require(Scope::ConnectionsRead, &target.tenant)?;
     let connection = state
         .broker
         .get_connection(&target.tenant, target.connection_id()?)
@@ -116,7 +116,7 @@ async fn delete(
     target: Target,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
-    caller.require("connections:write", &target.tenant)?;
+    caller.require(Scope::ConnectionsWrite, &target.tenant)?;
     state
         .broker
         .delete_connection(
@@ -150,7 +150,7 @@ async fn access_token(
     target: Target,
     OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
 ) -> ApiResult {
-    caller.require("tokens:read", &target.tenant)?;
+    caller.require(Scope::TokensRead, &target.tenant)?;
     let min_ttl = body.min_ttl_seconds.unwrap_or(DEFAULT_MIN_TTL_SECS);
     if min_ttl > MAX_MIN_TTL_SECS {
         return Err(Problem::invalid_request(format!(

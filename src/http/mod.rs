@@ -37,13 +37,15 @@ pub struct AppState {
     pub broker: Broker,
     /// The bearer-token verifier of the internal API.
     pub auth: Arc<auth::ApiAuth>,
+    /// The largest request body accepted (413 above).
+    pub body_limit_bytes: usize,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application: every route, with the layers in one place.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.broker.settings.body_limit_bytes;
+    let body_limit = state.body_limit_bytes;
     Router::new()
         .merge(apps::router())
         .merge(authorizations::router())

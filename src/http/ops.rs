@@ -33,7 +33,7 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900)
 
 /// Ready: the database answers and every migration is applied.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let checked = tokio::time::timeout(READY_TIMEOUT, state.broker.store.check_ready()).await;
+    let checked = tokio::time::timeout(READY_TIMEOUT, state.broker.check_ready()).await;
     match checked.unwrap_or_else(|_| {
         Err(crate::store::StoreError::Unavailable(
             sqlx::Error::PoolTimedOut,
@@ -41,7 +41,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }) {
         Ok(()) => (
             StatusCode::OK,
-            axum::Json(json!({"status": "ready", "database": state.broker.store.backend_name()})),
+            axum::Json(json!({"status": "ready", "database": state.broker.backend_name()})),
         )
             .into_response(),
         Err(e) => {
@@ -54,29 +54,28 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let cached = u64::try_from(state.broker.tokens.len()).unwrap_or(u64::MAX);
     let gauge = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let broker = &state.broker;
+    let now = state.broker.gauges();
     let body = crate::metrics::render(&[
         (
             "valo_oauth_token_cache_entries",
             "Access tokens held in this replica's memory.",
-            cached,
+            gauge(now.cached_tokens),
         ),
         (
             "valo_oauth_salesforce_calls_in_flight",
             "Calls to Salesforce under way on this replica (limit: salesforce_max_in_flight).",
-            gauge(broker.limiter.in_flight()),
+            gauge(now.salesforce_calls_in_flight),
         ),
         (
             "valo_oauth_salesforce_calls_waiting",
             "Calls to Salesforce queued for the in-flight limit on this replica.",
-            gauge(broker.limiter.waiting()),
+            gauge(now.salesforce_calls_waiting),
         ),
         (
             "valo_oauth_refreshes_in_flight",
             "Refreshes under way on this replica.",
-            gauge(broker.lifecycle.in_flight()),
+            gauge(now.refreshes_in_flight),
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use uuid::Uuid;
 
-use crate::broker::flow::{FlowError, StateProblem};
+use crate::broker::flow::{FlowError, FlowErrorCode, StateProblem};
 
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
@@ -70,9 +70,11 @@ pub fn connected(id: Uuid) -> Response {
 
 pub fn flow_failed(error: &FlowError) -> Response {
     // Our own or Salesforce's trouble is not the person's mistake.
-    let status = match error.code.as_str() {
-        "service_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        "upstream_unavailable" | "invalid_signature" => StatusCode::BAD_GATEWAY,
+    let status = match error.code {
+        FlowErrorCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        FlowErrorCode::UpstreamUnavailable | FlowErrorCode::InvalidSignature => {
+            StatusCode::BAD_GATEWAY
+        }
         _ => StatusCode::BAD_REQUEST,
     };
     page(
@@ -81,7 +83,7 @@ pub fn flow_failed(error: &FlowError) -> Response {
         &format!(
             "<p>{}</p><p>Error code: <code>{}</code></p>",
             escape(&error.description),
-            escape(&error.code)
+            escape(error.code.as_str())
         ),
     )
 }

@@ -11,6 +11,95 @@ use serde::Serialize;
 
 use crate::broker::BrokerError;
 
+/// Every problem `code` this API answers: the stable contract clients branch on. Each code
+/// has one HTTP status and one title.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProblemCode {
+    InvalidRequest,
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    NeedsReauthorization,
+    AppCredentialsInvalid,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UpstreamError,
+    UpstreamUnavailable,
+    ServiceUnavailable,
+    InternalError,
+}
+
+impl ProblemCode {
+    pub const ALL: [Self; 13] = [
+        Self::InvalidRequest,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::NeedsReauthorization,
+        Self::AppCredentialsInvalid,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::UpstreamError,
+        Self::UpstreamUnavailable,
+        Self::ServiceUnavailable,
+        Self::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::NeedsReauthorization => "needs_reauthorization",
+            Self::AppCredentialsInvalid => "app_credentials_invalid",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UpstreamError => "upstream_error",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::InternalError => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NeedsReauthorization | Self::AppCredentialsInvalid => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UpstreamError => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "Invalid request",
+            Self::Unauthenticated => "Authentication required",
+            Self::Forbidden => "Forbidden",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::NeedsReauthorization => "The connection needs reauthorization",
+            Self::AppCredentialsInvalid => "The tenant's app credentials were refused",
+            Self::PayloadTooLarge => "Payload too large",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::UpstreamError => "Salesforce error",
+            Self::UpstreamUnavailable => "Salesforce is unavailable",
+            Self::ServiceUnavailable => "Service unavailable",
+            Self::InternalError => "Internal error",
+        }
+    }
+}
+
 /// An error response. Build with the constructors, which fix status and code together.
 #[derive(Debug)]
 pub struct Problem {
@@ -34,11 +123,11 @@ struct Body<'a> {
 }
 
 impl Problem {
-    fn new(status: StatusCode, code: &'static str, title: &'static str) -> Self {
+    fn new(code: ProblemCode) -> Self {
         Self {
-            status,
-            code,
-            title,
+            status: code.status(),
+            code: code.as_str(),
+            title: code.title(),
             detail: None,
             retry_after: None,
             www_authenticate: None,
@@ -51,22 +140,12 @@ impl Problem {
     }
 
     pub fn invalid_request(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Invalid request",
-        )
-        .with_detail(detail)
+        Self::new(ProblemCode::InvalidRequest).with_detail(detail)
     }
 
     /// 401 for a request that carried no bearer token: RFC 6750 §3.1 names only the scheme.
     pub fn token_required(detail: &str) -> Self {
-        let mut p = Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "Authentication required",
-        )
-        .with_detail(detail);
+        let mut p = Self::new(ProblemCode::Unauthenticated).with_detail(detail);
         p.www_authenticate = Some("Bearer");
         p
     }
@@ -79,56 +158,34 @@ impl Problem {
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden").with_detail(detail)
+        Self::new(ProblemCode::Forbidden).with_detail(detail)
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found").with_detail(detail)
+        Self::new(ProblemCode::NotFound).with_detail(detail)
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "Method not allowed",
-        )
+        Self::new(ProblemCode::MethodNotAllowed)
     }
 
     pub fn payload_too_large(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "Payload too large",
-        )
-        .with_detail(detail)
+        Self::new(ProblemCode::PayloadTooLarge).with_detail(detail)
     }
 
     pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Unsupported media type",
-        )
-        .with_detail(detail)
+        Self::new(ProblemCode::UnsupportedMediaType).with_detail(detail)
     }
 
     pub fn service_unavailable(retry_after: Duration) -> Self {
-        let mut p = Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "Service unavailable",
-        )
-        .with_detail("the service cannot reach its database right now; retry later");
+        let mut p = Self::new(ProblemCode::ServiceUnavailable)
+            .with_detail("the service cannot reach its database right now; retry later");
         p.retry_after = Some(retry_after);
         p
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "Internal error",
-        )
+        Self::new(ProblemCode::InternalError)
     }
 
     pub fn status(&self) -> StatusCode {
@@ -141,19 +198,11 @@ impl From<BrokerError> for Problem {
         match e {
             BrokerError::InvalidRequest(detail) => Self::invalid_request(detail),
             BrokerError::NotFound(detail) => Self::not_found(detail),
-            BrokerError::NeedsReauthorization { reason } => Self::new(
-                StatusCode::CONFLICT,
-                "needs_reauthorization",
-                "The connection needs reauthorization",
-            )
+            BrokerError::NeedsReauthorization { reason } => Self::new(ProblemCode::NeedsReauthorization)
             .with_detail(format!(
                 "a person must connect the Salesforce org again (start a new authorization): {reason}"
             )),
-            BrokerError::AppCredentialsInvalid { reason } => Self::new(
-                StatusCode::CONFLICT,
-                "app_credentials_invalid",
-                "The tenant's app credentials were refused",
-            )
+            BrokerError::AppCredentialsInvalid { reason } => Self::new(ProblemCode::AppCredentialsInvalid)
             .with_detail(format!(
                 "Salesforce refused the tenant's consumer key or secret; the connection is \
                  intact: PUT the External Client App's correct credentials and it serves \
@@ -161,15 +210,11 @@ impl From<BrokerError> for Problem {
             )),
             BrokerError::Upstream(reason) => {
                 tracing::warn!(error = %reason, "salesforce error");
-                Self::new(StatusCode::BAD_GATEWAY, "upstream_error", "Salesforce error")
+                Self::new(ProblemCode::UpstreamError)
                     .with_detail(reason)
             }
             BrokerError::UpstreamUnavailable { reason, retry_after } => {
-                let mut p = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream_unavailable",
-                    "Salesforce is unavailable",
-                )
+                let mut p = Self::new(ProblemCode::UpstreamUnavailable)
                 .with_detail(reason);
                 p.retry_after = Some(retry_after);
                 p
@@ -183,11 +228,7 @@ impl From<BrokerError> for Problem {
                 retry_after,
             } => {
                 tracing::warn!(error = %reason, "request not served in time");
-                let mut p = Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "Service unavailable",
-                )
+                let mut p = Self::new(ProblemCode::ServiceUnavailable)
                 .with_detail(reason);
                 p.retry_after = Some(retry_after);
                 p

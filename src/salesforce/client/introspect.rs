@@ -1,0 +1,146 @@
+//! RFC 7662 token introspection ([`SalesforceClient::introspect_access_token_expiry`]): asks
+//! Salesforce whether an access token is still active and when it expires.
+//!
+//! Not here: revocation (`revoke`), the classification of refusals (`errors`).
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tracing::{debug, instrument};
+
+use super::errors::{error_from_body, log_failure, non_conforming_body};
+use super::transport::form_body;
+use super::{AppCredentials, SalesforceClient};
+use crate::salesforce::SalesforceError;
+
+impl SalesforceClient {
+    /// RFC 7662 introspection at `{login_url}/services/oauth2/introspect` (Salesforce Help
+    /// "Token Introspection Endpoint"): form `token`, `token_type_hint=access_token`,
+    /// `client_id`, `client_secret`. `Ok(Some(exp in unix ms))` when active with `exp`;
+    /// `Ok(None)` when inactive or without `exp`.
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty))]
+    pub async fn introspect_access_token_expiry(
+        &self,
+        app: &AppCredentials,
+        access_token: &SecretString,
+    ) -> Result<Option<i64>, SalesforceError> {
+        let origin = self.login_origin(&app.login_url)?;
+        let body = form_body(&[
+            ("token", access_token.expose_secret()),
+            ("token_type_hint", "access_token"),
+            ("client_id", app.client_id.expose_secret()),
+            ("client_secret", app.client_secret.expose_secret()),
+        ]);
+        let response = self
+            .post_form(&format!("{origin}/services/oauth2/introspect"), body)
+            .await
+            .inspect_err(log_failure)?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            let e = error_from_body(status, response.body());
+            log_failure(&e);
+            return Err(e);
+        }
+        // RFC 7662 §2.2: `active` is required; `exp` is seconds since the epoch.
+        #[derive(Deserialize)]
+        struct Introspection {
+            active: bool,
+            #[serde(default)]
+            exp: Option<serde_json::Number>,
+        }
+        let parsed: Introspection = serde_json::from_slice(response.body()).map_err(|_| {
+            non_conforming_body(
+                200,
+                response.body(),
+                "introspection response lacks `active`",
+            )
+        })?;
+        if !parsed.active {
+            debug!("introspection: token inactive");
+            return Ok(None);
+        }
+        let exp_ms = parsed.exp.and_then(|n| {
+            n.as_i64()
+                .or_else(|| n.as_f64().map(|f| f as i64))
+                .map(|s| s.saturating_mul(1000))
+        });
+        debug!(has_exp = exp_ms.is_some(), "introspection: token active");
+        Ok(exp_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use axum::http::StatusCode;
+
+    use super::super::test_support::*;
+    use super::*;
+    use crate::salesforce::ErrorClass;
+
+    #[tokio::test]
+    async fn introspection() {
+        let (base, seen) = server("/services/oauth2/introspect", |_| {
+            json(
+                StatusCode::OK,
+                serde_json::json!({"active": true, "exp": 1_738_355_588_i64, "iat": 1_738_348_388_i64, "scope": "api"}),
+            )
+        })
+        .await;
+        let exp = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(exp, Some(1_738_355_588_000));
+        let pairs = form(&seen.lock().unwrap()[0]);
+        assert_eq!(get(&pairs, "token"), Some(ACCESS_TOKEN));
+        assert_eq!(get(&pairs, "token_type_hint"), Some("access_token"));
+        assert_eq!(get(&pairs, "client_id"), Some(CLIENT_ID));
+        assert_eq!(get(&pairs, "client_secret"), Some(CLIENT_SECRET));
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(StatusCode::OK, serde_json::json!({"active": false}))
+        })
+        .await;
+        let exp = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap();
+        assert_eq!(exp, None);
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(StatusCode::OK, serde_json::json!({"active": true}))
+        })
+        .await;
+        assert_eq!(
+            client()
+                .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+                .await
+                .unwrap(),
+            None
+        );
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
+            )
+        })
+        .await;
+        let e = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap_err();
+        assert_eq!(e.class(), ErrorClass::AppCredentials);
+        assert_no_secrets(&e);
+
+        let (base, _) = server("/services/oauth2/introspect", |_| {
+            json(StatusCode::OK, serde_json::json!({"exp": 5}))
+        })
+        .await;
+        let e = client()
+            .introspect_access_token_expiry(&app(&base), &secret(ACCESS_TOKEN))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SalesforceError::InvalidResponse(_)), "{e:?}");
+    }
+}
