@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::problem::Problem;
 use crate::broker::TenantId;
-use crate::config::{ApiAuthSettings, ApiKey};
+use crate::config::{ApiAuthSettings, ApiKey, public_key};
 
 /// Clock skew tolerated on `exp` (RFC 7519 §4.1.4 allows "a small leeway").
 const LEEWAY_SECS: u64 = 30;
@@ -94,20 +94,6 @@ impl Caller {
         }
         Ok(())
     }
-}
-
-/// Checks that a PEM holds an Ed25519 or RSA public key (for configuration errors).
-pub fn check_public_key(pem: &[u8]) -> Result<(), String> {
-    public_key(pem).map(|_| ())
-}
-
-fn public_key(pem: &[u8]) -> Result<(DecodingKey, Algorithm), String> {
-    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
-        return Ok((key, Algorithm::EdDSA));
-    }
-    DecodingKey::from_rsa_pem(pem)
-        .map(|key| (key, Algorithm::RS256))
-        .map_err(|_| "is not a PEM Ed25519 or RSA public key".to_owned())
 }
 
 /// The verifier, with its cache of verified tokens.

@@ -1,0 +1,169 @@
+//! Layered settings, validated once at start.
+//!
+//! Layers, later ones win: built-in defaults → `config/default.toml` (if present) → the file
+//! named by `--config` / `VALO_OAUTH_CONFIG` → environment variables. Every setting has one
+//! name: `snake_case` in TOML and `VALO_OAUTH_` + upper case in the environment
+//! (`listen` ↔ `VALO_OAUTH_LISTEN`); the database URL is also read from the conventional
+//! `DATABASE_URL`. Secrets also accept a `…_FILE` variant (`VALO_OAUTH_API_JWT_SECRET_FILE`,
+//! or `api_jwt_secret_file` in TOML) for container secrets.
+//!
+//! A bad value is a [`ConfigError`] naming where the value came from and what is wrong;
+//! `main` prints it on one line and exits with code 2.
+//!
+//! `layers` loads the raw values; `resolve` turns them into [`Settings`] one section at
+//! a time (one file each).
+
+mod api_auth;
+mod database;
+mod dev_secrets;
+mod keys;
+mod layers;
+mod limits;
+mod logging;
+mod redirects;
+mod salesforce;
+mod server;
+mod tokens;
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
+use self::layers::Layers;
+pub use self::layers::{EnvMap, env_var_name, load};
+pub use self::logging::LogFormat;
+pub use self::salesforce::SalesforceSettings;
+pub use self::tokens::TokenSettings;
+use crate::crypto::Keyring;
+use crate::salesforce::HostPolicy;
+
+/// The callback path Salesforce redirects to; fixed because every customer's ECA is
+/// configured with `{public_url}/oauth2/v1/callback/salesforce`.
+pub const CALLBACK_PATH: &str = "/oauth2/v1/callback/salesforce";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// The validated settings of one process.
+#[derive(Clone)]
+pub struct Settings {
+    pub env: Environment,
+    pub listen: SocketAddr,
+    /// Public base URL, no trailing slash.
+    pub public_url: Url,
+    pub database_url: SecretString,
+    pub migrate_on_start: bool,
+    pub db_max_connections: u32,
+    pub db_acquire_timeout: Duration,
+    /// The database URL points at a transaction-mode pooler (PgBouncer).
+    pub db_transaction_pooler: bool,
+    pub keyring: Arc<Keyring>,
+    pub api_auth: ApiAuthSettings,
+    pub login_hosts: HostPolicy,
+    /// Origins (`scheme://host[:port]`) allowed in `return_to`.
+    pub return_to_origins: Vec<String>,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub data_dir: PathBuf,
+    pub body_limit_bytes: usize,
+    pub salesforce: SalesforceSettings,
+    pub authorization_ttl: Duration,
+    pub tokens: TokenSettings,
+    /// How long in-flight refreshes get to finish and commit after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Notes for the operator produced while loading (generated development secrets),
+    /// logged once telemetry is up.
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("env", &self.env)
+            .field("listen", &self.listen)
+            .field("public_url", &self.public_url.as_str())
+            .field("database_url", &"[redacted]")
+            .field("keyring", &self.keyring)
+            .field("api_auth", &self.api_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// The redirect URI registered in every tenant's ECA.
+    pub fn callback_url(&self) -> String {
+        format!(
+            "{}{CALLBACK_PATH}",
+            self.public_url.as_str().trim_end_matches('/')
+        )
+    }
+}
+
+/// A setting that could not be used, named as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.setting, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Resolves the sections in the order their settings are checked: with several bad
+/// settings, the first in this order is the one reported. Development secrets are
+/// generated (by the keys and API auth sections) only once the settings before them hold.
+fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
+    let server = server::resolve(l)?;
+    let production = server.production();
+    let database_url = database::url(l)?;
+    let mut warnings = Vec::new();
+    let keyring = keys::keyring(l, production, &server.data_dir, &mut warnings)?;
+    let api_auth = api_auth::resolve(l, production, &server.data_dir, &mut warnings)?;
+    let redirects = redirects::resolve(l, production)?;
+    let logging = logging::resolve(l, production)?;
+    let salesforce = salesforce::resolve(l)?;
+    let tokens = tokens::resolve(l, &salesforce)?;
+    let pool = database::pool(l, production, &mut warnings)?;
+    let limits = limits::resolve(l)?;
+    Ok(Settings {
+        env: server.env,
+        listen: server.listen,
+        public_url: server.public_url,
+        database_url,
+        migrate_on_start: pool.migrate_on_start,
+        db_max_connections: pool.max_connections,
+        db_acquire_timeout: pool.acquire_timeout,
+        db_transaction_pooler: pool.transaction_pooler,
+        keyring: Arc::new(keyring),
+        api_auth,
+        login_hosts: redirects.login_hosts,
+        return_to_origins: redirects.return_to_origins,
+        log: logging.log,
+        log_format: logging.format,
+        data_dir: server.data_dir,
+        body_limit_bytes: limits.body_limit_bytes,
+        salesforce,
+        authorization_ttl: limits.authorization_ttl,
+        tokens,
+        shutdown_grace: limits.shutdown_grace,
+        warnings,
+    })
+}
