@@ -260,7 +260,7 @@ async fn expired_states_are_refused() {
         app.put_app("acme").await;
         let url = app.authorization_url("acme", return_to()).await;
         let callback = app.fake.approve(&url).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        app.advance(Duration::from_millis(1100));
         let page = assert_error_page(app.callback(&callback).await).await;
         assert!(page.contains("expired"), "{page}");
         assert_eq!(

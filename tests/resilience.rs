@@ -180,7 +180,7 @@ async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token() {
         );
         // After the back-off, the next refresh presents the token the refused answer
         // carried: never the rotated-out one.
-        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        app.advance(Duration::from_millis(1_100));
         let new = token_of(app.access_token("acme", id, rejecting(&current)).await).await;
         assert_ne!(new, current);
         assert_eq!(app.fake.counters().refreshes, 2, "{b}");

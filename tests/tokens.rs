@@ -121,7 +121,7 @@ async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
         )
         .await;
         let rt_before = active_refresh_tokens(&fake);
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        app.advance(Duration::from_millis(2100));
         let second = token_of(
             app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0})))
                 .await,
@@ -138,7 +138,7 @@ async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
 
         // A fresh process on the same database refreshes with the persisted, rotated token.
         let again = TestApp::spawn_with(&db, &fake, &[]).await;
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        again.advance(Duration::from_millis(2100));
         let third = token_of(
             again
                 .access_token("acme", id, Some(json!({"min_ttl_seconds": 0})))
@@ -325,7 +325,7 @@ async fn transient_failures_keep_the_refresh_token_and_back_off() {
         .await;
         assert_eq!(app.fake.counters().token_requests, calls);
         // After the back-off the stored refresh token still works.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        app.advance(Duration::from_millis(1100));
         let new = token_of(app.access_token("acme", id, Some(body)).await).await;
         assert_ne!(new, current);
         assert_eq!(app.fake.counters().refresh_reuse_attempts, 0);
@@ -392,28 +392,35 @@ async fn legacy_apps_without_rotation_keep_their_refresh_token() {
 #[tokio::test]
 async fn keepalive_refreshes_idle_connections() {
     for db in TestDatabase::all().await {
+        let b = db.backend;
         let fake = fake_with(FakeOptions::default()).await;
+        // The background sweeper looks once an hour: the test runs the sweeps itself.
         let app = TestApp::spawn_with(
             &db,
             &fake,
             &[
-                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "1"),
-                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "1"),
+                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
             ],
         )
         .await;
         let id = app.connect("acme").await;
         let before = connection(&app, id).await["last_refreshed_at"].clone();
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while fake.counters().refreshes == 0 && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            fake.counters().refreshes >= 1,
-            "{}: keep-alive refreshed",
-            db.backend
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        assert_eq!((report.due, report.refreshed), (0, 0), "{b}: not idle yet");
+
+        app.advance(Duration::from_secs(601));
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        assert_eq!(
+            (report.due, report.refreshed, report.failed),
+            (1, 1, 0),
+            "{b}"
         );
+        assert_eq!(fake.counters().refreshes, 1, "{b}: keep-alive refreshed");
         assert_ne!(connection(&app, id).await["last_refreshed_at"], before);
+        // Refreshed just now: the next sweep leaves it alone.
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        assert_eq!(report.due, 0, "{b}");
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
         app.stop().await;
     }
@@ -426,21 +433,33 @@ async fn keepalive_on_many_replicas_never_reuses_a_token() {
     };
     let fake = fake_with(FakeOptions::default()).await;
     let env = [
-        ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "1"),
-        ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "1"),
+        ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+        ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
     ];
     let a = TestApp::spawn_with(&db, &fake, &env).await;
     let b = TestApp::spawn_with(&db, &fake, &env).await;
     let c = TestApp::spawn_with(&db, &fake, &env).await;
     let id = a.connect("acme").await;
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    fake.set_latency(Duration::from_millis(200));
+    a.advance(Duration::from_secs(601));
+    // Three replicas sweep at the same moment: the connection is refreshed once.
+    let (ra, rb, rc) = tokio::join!(
+        a.broker.keepalive_sweep(),
+        b.broker.keepalive_sweep(),
+        c.broker.keepalive_sweep()
+    );
+    let refreshed: usize = [ra, rb, rc]
+        .iter()
+        .map(|r| r.as_ref().unwrap().refreshed)
+        .sum();
+    assert!(refreshed >= 1);
     let counters = fake.counters();
-    assert!(counters.refreshes >= 1);
-    assert!(
-        counters.refreshes <= 4,
-        "at most one per interval: {counters:?}"
+    assert_eq!(
+        counters.refreshes, 1,
+        "one refresh for three sweeps: {counters:?}"
     );
     assert_eq!(counters.refresh_reuse_attempts, 0);
+    fake.set_latency(Duration::ZERO);
     token_of(b.access_token("acme", id, None).await).await;
     for app in [a, b, c] {
         app.stop().await;

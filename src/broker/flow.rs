@@ -411,7 +411,7 @@ impl Broker {
                             SecretColumn::RefreshToken,
                             &refresh_token,
                         )?,
-                        issued_at: grant.issued_at_ms,
+                        issued_at: grant.issued_at_ms.unwrap_or(now),
                         access_expires_at,
                         expiry_assumed,
                     })
@@ -446,11 +446,17 @@ impl Broker {
             Ok(Some(exp)) => (exp, false),
             Ok(None) => {
                 tracing::warn!("introspection gave no expiry; assuming the configured lifetime");
-                (self.assumed_expiry(grant.issued_at_ms), true)
+                (
+                    self.assumed_expiry(grant.issued_at_ms.unwrap_or_else(|| self.now())),
+                    true,
+                )
             }
             Err(e) => {
                 tracing::warn!(error = %e.summary(), "introspection failed; assuming the configured lifetime");
-                (self.assumed_expiry(grant.issued_at_ms), true)
+                (
+                    self.assumed_expiry(grant.issued_at_ms.unwrap_or_else(|| self.now())),
+                    true,
+                )
             }
         }
     }

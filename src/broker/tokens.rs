@@ -505,7 +505,8 @@ impl Broker {
         // introspection confirms it after the commit, off the caller's path (and off the
         // Salesforce budget of a refresh storm).
         let (lifetime, measured) = self.lifetime_estimate(row);
-        let expires_at = grant.issued_at_ms.saturating_add(lifetime);
+        let issued_at = grant.issued_at_ms.unwrap_or_else(|| self.now());
+        let expires_at = issued_at.saturating_add(lifetime);
         // Legacy Connected Apps do not rotate: the old refresh token stays valid.
         let new_refresh = rotated.as_ref().unwrap_or(old_refresh_token);
         let row_id = id.to_string();
@@ -522,7 +523,7 @@ impl Broker {
                 SecretColumn::RefreshToken,
                 new_refresh,
             )?,
-            issued_at: grant.issued_at_ms,
+            issued_at,
             access_expires_at: expires_at,
             expiry_assumed: !measured,
             now: self.now(),

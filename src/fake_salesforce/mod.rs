@@ -204,6 +204,17 @@ impl FakeSalesforce {
         self.shared.lock().approval = approval;
     }
 
+    /// Moves the fake's clock forward: codes and tokens expire as if `by` had passed, and new
+    /// ones are stamped with the later time. Tests move time instead of sleeping.
+    pub fn advance(&self, by: Duration) {
+        self.shared.lock().time_offset += by;
+    }
+
+    /// How far [`FakeSalesforce::advance`] has moved the fake's clock in total.
+    pub fn time_offset(&self) -> Duration {
+        self.shared.lock().time_offset
+    }
+
     /// Added to every token, introspect and revoke response.
     pub fn set_latency(&self, latency: Duration) {
         self.shared.lock().latency = latency;

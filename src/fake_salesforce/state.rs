@@ -130,6 +130,9 @@ pub(crate) struct State {
     pub faults: HashMap<Endpoint, VecDeque<Fault>>,
     pub counters: Counters,
     pub issued: Vec<String>,
+    /// How far the fake's clock is ahead of the wall clock (tests move time with it instead
+    /// of sleeping): codes and tokens expire, and `issued_at`/`exp` are stamped, by it.
+    pub time_offset: Duration,
     /// Interactive consent pages waiting for a decision, by request id.
     pub pending: HashMap<String, AuthorizeRequest>,
     apps: HashMap<String, App>,
@@ -137,12 +140,6 @@ pub(crate) struct State {
     families: Vec<Family>,
     access: HashMap<String, Access>,
     refresh: HashMap<String, Refresh>,
-}
-
-fn now_since_epoch() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// Random characters from Salesforce's token alphabet (letters, digits, `.` and `_`).
@@ -197,6 +194,7 @@ impl State {
             faults: HashMap::new(),
             counters: Counters::default(),
             issued: Vec::new(),
+            time_offset: Duration::ZERO,
             pending: HashMap::new(),
             apps: HashMap::new(),
             codes: HashMap::new(),
@@ -204,6 +202,19 @@ impl State {
             access: HashMap::new(),
             refresh: HashMap::new(),
         }
+    }
+
+    /// The fake's monotonic now (the wall clock's, moved by `time_offset`).
+    fn now(&self) -> Instant {
+        Instant::now() + self.time_offset
+    }
+
+    /// The fake's time since the Unix epoch.
+    fn now_since_epoch(&self) -> Duration {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            + self.time_offset
     }
 
     pub fn register_app(&mut self, client_id: &str, secret: &str, redirect_uri: &str) {
@@ -233,7 +244,7 @@ impl State {
             Code {
                 request,
                 user: self.user.clone(),
-                expires_at: Instant::now() + self.options.code_lifetime,
+                expires_at: self.now() + self.options.code_lifetime,
                 used: false,
                 family: None,
             },
@@ -274,7 +285,7 @@ impl State {
         code_verifier: Option<&str>,
         issue_refresh: bool,
     ) -> Result<Issued, OAuthError> {
-        let now = Instant::now();
+        let now = self.now();
         let Some(entry) = self.codes.get_mut(code) else {
             return Err(oauth_error("invalid_grant", "invalid authorization code"));
         };
@@ -356,7 +367,7 @@ impl State {
 
     /// Issues an access token (and optionally a refresh token) in `family`.
     fn issue(&mut self, family: usize, with_refresh: bool, secret: String) -> Issued {
-        let since_epoch = now_since_epoch();
+        let since_epoch = self.now_since_epoch();
         let lifetime = self.options.access_token_lifetime;
         let fam = &self.families[family];
         let org15 = fam.user.org_id.get(..15).unwrap_or(&fam.user.org_id);
@@ -368,7 +379,7 @@ impl State {
                 family,
                 iat,
                 exp: iat + lifetime.as_secs(),
-                expires_at: Instant::now() + lifetime,
+                expires_at: self.now() + lifetime,
                 revoked: false,
             },
         );
@@ -414,7 +425,7 @@ impl State {
     pub fn access_active(&self, token: &str) -> bool {
         self.access
             .get(token)
-            .is_some_and(|a| !a.revoked && Instant::now() < a.expires_at)
+            .is_some_and(|a| !a.revoked && self.now() < a.expires_at)
     }
 
     pub fn refresh_active(&self, token: &str) -> bool {
@@ -424,7 +435,7 @@ impl State {
     }
 
     pub fn expire_access_tokens(&mut self) {
-        let now = Instant::now();
+        let now = self.now();
         for access in self.access.values_mut() {
             access.expires_at = now;
         }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
@@ -13,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 use valo_oauth::app::Application;
-use valo_oauth::broker::Broker;
+use valo_oauth::broker::{Broker, Clock, SystemClock};
 use valo_oauth::config;
 use valo_oauth::crypto::Keyring;
 use valo_oauth::fake_salesforce::FakeSalesforce;
@@ -96,7 +97,10 @@ impl TestApp {
         let settings =
             config::load(Path::new("config/none.toml"), None, &env).expect("test settings");
         fake.register_app(CLIENT_ID, CLIENT_SECRET, &settings.callback_url());
-        let app = Application::build(settings).await.expect("app builds");
+        let clock = Arc::new(FakeTime(fake.clone()));
+        let app = Application::build_with_clock(settings, clock)
+            .await
+            .expect("app builds");
         let addr = app.local_addr().unwrap();
         let broker = app.broker().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -121,6 +125,12 @@ impl TestApp {
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Moves time forward for this app, every other app on the same fake, and the fake
+    /// itself: tokens, states and back-offs expire as if `by` had passed, without sleeping.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.fake.advance(by);
     }
 
     /// Stops serving (graceful) and waits for it.
@@ -249,6 +259,17 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+}
+
+/// The apps' clock: the wall clock moved by the fake Salesforce's offset, so that
+/// [`FakeSalesforce::advance`] moves the service and Salesforce together.
+struct FakeTime(FakeSalesforce);
+
+impl Clock for FakeTime {
+    fn now_ms(&self) -> i64 {
+        let offset = i64::try_from(self.0.time_offset().as_millis()).unwrap_or(i64::MAX);
+        SystemClock.now_ms().saturating_add(offset)
     }
 }
 

@@ -40,8 +40,9 @@ pub struct TokenGrant {
     pub org_id: String,
     /// 18-character user id from `id`.
     pub user_id: String,
-    /// From `issued_at` (ms since the epoch, string or number); now when missing.
-    pub issued_at_ms: i64,
+    /// From `issued_at` (ms since the epoch, string or number); `None` when Salesforce sent
+    /// none (the caller then takes its own clock's now: this layer reads no clock).
+    pub issued_at_ms: Option<i64>,
     /// Space-separated granted scopes, when Salesforce listed them.
     pub scopes: Option<String>,
     /// False only when the response carried no signature.
@@ -291,10 +292,10 @@ impl SalesforceClient {
             .validate_instance_url(&extra.instance_url)
             .map_err(|e| SalesforceError::InvalidResponse(e.to_string()))?;
         let issued_at_ms = match issued_at {
-            Some(text) => text.trim().parse::<i64>().map_err(|_| {
+            Some(text) => Some(text.trim().parse::<i64>().map_err(|_| {
                 SalesforceError::InvalidResponse("issued_at is not a number of milliseconds".into())
-            })?,
-            None => now_ms(),
+            })?),
+            None => None,
         };
         if token.access_token().secret().is_empty() {
             return Err(SalesforceError::InvalidResponse(
@@ -337,11 +338,6 @@ fn token_client(origin: &str, app: &AppCredentials) -> Result<TokenClient, Sales
     )
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-        .unwrap_or(i64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -380,7 +376,7 @@ mod tests {
         assert_eq!(grant.instance_url, INSTANCE);
         assert_eq!(grant.org_id, to_18_char_id("00D000000000000").unwrap());
         assert_eq!(grant.user_id, "005D0000001az5dIAA");
-        assert_eq!(grant.issued_at_ms, 1_738_348_388_166);
+        assert_eq!(grant.issued_at_ms, Some(1_738_348_388_166));
         assert_eq!(grant.scopes.as_deref(), Some("refresh_token api"));
         assert!(grant.signature_verified);
         let debug = format!("{grant:?}");
@@ -417,7 +413,7 @@ mod tests {
         .await;
         let grant = exchange(&base).await.unwrap();
         assert!(!grant.signature_verified);
-        assert_eq!(grant.issued_at_ms, 1_738_348_388_166);
+        assert_eq!(grant.issued_at_ms, Some(1_738_348_388_166));
 
         // A signed numeric issued_at verifies against its decimal text.
         let (base, _) = server("/services/oauth2/token", |_| {
@@ -428,7 +424,7 @@ mod tests {
         .await;
         assert!(exchange(&base).await.unwrap().signature_verified);
 
-        // No issued_at, no signature: now.
+        // No issued_at, no signature: the caller's now.
         let (base, _) = server("/services/oauth2/token", |_| {
             let mut v = token_body(false);
             let o = v.as_object_mut().unwrap();
@@ -437,9 +433,8 @@ mod tests {
             json(StatusCode::OK, v)
         })
         .await;
-        let before = now_ms();
         let grant = exchange(&base).await.unwrap();
-        assert!(grant.issued_at_ms >= before && grant.issued_at_ms <= now_ms());
+        assert_eq!(grant.issued_at_ms, None);
     }
 
     #[tokio::test]
