@@ -24,6 +24,8 @@ impl Counter {
 }
 
 pub static TOKEN_CACHE_HITS: Counter = Counter::new();
+pub static TOKEN_CACHE_MISSES: Counter = Counter::new();
+pub static TOKEN_CACHE_EVICTIONS: Counter = Counter::new();
 pub static REFRESH_SUCCESS: Counter = Counter::new();
 pub static REFRESH_REAUTHORIZE: Counter = Counter::new();
 pub static REFRESH_TRANSIENT: Counter = Counter::new();
@@ -57,11 +59,21 @@ pub fn record_status(status: u16) {
 type Family<'a> = (&'a str, &'a str, &'a [(&'a str, &'a Counter)]);
 
 pub fn render(gauges: &[(&str, &str, u64)]) -> String {
-    let families: [Family<'_>; 9] = [
+    let families: [Family<'_>; 11] = [
         (
             "valo_oauth_token_cache_hits_total",
             "Access tokens served from this replica's memory.",
             &[("", &TOKEN_CACHE_HITS)],
+        ),
+        (
+            "valo_oauth_token_cache_misses_total",
+            "Access-token requests not served from this replica's memory (read from the database).",
+            &[("", &TOKEN_CACHE_MISSES)],
+        ),
+        (
+            "valo_oauth_token_cache_evictions_total",
+            "Cached access tokens dropped for the capacity or because they expired.",
+            &[("", &TOKEN_CACHE_EVICTIONS)],
         ),
         (
             "valo_oauth_refreshes_total",

@@ -688,3 +688,49 @@ async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let fake = fake_with(FakeOptions::default()).await;
+        let app =
+            TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_TOKEN_CACHE_CAPACITY", "1")]).await;
+        let mut ids = Vec::new();
+        for user in ["005000000000001", "005000000000002", "005000000000003"] {
+            let user = valo_oauth::salesforce::to_18_char_id(user).unwrap();
+            fake.set_user("00D5g000004ABCDEA4", &user, "someone@example.com");
+            ids.push(app.connect("acme").await);
+        }
+        let mut first = Vec::new();
+        for id in &ids {
+            first.push(token_of(app.access_token("acme", *id, None).await).await);
+        }
+        // Only one fits: the others come from the database, unchanged and without a refresh.
+        for (id, token) in ids.iter().zip(&first) {
+            assert_eq!(
+                &token_of(app.access_token("acme", *id, None).await).await,
+                token,
+                "{b}"
+            );
+        }
+        assert_eq!(fake.counters().refreshes, 0, "{b}");
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let entries: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("valo_oauth_token_cache_entries "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(entries <= 1.0, "{b}: {entries} cached with a capacity of 1");
+        app.stop().await;
+    }
+}

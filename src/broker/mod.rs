@@ -3,6 +3,7 @@
 //! - [`apps`]: tenants' External Client App credentials (write-only secrets);
 //! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
 //! - [`connections`]: reading and deleting (revoking) connections;
+//! - [`cache`]: this replica's bounded cache of decrypted access tokens;
 //! - [`tokens`]: fresh access tokens, with exactly one refresh per connection at a time;
 //! - [`keepalive`]: the background sweeper that refreshes idle connections;
 //! - [`limiter`]: the per-replica limit on Salesforce calls in flight, fair across tenants;
@@ -11,6 +12,7 @@
 //! Every operation takes the time from [`Clock`] so tests can control it.
 
 pub mod apps;
+pub mod cache;
 pub mod connections;
 pub mod flow;
 pub mod keepalive;
@@ -136,7 +138,7 @@ pub struct Broker {
     salesforce: SalesforceClient,
     clock: Arc<dyn Clock>,
     settings: Arc<Settings>,
-    tokens: Arc<tokens::TokenCache>,
+    tokens: Arc<cache::TokenCache>,
     /// Calls to Salesforce in flight on this replica, fair across tenants.
     limiter: Arc<limiter::FairLimiter>,
     /// Refreshes in flight, and whether new ones may start.
@@ -158,8 +160,8 @@ impl Broker {
             salesforce,
             clock,
             limiter: limiter::FairLimiter::new(settings.salesforce.max_in_flight),
+            tokens: Arc::new(cache::TokenCache::new(settings.tokens.cache_capacity)),
             settings,
-            tokens: Arc::new(tokens::TokenCache::default()),
             lifecycle: Arc::new(lifecycle::Lifecycle::default()),
             holder: lease_holder_name().into(),
         }
@@ -186,6 +188,8 @@ impl Broker {
 
     /// What this replica is doing now, for the metrics endpoint.
     pub fn gauges(&self) -> Gauges {
+        // The cache counts its entries lazily: settle it first (cheap at scrape intervals).
+        self.tokens.run_pending_tasks();
         Gauges {
             cached_tokens: self.tokens.len(),
             salesforce_calls_in_flight: self.limiter.in_flight(),

@@ -8,7 +8,7 @@
 //! So:
 //!
 //! 1. **Hot path**: a decrypted token valid for the caller's `min_ttl` is served from this
-//!    replica's memory ([`TokenCache`]) without touching the database. Entries are re-read
+//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the database. Entries are re-read
 //!    from the database after `token_cache_revalidate_secs`, so a refresh, a reauthorization
 //!    or a deletion on another replica is noticed.
 //! 2. **In one process** callers of one connection queue on one async mutex ("flight"); the
@@ -27,8 +27,6 @@
 //! 5. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
 //!    between Salesforce's answer and the commit.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -111,76 +109,6 @@ impl Want {
     }
 }
 
-struct CachedToken {
-    tenant_id: String,
-    token: AccessToken,
-    /// When the row was last read (or written) by this replica.
-    checked_at: Millis,
-}
-
-/// This replica's decrypted access tokens and its per-connection refresh queues.
-#[derive(Default)]
-pub struct TokenCache {
-    entries: RwLock<HashMap<Uuid, Arc<CachedToken>>>,
-    flights: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-impl TokenCache {
-    fn get(&self, id: Uuid) -> Option<Arc<CachedToken>> {
-        self.entries
-            .read()
-            .ok()
-            .and_then(|map| map.get(&id).cloned())
-    }
-
-    fn put(&self, id: Uuid, tenant_id: &str, token: AccessToken, now: Millis) {
-        if let Ok(mut map) = self.entries.write() {
-            map.insert(
-                id,
-                Arc::new(CachedToken {
-                    tenant_id: tenant_id.to_owned(),
-                    token,
-                    checked_at: now,
-                }),
-            );
-        }
-    }
-
-    /// Drops the connection's cached token (deleted, reauthorized, needs reauthorization).
-    pub fn forget(&self, id: Uuid) {
-        if let Ok(mut map) = self.entries.write() {
-            map.remove(&id);
-        }
-    }
-
-    /// How many tokens are cached (for metrics).
-    pub fn len(&self) -> usize {
-        self.entries.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn flight(&self, id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
-        match self.flights.lock() {
-            Ok(mut map) => map.entry(id).or_default().clone(),
-            // A poisoned map only loses coalescing; the database lock still guarantees
-            // one refresh at a time.
-            Err(_) => Arc::default(),
-        }
-    }
-
-    fn end_flight(&self, id: Uuid, flight: Arc<tokio::sync::Mutex<()>>) {
-        if let Ok(mut map) = self.flights.lock() {
-            // Ours plus the map's: nobody else is queued, the entry can go.
-            if Arc::strong_count(&flight) == 2 {
-                map.remove(&id);
-            }
-        }
-    }
-}
-
 /// What taking the lease came to.
 enum Leased {
     /// The lease is ours and the connection needs the refresh.
@@ -229,6 +157,7 @@ impl Broker {
             crate::metrics::TOKEN_CACHE_HITS.inc();
             return Ok(hit);
         }
+        crate::metrics::TOKEN_CACHE_MISSES.inc();
         let this = self.clone();
         let tenant = tenant.clone();
         // Own task: the caller hanging up (or giving up below) must not cancel a refresh

@@ -25,9 +25,11 @@ pub struct TokenSettings {
     /// How long a replica serves a cached token before re-reading the row (to notice a
     /// refresh, reauthorization or deletion made by another replica).
     pub cache_revalidate: Duration,
+    /// The most access tokens one replica keeps in memory (least recently used go first).
+    pub cache_capacity: u64,
 }
 
-/// `refresh_…`, `keepalive_…` and `token_cache_revalidate_secs`; the lease and the wait
+/// `refresh_…`, `keepalive_…` and `token_cache_…`; the lease and the wait
 /// are checked against the Salesforce call's deadline.
 pub(super) fn resolve(
     l: &Layers,
@@ -43,6 +45,7 @@ pub(super) fn resolve(
         keepalive_sweep: l.secs("keepalive_sweep_secs")?,
         keepalive_concurrency: l.positive("keepalive_concurrency", "a whole number")?,
         cache_revalidate: l.secs("token_cache_revalidate_secs")?,
+        cache_capacity: l.positive("token_cache_capacity", "a whole number")?,
     };
     // A caller must be able to wait for one whole Salesforce call.
     if tokens.refresh_wait <= salesforce.request_timeout {
