@@ -162,6 +162,43 @@ async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends() {
 }
 
 #[tokio::test]
+async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline() {
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let fake = fake().await;
+        // One call in flight at a time; each takes 1.2 s of the 2 s deadline.
+        let app =
+            TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_SALESFORCE_MAX_IN_FLIGHT", "1")]).await;
+        let ids = connect_users(&app, 2).await;
+        let mut current = Vec::new();
+        for id in &ids {
+            current.push(token_of(app.access_token("acme", *id, None).await).await);
+        }
+        fake.set_latency(Duration::from_millis(1_200));
+        let before = fake.counters();
+        // The second refresh waits for the slot (1.2 s), then calls (1.2 s): 2.4 s in all.
+        // Were its deadline counted from a lease taken before the wait, it would be cut.
+        let (first, second) = tokio::join!(
+            app.access_token("acme", ids[0], rejecting(&current[0])),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                app.access_token("acme", ids[1], rejecting(&current[1]))
+                    .await
+            }
+        );
+        let first = token_of(first).await;
+        let second = token_of(second).await;
+        assert_ne!(first, current[0], "{b}");
+        assert_ne!(second, current[1], "{b}");
+        let after = fake.counters();
+        assert_eq!(after.refreshes - before.refreshes, 2, "{b}");
+        assert_eq!(after.refresh_reuse_attempts, 0, "{b}");
+        fake.set_latency(Duration::ZERO);
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token() {
     for db in TestDatabase::all().await {
         let b = db.backend;
@@ -549,47 +586,32 @@ async fn a_replica_killed_while_holding_a_lease_blocks_the_connection_only_until
     };
     let fake = fake().await;
     let survivor = TestApp::spawn_with(&db, &fake, &[]).await;
-    let ids = connect_users(&survivor, 2).await;
-    let (victim_connection, busy_connection) = (ids[0], ids[1]);
+    let victim_connection = connect_users(&survivor, 1).await[0];
     let current = token_of(survivor.access_token("acme", victim_connection, None).await).await;
-    let busy_token = token_of(survivor.access_token("acme", busy_connection, None).await).await;
 
-    // The doomed replica: a 1 s Salesforce timeout (a 21 s lease) and one call in flight.
+    // The doomed replica: a 1 s Salesforce timeout, so a 21 s lease.
     let mut doomed = support::process::ServiceProcess::spawn(&process_env(
         &db,
         &[
             ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "1000"),
             ("VALO_OAUTH_REFRESH_WAIT_MS", "5000"),
-            ("VALO_OAUTH_SALESFORCE_MAX_IN_FLIGHT", "1"),
         ],
     ))
     .await;
-    // Its one Salesforce slot is taken by another connection's refresh, which hangs; the
-    // victim's refresh then holds its lease while it waits for the slot — it has not
-    // reached Salesforce, so its refresh token is still good.
-    fake.inject(Endpoint::Token, Fault::Hang(Duration::from_secs(60)));
+    // Its refresh of the victim takes the lease and sends the call, which is lost on the
+    // way: Salesforce never sees it, so the refresh token is still good — the one case in
+    // which a replica dying under its lease must cost nothing.
+    fake.inject(Endpoint::Token, Fault::Lost(Duration::from_secs(60)));
     let base = doomed.base();
-    let busy = tokio::spawn({
-        let base = base.clone();
-        async move {
-            post_token(
-                &base,
-                busy_connection,
-                json!({"rejected_token": busy_token}),
-            )
-            .await
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let leased_at = Instant::now();
     let victim = tokio::spawn({
         let base = base.clone();
         let current = current.clone();
         async move { post_token(&base, victim_connection, json!({"rejected_token": current})).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     doomed.kill9();
-    let _ = (busy.await, victim.await);
+    let _ = victim.await;
     let leased = connection(&survivor, victim_connection).await;
     assert_eq!(leased["status"], "active", "{leased}");
 

@@ -141,10 +141,22 @@ pub struct Broker {
     tokens: Arc<cache::TokenCache>,
     /// Calls to Salesforce in flight on this replica, fair across tenants.
     limiter: Arc<limiter::FairLimiter>,
+    /// The share of the database pool the refresh path may use at once (see
+    /// [`refresh_db_slots`]), so that a thousand refreshes never queue an unrelated read.
+    refresh_db: Arc<tokio::sync::Semaphore>,
     /// Refreshes in flight, and whether new ones may start.
     lifecycle: Arc<lifecycle::Lifecycle>,
     /// Who holds this replica's refresh leases (host, process, instance), for operators.
     holder: Arc<str>,
+}
+
+/// How many of the pool's connections the refresh path (row reads, leases, commits) may
+/// hold at once: three quarters, at least one. A fan-out of a thousand refreshes then
+/// queues on its own share, and API reads, flows and health checks still find a free
+/// connection at once (the pool itself serves waiters first come, first served).
+pub fn refresh_db_slots(pool_size: u32) -> usize {
+    let pool = usize::try_from(pool_size).unwrap_or(usize::MAX);
+    (pool.saturating_mul(3) / 4).max(1)
 }
 
 impl Broker {
@@ -160,6 +172,9 @@ impl Broker {
             salesforce,
             clock,
             limiter: limiter::FairLimiter::new(settings.salesforce.max_in_flight),
+            refresh_db: Arc::new(tokio::sync::Semaphore::new(refresh_db_slots(
+                settings.db_max_connections,
+            ))),
             tokens: Arc::new(cache::TokenCache::new(settings.tokens.cache_capacity)),
             settings,
             lifecycle: Arc::new(lifecycle::Lifecycle::default()),
@@ -349,5 +364,18 @@ fn upstream_error(e: &SalesforceError, retry_after: Duration) -> BrokerError {
             retry_after,
         },
         ErrorClass::Upstream => BrokerError::Upstream(e.summary()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refresh_db_slots;
+
+    #[test]
+    fn the_refresh_path_leaves_a_quarter_of_the_pool_to_everything_else() {
+        assert_eq!(refresh_db_slots(10), 7);
+        assert_eq!(refresh_db_slots(4), 3);
+        assert_eq!(refresh_db_slots(2), 1);
+        assert_eq!(refresh_db_slots(1), 1, "a pool of one still refreshes");
     }
 }

@@ -24,7 +24,11 @@
 //!    unreachable until the lease ends. Once another replica may take the lease, no holder
 //!    can still be presenting the old refresh token, and a holder whose lease was taken over
 //!    cannot overwrite newer state.
-//! 5. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
+//! 5. Throughput is bounded by Salesforce, not by the pool: a refresh takes its slot of
+//!    the per-replica limit on Salesforce calls ([`super::limiter`]) *before* the lease, and
+//!    its statements share three quarters of the pool ([`super::refresh_db_slots`]), so
+//!    unrelated reads never queue behind a fan-out.
+//! 6. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
 //!    between Salesforce's answer and the commit.
 
 use std::time::Duration;
@@ -35,6 +39,7 @@ use uuid::Uuid;
 
 use tokio::time::Instant;
 
+use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
 use crate::salesforce::{AppCredentials, ErrorClass, RefreshAnswer, SalesforceError, TokenGrant};
 use crate::store::{
@@ -212,14 +217,15 @@ impl Broker {
         id: Uuid,
         want: &Want,
     ) -> Result<AccessToken, BrokerError> {
-        let Some(row) = self.store.get_connection(tenant.as_str(), id).await? else {
+        let read = self.store.get_connection(tenant.as_str(), id);
+        let Some(row) = self.on_refresh_share(read).await? else {
             self.tokens.forget(id);
             return Err(BrokerError::NotFound("no such connection for this tenant"));
         };
         if let Some(token) = self.usable_without_refresh(&row, want, self.now())? {
             return Ok(token);
         }
-        let app = self.tenant_app(tenant).await?;
+        let app = self.on_refresh_share(self.tenant_app(tenant)).await?;
         if app.status == AppStatus::CredentialsInvalid {
             // Fail at once, without a Salesforce call: it would be refused the same way.
             return Err(BrokerError::AppCredentialsInvalid {
@@ -235,6 +241,19 @@ impl Broker {
                 retry_after: Duration::from_secs(1),
             });
         };
+        // The Salesforce slot comes before the lease: a refresh queued behind many others
+        // (a fan-out after an outage) holds no lease while it waits, and the call's deadline,
+        // counted from the lease, is never eaten by the queue. A queue longer than the wait
+        // answers 503 with nothing taken and nothing recorded.
+        let give_up = Instant::now() + self.settings.tokens.refresh_wait;
+        let Ok(slot) =
+            tokio::time::timeout_at(give_up, self.limiter.acquire(tenant.as_str())).await
+        else {
+            return Err(BrokerError::Busy {
+                reason: "too many refreshes queue for Salesforce on this replica; retry".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        };
         let (lease, lease_started) = self.take_lease(tenant, id, want).await?;
         let lease = match lease {
             Leased::Ours(lease) => lease,
@@ -244,10 +263,18 @@ impl Broker {
             tenant,
             &lease,
             lease_started,
+            slot,
             &credentials,
             app.credentials_version,
         )
         .await
+    }
+
+    /// Runs one statement of the refresh path within the path's share of the pool.
+    async fn on_refresh_share<T>(&self, statement: impl std::future::Future<Output = T>) -> T {
+        // The semaphore is never closed, so the permit is always granted.
+        let _slot = self.refresh_db.acquire().await.ok();
+        statement.await
     }
 
     /// Takes the connection's lease, waiting (polling) while another replica holds it.
@@ -265,16 +292,13 @@ impl Broker {
             // Taken before the statement: the Salesforce call's deadline counts from here,
             // so it ends before the lease (counted by the database from later) does.
             let started = Instant::now();
-            match self
-                .store
-                .acquire_lease(
-                    tenant.as_str(),
-                    id,
-                    &self.holder,
-                    self.settings.tokens.lease_duration,
-                )
-                .await?
-            {
+            let attempt = self.store.acquire_lease(
+                tenant.as_str(),
+                id,
+                &self.holder,
+                self.settings.tokens.lease_duration,
+            );
+            match self.on_refresh_share(attempt).await? {
                 LeaseAttempt::Acquired(lease) => {
                     let row = lease.record().clone();
                     // Nothing to do after all (another holder refreshed just before, or the
@@ -322,6 +346,7 @@ impl Broker {
         tenant: &TenantId,
         lease: &RefreshLease,
         lease_started: Instant,
+        salesforce_slot: Permit,
         credentials: &AppCredentials,
         credentials_version: i64,
     ) -> Result<AccessToken, BrokerError> {
@@ -332,27 +357,20 @@ impl Broker {
         let lease_end = lease_started + self.settings.tokens.lease_duration;
         let refresh_token = self.open_connection_secret(&row, SecretColumn::RefreshToken)?;
 
-        let answer = {
-            let permit =
-                tokio::time::timeout_at(deadline, self.limiter.acquire(tenant.as_str())).await;
-            match permit {
-                Ok(_permit) => tokio::time::timeout_at(
-                    deadline,
-                    self.salesforce.refresh(credentials, &refresh_token),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    // The hard deadline: whatever Salesforce does with this request now, no
-                    // later attempt overlaps it (the lease outlives the deadline).
-                    Err(SalesforceError::Unavailable(
-                        "no answer before the refresh deadline".into(),
-                    ))
-                }),
-                Err(_) => Err(SalesforceError::Unavailable(
-                    "too many Salesforce calls in flight on this replica".into(),
-                )),
-            }
-        };
+        let answer = tokio::time::timeout_at(
+            deadline,
+            self.salesforce.refresh(credentials, &refresh_token),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            // The hard deadline: whatever Salesforce does with this request now, no later
+            // attempt overlaps it (the lease outlives the deadline).
+            Err(SalesforceError::Unavailable(
+                "no answer before the refresh deadline".into(),
+            ))
+        });
+        // The slot serves the next refresh while this one commits.
+        drop(salesforce_slot);
         let now = self.now();
         match answer {
             Ok(RefreshAnswer {
@@ -590,7 +608,7 @@ impl Broker {
     {
         let mut pause = COMMIT_RETRY_FIRST;
         loop {
-            match commit(lease).await {
+            match self.on_refresh_share(commit(lease)).await {
                 Ok(saved) => return Ok(saved),
                 Err(StoreError::LeaseLost) => return Err(CommitLost::LeaseLost),
                 Err(StoreError::Unavailable(e)) if Instant::now() + pause < lease_end => {

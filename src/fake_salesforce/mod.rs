@@ -87,6 +87,10 @@ pub enum Fault {
     /// end of the sleep even if the client gave up (as a slow Salesforce would), so a
     /// timed-out refresh may still rotate the refresh token.
     Hang(Duration),
+    /// Hold the request that long, then answer 504 without processing it: a request lost
+    /// on its way (a stalled connection, a load balancer's timeout) that Salesforce never
+    /// saw, so the refresh token it carried is still good.
+    Lost(Duration),
     /// 200 with an HTML body. The request is not processed.
     NonJson,
     /// That status with `{"error":…,"error_description":…}`. The request is not processed.

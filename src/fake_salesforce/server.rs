@@ -251,6 +251,14 @@ async fn apply_faults(shared: &Shared, endpoint: Endpoint) -> Result<Alterations
             return Err((status, Html(body)).into_response());
         }
         Some(Fault::Hang(duration)) => tokio::time::sleep(duration).await,
+        Some(Fault::Lost(duration)) => {
+            tokio::time::sleep(duration).await;
+            return Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                Html("<html><body><h1>504 Gateway Timeout</h1></body></html>"),
+            )
+                .into_response());
+        }
         Some(Fault::NonJson) => {
             return Err(Html(
                 "<html><body><p>Maintenance in progress. Please try again later.</p></body></html>",

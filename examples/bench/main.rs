@@ -24,14 +24,20 @@
 //!    each report the same `rejected_token`.
 //! 3. **Memory.** The release binary with 100,000 stored connections, 10,000 of them
 //!    fetched through the API; `VmRSS`/`VmHWM` from `/proc/<pid>/status`.
+//! 4. **Refresh fan-out** ([`fanout`]): 1,000 connections refreshing at once on one
+//!    replica, with an unrelated read's latency alongside. Written between its own markers
+//!    (`<!-- bench:fanout:begin -->` / `<!-- bench:fanout:end -->`).
 //!
 //! Options (environment): `BENCH_DURATION_SECS` (default 10), `BENCH_WARMUP_SECS` (3),
 //! `BENCH_CONNECTIONS` (64), `BENCH_THREADS` (2), `BENCH_OUT` (`docs/benchmarks.md`),
-//! `BENCH_COMMAND` (the command line shown in the report).
+//! `BENCH_COMMAND` (the command line shown in the report), `BENCH_ONLY` (`fanout` runs the
+//! fan-out alone; `main` the first three alone; unset: everything).
 //!
 //! Every loop is bounded; every process started here is stopped here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fanout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -1596,17 +1602,26 @@ fn report(
 
 /// Replaces the text between the markers in `path` (or writes a fresh file).
 fn write_report(path: &Path, generated: &str) {
-    const BEGIN: &str = "<!-- bench:begin -->";
-    const END: &str = "<!-- bench:end -->";
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
-    let body = match (existing.find(BEGIN), existing.find(END)) {
+    write_section(
+        path,
+        "<!-- bench:begin -->",
+        "<!-- bench:end -->",
+        generated,
+    );
+}
+
+/// Replaces what lies between `begin` and `end` in the report (appending the section when
+/// the markers are missing); the text around it is kept.
+fn write_section(path: &Path, begin: &str, end: &str, generated: &str) {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| {
+        "# Benchmarks\n\nRerun with one command from the repository root:\n\n```sh\nbash bench/run.sh\n```\n\n"
+            .to_owned()
+    });
+    let body = match (existing.find(begin), existing.find(end)) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{BEGIN}\n{generated}{}", &existing[..b], &existing[e..])
+            format!("{}{begin}\n{generated}{}", &existing[..b], &existing[e..])
         }
-        _ => format!(
-            "# Benchmarks\n\nRerun with one command from the repository root:\n\n```sh\nbash bench/run.sh\n```\n\n\
-             {BEGIN}\n{generated}{END}\n"
-        ),
+        _ => format!("{existing}\n{begin}\n{generated}{end}\n"),
     };
     std::fs::write(path, body).unwrap();
 }
@@ -1625,10 +1640,24 @@ async fn main() {
         admin.close().await.ok();
         format!("PostgreSQL {v}")
     };
-    let hot = hot_path(&opts).await;
-    let storm = storm(&opts).await;
-    let mem = memory(&opts).await;
-    let generated = report(&opts, &hot, &storm, &mem, &postgres_version);
-    write_report(&opts.out, &generated);
+    let only = env_or("BENCH_ONLY", "main,fanout");
+    let selected = |name: &str| only.split(',').any(|s| s.trim() == name);
+    if selected("main") {
+        let hot = hot_path(&opts).await;
+        let storm = storm(&opts).await;
+        let mem = memory(&opts).await;
+        let generated = report(&opts, &hot, &storm, &mem, &postgres_version);
+        write_report(&opts.out, &generated);
+    }
+    if selected("fanout") {
+        let result = fanout::fan_out(&opts).await;
+        let generated = fanout::report(&result, &opts.command);
+        write_section(
+            &opts.out,
+            "<!-- bench:fanout:begin -->",
+            "<!-- bench:fanout:end -->",
+            &generated,
+        );
+    }
     eprintln!("figures written to {}", opts.out.display());
 }
