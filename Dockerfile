@@ -6,6 +6,9 @@ COPY src src
 COPY migrations migrations
 COPY docs docs
 COPY examples examples
+# The workspace's other members (the fake Salesforce, the test kit): cargo reads their
+# manifests to resolve the workspace, though the service's binary does not link them.
+COPY crates crates
 RUN cargo build --release --locked --bin valo-oauth
 
 # Run: the binary on a slim base, as a non-root user, in production mode.

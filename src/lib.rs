@@ -7,7 +7,6 @@ pub mod app;
 pub mod broker;
 pub mod config;
 pub mod crypto;
-pub mod fake_salesforce;
 pub mod http;
 pub mod metrics;
 pub mod salesforce;

@@ -3,15 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::json;
-use support::app::{CLIENT_ID, CLIENT_SECRET, JWT_SECRET, TEST_KEYS, TestApp};
-use support::db::TestDatabase;
 use valo_oauth::config::LogFormat;
+use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET, JWT_SECRET, TEST_KEYS, TestApp};
+use valo_testkit::backend_tests;
 
 /// A log sink shared with the test.
 #[derive(Clone, Default)]
@@ -34,17 +32,28 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
-#[tokio::test]
-async fn no_secret_in_logs_at_trace_level() {
-    let capture = Capture::default();
-    valo_oauth::telemetry::init("trace", LogFormat::Json, capture.clone()).unwrap();
-    let mut secrets: Vec<String> = vec![
-        CLIENT_SECRET.into(),
-        CLIENT_ID.into(),
-        JWT_SECRET.into(),
-        TEST_KEYS.split_once(':').unwrap().1.into(),
-    ];
-    for db in TestDatabase::all().await {
+/// The one process-wide subscriber (both backends' cases log into it), at TRACE.
+fn capture() -> Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            valo_oauth::telemetry::init("trace", LogFormat::Json, capture.clone()).unwrap();
+            capture
+        })
+        .clone()
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn no_secret_in_logs_at_trace_level(db) {
+        let capture = capture();
+        let mut secrets: Vec<String> = vec![
+            CLIENT_SECRET.into(),
+            CLIENT_ID.into(),
+            JWT_SECRET.into(),
+            TEST_KEYS.split_once(':').unwrap().1.into(),
+        ];
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         let url = app
@@ -88,31 +97,31 @@ async fn no_secret_in_logs_at_trace_level() {
         assert_eq!(deleted.status(), 204);
         secrets.extend(app.fake.issued_tokens());
         app.stop().await;
-    }
-    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
-    // The capture really holds the flow (so an empty capture cannot pass).
-    assert!(logs.contains("connection authorized"), "flow logged");
-    assert!(logs.contains("access token refreshed"), "refresh logged");
-    assert!(
-        logs.contains("/oauth2/v1/callback/salesforce"),
-        "callback route logged"
-    );
-    assert!(logs.lines().count() > 100, "trace level is on");
-    for secret in &secrets {
-        assert!(secret.len() >= 16, "a real secret: {secret}");
-        // Whole, and its middle and end (access tokens begin with the org id, not secret).
-        let middle = secret.len() / 2;
-        for needle in [
-            secret.as_str(),
-            &secret[middle - 6..middle + 6],
-            &secret[secret.len() - 12..],
-        ] {
-            assert!(
-                !logs.contains(needle),
-                "log contains {needle:?} (of a secret)"
-            );
+        let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        // The capture really holds the flow (so an empty capture cannot pass).
+        assert!(logs.contains("connection authorized"), "flow logged");
+        assert!(logs.contains("access token refreshed"), "refresh logged");
+        assert!(
+            logs.contains("/oauth2/v1/callback/salesforce"),
+            "callback route logged"
+        );
+        assert!(logs.lines().count() > 100, "trace level is on");
+        for secret in &secrets {
+            assert!(secret.len() >= 16, "a real secret: {secret}");
+            // Whole, and its middle and end (access tokens begin with the org id, not secret).
+            let middle = secret.len() / 2;
+            for needle in [
+                secret.as_str(),
+                &secret[middle - 6..middle + 6],
+                &secret[secret.len() - 12..],
+            ] {
+                assert!(
+                    !logs.contains(needle),
+                    "log contains {needle:?} (of a secret)"
+                );
+            }
         }
+        // The raw query string of the callback never appears either.
+        assert!(!logs.contains("code="), "no raw callback query in the logs");
     }
-    // The raw query string of the callback never appears either.
-    assert!(!logs.contains("code="), "no raw callback query in the logs");
 }

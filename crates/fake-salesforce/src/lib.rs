@@ -2,7 +2,7 @@
 //!
 //! Used by the integration tests (which drive the real service against it) and by
 //! newcomers who want to try the service without a Salesforce org
-//! (`cargo run --example fake_salesforce`). The protocol it fakes is described in
+//! (`cargo run -p fake-salesforce`). The protocol it fakes is described in
 //! `docs/salesforce.md` (web-server flow with PKCE, client_secret_post, Refresh
 //! Token Rotation, introspection, revocation, HMAC `signature` over `id` + `issued_at`).
 //!

@@ -4,19 +4,15 @@
 //! The PgBouncer and proxy tests need Postgres (`TEST_DATABASE_URL`) and skip without it
 //! (fail under `CI=true`); the PgBouncer tests also need the `pgbouncer` binary (same rule).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
-use support::db::TestDatabase;
-use support::pgbouncer::PgBouncer;
-use support::process::ServiceProcess;
-use support::proxy::FaultProxy;
+use valo_testkit::db::TestDatabase;
+use valo_testkit::pgbouncer::PgBouncer;
+use valo_testkit::process::ServiceProcess;
+use valo_testkit::proxy::FaultProxy;
 
 fn admin_url() -> String {
     std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL (TestDatabase::postgres checked)")
@@ -36,11 +32,15 @@ fn server_addr() -> SocketAddr {
         .unwrap()
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test]
 async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let Some(bouncer) = PgBouncer::start(&admin_url()).await else {
         eprintln!("skipped: no pgbouncer binary");
         return;
@@ -95,13 +95,17 @@ async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres() {
     pool.close().await;
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test]
 async fn pgbouncer_shares_one_server_connection_between_clients() {
     // Proof of transaction (not session) pooling: with one server connection, two client
     // connections open at once both run queries, on the same backend.
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let Some(bouncer) = PgBouncer::start_with(&admin_url(), 1).await else {
         eprintln!("skipped: no pgbouncer binary");
         return;
@@ -134,11 +138,15 @@ async fn pgbouncer_shares_one_server_connection_between_clients() {
     second.close().await.ok();
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test]
 async fn fault_proxy_cuts_and_restores_the_database() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let proxy = FaultProxy::start(server_addr()).await;
     let url = proxy.url_for(&db.url);
     assert!(url.contains(&proxy.addr().to_string()), "{url}");
@@ -196,9 +204,9 @@ async fn service_process_serves_and_stops_on_sigterm() {
     // The data folder next to the database file, so it goes with the database's folder.
     let db_file = std::path::PathBuf::from(db.url.strip_prefix("sqlite://").unwrap());
     let data_dir = db_file.parent().unwrap().join("data");
-    let env: Vec<(String, String)> = support::app::test_env(
+    let env: Vec<(String, String)> = valo_testkit::app::test_env(
         &db,
-        support::app::TEST_KEYS,
+        valo_testkit::app::TEST_KEYS,
         &[
             ("VALO_OAUTH_LOG_FORMAT", "json"),
             ("VALO_OAUTH_DATA_DIR", data_dir.to_str().unwrap()),
@@ -206,7 +214,7 @@ async fn service_process_serves_and_stops_on_sigterm() {
     )
     .into_iter()
     .collect();
-    let mut service = ServiceProcess::spawn(&env).await;
+    let mut service = ServiceProcess::spawn(crate::SERVICE_BINARY, &env).await;
     assert_eq!(service.base(), format!("http://{}", service.addr()));
 
     let health = reqwest::get(format!("{}/healthz", service.base()))
@@ -230,10 +238,11 @@ async fn service_process_serves_and_stops_on_sigterm() {
 #[tokio::test]
 async fn service_process_dies_on_sigkill() {
     let db = TestDatabase::sqlite().await;
-    let env: Vec<(String, String)> = support::app::test_env(&db, support::app::TEST_KEYS, &[])
-        .into_iter()
-        .collect();
-    let mut service = ServiceProcess::spawn(&env).await;
+    let env: Vec<(String, String)> =
+        valo_testkit::app::test_env(&db, valo_testkit::app::TEST_KEYS, &[])
+            .into_iter()
+            .collect();
+    let mut service = ServiceProcess::spawn(crate::SERVICE_BINARY, &env).await;
     let base = service.base();
     reqwest::get(format!("{base}/healthz")).await.unwrap();
     service.kill9();
@@ -263,11 +272,15 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
 /// and the Bind then runs that client's statement (wrong answers, or "unnamed prepared
 /// statement does not exist"). Unnamed statements inside explicit transactions are safe:
 /// the two statement texts below with the same parameter would expose a mix-up.
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test]
 async fn pgbouncer_moves_transactions_between_server_connections() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let Some(bouncer) = PgBouncer::start_with(&admin_url(), 2).await else {
         eprintln!("skipped: no pgbouncer binary");
         return;

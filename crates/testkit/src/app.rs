@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+use fake_salesforce::FakeSalesforce;
 use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -17,9 +18,8 @@ use valo_oauth::app::Application;
 use valo_oauth::broker::{Broker, Clock, SystemClock};
 use valo_oauth::config;
 use valo_oauth::crypto::Keyring;
-use valo_oauth::fake_salesforce::FakeSalesforce;
 
-use super::db::TestDatabase;
+use crate::db::TestDatabase;
 
 pub const JWT_SECRET: &str = "test-secret-0123456789abcdef-0123456789";
 pub const AUDIENCE: &str = "valo-oauth";

@@ -2,15 +2,13 @@
 //! routes, the bearer security of the internal API, the problem codes (`ProblemCode::ALL`),
 //! the callback error codes of our own (`FlowErrorCode::OWN`), and `$ref`s.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 use valo_oauth::broker::flow::FlowErrorCode;
 use valo_oauth::http::problem::ProblemCode;
 
-const OPENAPI: &str = include_str!("../docs/openapi.json");
+const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "patch", "head", "options", "trace",

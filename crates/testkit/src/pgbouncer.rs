@@ -7,7 +7,7 @@
 //! Each [`PgBouncer`] runs its own process on a free port of 127.0.0.1, from a fresh folder
 //! under the system temp dir holding `pgbouncer.ini`, the auth file, the log and the pid
 //! file. The `[databases]` section is the wildcard `* = host=… port=…`, so any database of
-//! the server (such as a [`TestDatabase`](super::db::TestDatabase)) is reachable by name:
+//! the server (such as a [`TestDatabase`](crate::db::TestDatabase)) is reachable by name:
 //! [`PgBouncer::url_for`] turns a database URL into the same URL through the bouncer.
 //! Clients are trusted (`auth_type=trust`); the bouncer logs in to the server as the user
 //! of the admin URL (with its password, if the URL has one).

@@ -1,18 +1,13 @@
 //! The authorization flow, black-box against the fake Salesforce: start, callback, code
 //! exchange, verification, connections — on SQLite and (with TEST_DATABASE_URL) Postgres.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fake_salesforce::{Approval, Endpoint, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::app::{ALL_SCOPES, RETURN_ORIGIN, TestApp};
-use support::db::TestDatabase;
-use valo_oauth::fake_salesforce::{Approval, Endpoint, FakeSalesforce, Fault};
+use valo_testkit::app::{ALL_SCOPES, RETURN_ORIGIN, TestApp};
 
 fn query(url: &reqwest::Url) -> BTreeMap<String, String> {
     url.query_pairs().into_owned().collect()
@@ -89,9 +84,9 @@ async fn connections(app: &TestApp, tenant: &str) -> Vec<Value> {
     body["connections"].as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn full_flow_creates_a_verified_connection() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn full_flow_creates_a_verified_connection(db) {
         let app = TestApp::spawn(&db).await;
         assert_eq!(app.put_app("acme").await.status(), StatusCode::CREATED);
         let started = app.start_authorization("acme", return_to()).await;
@@ -159,12 +154,12 @@ async fn full_flow_creates_a_verified_connection() {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(app.fake.counters().code_exchanges, 1);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn success_page_without_return_to() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn success_page_without_return_to(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         let url = app.authorization_url("acme", json!({})).await;
@@ -176,12 +171,12 @@ async fn success_page_without_return_to() {
         assert!(html.contains("Salesforce connected"));
         assert_eq!(connections(&app, "acme").await.len(), 1);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn reauthorization_updates_the_connection_and_revokes_the_old_refresh_token() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn reauthorization_updates_the_connection_and_revokes_the_old_refresh_token(db) {
         let app = TestApp::spawn(&db).await;
         let first = app.connect("acme").await;
         let old_refresh: Vec<String> = app
@@ -213,12 +208,12 @@ async fn reauthorization_updates_the_connection_and_revokes_the_old_refresh_toke
         assert_ne!(query(&location)["connection_id"], first.to_string());
         assert_eq!(connections(&app, "acme").await.len(), 2);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn states_that_tie_to_no_flow_get_an_error_page() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn states_that_tie_to_no_flow_get_an_error_page(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         let url = app.authorization_url("acme", return_to()).await;
@@ -248,12 +243,12 @@ async fn states_that_tie_to_no_flow_get_an_error_page() {
         assert!(page.contains("already used"), "{page}");
         assert_eq!(app.fake.counters().code_exchanges, 1);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn expired_states_are_refused() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn expired_states_are_refused(db) {
         let fake = FakeSalesforce::start(Default::default()).await.unwrap();
         let app =
             TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_AUTHORIZATION_TTL_SECS", "1")]).await;
@@ -269,12 +264,12 @@ async fn expired_states_are_refused() {
             "no exchange for an expired flow"
         );
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn concurrent_callbacks_with_one_state_proceed_once() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn concurrent_callbacks_with_one_state_proceed_once(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         let url = app.authorization_url("acme", return_to()).await;
@@ -297,7 +292,7 @@ async fn concurrent_callbacks_with_one_state_proceed_once() {
         assert_eq!(app.fake.counters().code_exchanges, 1);
         assert_eq!(connections(&app, "acme").await.len(), 1);
         app.stop().await;
-    }
+        }
 }
 
 /// Awaits all futures concurrently (no extra crate for join_all).
@@ -315,9 +310,9 @@ where
     out
 }
 
-#[tokio::test]
-async fn salesforce_errors_pass_through() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn salesforce_errors_pass_through(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         app.fake.set_approval(Approval::Deny);
@@ -341,12 +336,12 @@ async fn salesforce_errors_pass_through() {
         assert_eq!(app.fake.counters().code_exchanges, 0);
         assert!(connections(&app, "acme").await.is_empty());
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn bad_signature_and_missing_refresh_token_are_refused() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn bad_signature_and_missing_refresh_token_are_refused(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         app.fake.inject(Endpoint::Token, Fault::BadSignature);
@@ -372,12 +367,12 @@ async fn bad_signature_and_missing_refresh_token_are_refused() {
             "only the bad-signature grant's token is left (never stored)"
         );
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn transient_failures_during_the_exchange() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn transient_failures_during_the_exchange(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         for fault in [
@@ -412,13 +407,13 @@ async fn transient_failures_during_the_exchange() {
             "connected"
         );
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn expiry_is_introspected_or_assumed() {
-    for db in TestDatabase::all().await {
-        let fake = FakeSalesforce::start(valo_oauth::fake_salesforce::FakeOptions {
+backend_tests! {
+    #[tokio::test]
+    async fn expiry_is_introspected_or_assumed(db) {
+        let fake = FakeSalesforce::start(fake_salesforce::FakeOptions {
             access_token_lifetime: Duration::from_secs(900),
             ..Default::default()
         })
@@ -449,12 +444,12 @@ async fn expiry_is_introspected_or_assumed() {
         assert_eq!(c["access_token_expiry_assumed"], true);
         assert!((3580..=3600).contains(&expiry_in(c)), "assumed: {c}");
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn start_validation() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn start_validation(db) {
         let app = TestApp::spawn(&db).await;
         let no_app = app.start_authorization("acme", json!({})).await;
         assert_eq!(no_app.status(), StatusCode::NOT_FOUND);
@@ -503,12 +498,12 @@ async fn start_validation() {
             .unwrap();
         assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn no_token_state_or_verifier_in_plaintext_in_the_database() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn no_token_state_or_verifier_in_plaintext_in_the_database(db) {
         let app = TestApp::spawn(&db).await;
         app.put_app("acme").await;
         // One flow completed, one left pending (its verifier stays stored).
@@ -550,5 +545,5 @@ async fn no_token_state_or_verifier_in_plaintext_in_the_database() {
         assert!(db.execute("UPDATE authorization_sessions SET return_to = return_to WHERE pkce_verifier_enc LIKE 'v1.%'").await >= 1);
         let _ = ALL_SCOPES;
         app.stop().await;
-    }
+        }
 }

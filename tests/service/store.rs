@@ -7,19 +7,17 @@
     reason = "tests fail by panicking"
 )]
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::db::{TestDatabase, test_options};
 use uuid::Uuid;
 use valo_oauth::store::{
     AppStatus, AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus,
     ConsumeOutcome, LeaseAttempt, RefreshFailure, RefreshLease, RefreshedTokens, SavedConnection,
     Store, StoreError, StoreOptions, TenantAppRecord,
 };
+use valo_testkit::db::test_options;
 
 const T0: i64 = 1_700_000_000_000;
 const LONG: Duration = Duration::from_secs(20);
@@ -120,9 +118,9 @@ async fn get(store: &Store, tenant: &str, id: Uuid) -> ConnectionRecord {
 
 // --- migrations and readiness ----------------------------------------------------------
 
-#[tokio::test]
-async fn migrate_is_idempotent_and_readiness_requires_it() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn migrate_is_idempotent_and_readiness_requires_it(db) {
         let b = db.backend;
         let store = db.connect().await;
         assert_eq!(store.backend_name(), b);
@@ -141,12 +139,12 @@ async fn migrate_is_idempotent_and_readiness_requires_it() {
         other.check_ready().await.unwrap();
         other.close().await;
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn readiness_fails_when_a_migration_is_missing_or_failed() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn readiness_fails_when_a_migration_is_missing_or_failed(db) {
         let b = db.backend;
         let store = db.store().await;
         store.check_ready().await.unwrap();
@@ -171,7 +169,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
             missing.err()
         );
         store.close().await;
-    }
+        }
 }
 
 #[tokio::test]
@@ -189,9 +187,9 @@ async fn sqlite_creates_the_missing_folder() {
 
 // --- tenant apps -----------------------------------------------------------------------
 
-#[tokio::test]
-async fn tenant_app_put_replace_get_delete() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn tenant_app_put_replace_get_delete(db) {
         let b = db.backend;
         let store = db.store().await;
 
@@ -226,12 +224,12 @@ async fn tenant_app_put_replace_get_delete() {
         assert!(!store.delete_tenant_app("acme").await.unwrap(), "{b}");
         assert!(store.get_tenant_app("acme").await.unwrap().is_none(), "{b}");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn deleting_a_tenant_app_cascades_to_sessions_and_connections() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn deleting_a_tenant_app_cascades_to_sessions_and_connections(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -296,14 +294,14 @@ async fn deleting_a_tenant_app_cascades_to_sessions_and_connections() {
             orphan.err()
         );
         store.close().await;
-    }
+        }
 }
 
 // --- authorization sessions ------------------------------------------------------------
 
-#[tokio::test]
-async fn consume_is_single_use_and_tells_unknown_and_expired() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn consume_is_single_use_and_tells_unknown_and_expired(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -391,12 +389,12 @@ async fn consume_is_single_use_and_tells_unknown_and_expired() {
             ConsumeOutcome::Consumed(_)
         ));
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_consumers_of_one_state_one_wins() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_consumers_of_one_state_one_wins(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -425,14 +423,14 @@ async fn concurrent_consumers_of_one_state_one_wins() {
         }
         assert_eq!((consumed, replays), (1, 19), "{b}");
         store.close().await;
-    }
+        }
 }
 
 // --- saving authorized connections -----------------------------------------------------
 
-#[tokio::test]
-async fn save_inserts_then_updates_the_same_org_user() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn save_inserts_then_updates_the_same_org_user(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -539,12 +537,12 @@ async fn save_inserts_then_updates_the_same_org_user() {
             .collect();
         assert_eq!(listed, vec![first_id, other.connection.id], "{b}");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn save_rolls_back_when_build_fails() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn save_rolls_back_when_build_fails(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -592,12 +590,12 @@ async fn save_rolls_back_when_build_fails() {
                 .unwrap()
         );
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_first_time_saves_make_one_row() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_first_time_saves_make_one_row(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -660,14 +658,14 @@ async fn concurrent_first_time_saves_make_one_row() {
         assert_eq!(row.version, 10, "{b}");
         assert!(row.access_token_enc.starts_with(&format!("at:{}:", row.id)));
         store.close().await;
-    }
+        }
 }
 
 // --- reading and deleting connections --------------------------------------------------
 
-#[tokio::test]
-async fn connections_are_tenant_scoped() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn connections_are_tenant_scoped(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -709,14 +707,14 @@ async fn connections_are_tenant_scoped() {
         );
         assert!(!store.delete_connection("acme", id).await.unwrap(), "{b}");
         store.close().await;
-    }
+        }
 }
 
 // --- the refresh lease -----------------------------------------------------------------
 
-#[tokio::test]
-async fn a_held_lease_is_refused_until_its_commit_releases_it() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn a_held_lease_is_refused_until_its_commit_releases_it(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -765,12 +763,12 @@ async fn a_held_lease_is_refused_until_its_commit_releases_it() {
         );
         assert_eq!(get(&store, "acme", id).await.refresh_token_enc, "rt:new");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -823,12 +821,12 @@ async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit() {
         assert_eq!(row.refresh_token_enc, "rt:taker", "{b}");
         assert_eq!(row.status, ConnectionStatus::Active, "{b}");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -859,12 +857,12 @@ async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight() {
             Err(StoreError::LeaseLost)
         ));
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn an_unverified_rotation_keeps_the_new_refresh_token_only() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn an_unverified_rotation_keeps_the_new_refresh_token_only(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -900,12 +898,12 @@ async fn an_unverified_rotation_keeps_the_new_refresh_token_only() {
         );
         assert!(row.lease_id.is_none(), "{b}");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn app_credentials_invalid_is_compare_and_set_and_cleared_by_a_put() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn app_credentials_invalid_is_compare_and_set_and_cleared_by_a_put(db) {
         let b = db.backend;
         let store = db.store().await;
         let (stored, _) = store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -944,12 +942,12 @@ async fn app_credentials_invalid_is_compare_and_set_and_cleared_by_a_put() {
         assert_eq!(fixed.status, AppStatus::Active, "{b}");
         assert!(fixed.status_reason.is_none(), "{b}");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn commit_refreshed_writes_tokens_and_clears_the_failure_state() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn commit_refreshed_writes_tokens_and_clears_the_failure_state(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -1012,12 +1010,12 @@ async fn commit_refreshed_writes_tokens_and_clears_the_failure_state() {
             .unwrap();
         assert_eq!((new.scopes.as_str(), new.version), ("api", 3), "{b}");
         store.close().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn commit_failure_and_release() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn commit_failure_and_release(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -1080,14 +1078,14 @@ async fn commit_failure_and_release() {
             "{b}: committed"
         );
         store.close().await;
-    }
+        }
 }
 
 // --- keep-alive ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn keepalive_selects_active_stale_not_backing_off_oldest_first() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn keepalive_selects_active_stale_not_backing_off_oldest_first(db) {
         let b = db.backend;
         let store = db.store().await;
         store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
@@ -1182,7 +1180,7 @@ async fn keepalive_selects_active_stale_not_backing_off_oldest_first() {
             .unwrap();
         assert_eq!(limited, due[..2].to_vec(), "{b}: limit");
         store.close().await;
-    }
+        }
 }
 
 // --- failures --------------------------------------------------------------------------
@@ -1227,9 +1225,9 @@ async fn unreachable_postgres_is_unavailable_and_keeps_the_password_out() {
     assert!(!format!("{error:?}").contains("s3cr3t"), "{error:?}");
 }
 
-#[tokio::test]
-async fn a_closed_pool_is_unavailable() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn a_closed_pool_is_unavailable(db) {
         let b = db.backend;
         let store = db.store().await;
         store.close().await;
@@ -1240,7 +1238,7 @@ async fn a_closed_pool_is_unavailable() {
             result.err()
         );
         assert!(store.check_ready().await.is_err(), "{b}");
-    }
+        }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

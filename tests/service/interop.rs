@@ -9,10 +9,6 @@
 //! `target/interop-venv/bin/python`. Without it the test is skipped, except under `CI=true`
 //! where it fails.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -25,9 +21,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use support::app::{ALL_SCOPES, PUBLIC_URL, RETURN_ORIGIN, TestApp};
-use support::db::TestDatabase;
 use uuid::Uuid;
+use valo_testkit::app::{ALL_SCOPES, PUBLIC_URL, RETURN_ORIGIN, TestApp};
 
 const CLIENT_ID: &str = "3MVG9interopConsumerKey0123456789ABCDEFabcdefXYZ";
 const CLIENT_SECRET: &str = "INTEROPSECRET0123456789ABCDEF0123456789abcdefXYZ";
@@ -65,24 +60,21 @@ fn python() -> PathBuf {
     }
 }
 
-/// Under CI a missing server is a failure; elsewhere the test is skipped with a reason.
-fn unavailable(why: &str) -> Option<InteropServer> {
+/// The test runs only when the build was told where the server's Python is (see
+/// `build.rs`): a server that then cannot start is a failure, with the way to set it up.
+fn unavailable(why: &str) -> ! {
     let help = "set up the server with: python3 -m venv target/interop-venv && \
                 target/interop-venv/bin/pip install -r tests/interop/requirements.txt \
-                (or point VALO_OAUTH_INTEROP_PYTHON at a Python with those packages)";
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("CI=true but the interop OAuth server cannot run: {why}; {help}");
-    }
-    eprintln!("SKIPPED interop test: {why}; {help}");
-    None
+                and point VALO_OAUTH_INTEROP_PYTHON at target/interop-venv/bin/python";
+    panic!("the interop OAuth server cannot run: {why}; {help}");
 }
 
 impl InteropServer {
     /// Starts `server.py` for one client and waits for its `LISTENING` line.
-    async fn start(redirect_uri: &str) -> Option<InteropServer> {
+    async fn start(redirect_uri: &str) -> InteropServer {
         let python = python();
         if !python.exists() {
-            return unavailable(&format!("no Python interpreter at {}", python.display()));
+            unavailable(&format!("no Python interpreter at {}", python.display()));
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/server.py");
         let log = std::env::temp_dir().join(format!("valo-interop-{}.log", Uuid::new_v4()));
@@ -98,7 +90,7 @@ impl InteropServer {
             .spawn();
         let mut child = match spawned {
             Ok(child) => child,
-            Err(e) => return unavailable(&format!("cannot run {}: {e}", python.display())),
+            Err(e) => unavailable(&format!("cannot run {}: {e}", python.display())),
         };
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().unwrap();
@@ -122,7 +114,7 @@ impl InteropServer {
                 let _ = child.wait();
                 let stderr = std::fs::read_to_string(&log).unwrap_or_default();
                 let _ = std::fs::remove_file(&log);
-                return unavailable(&format!(
+                unavailable(&format!(
                     "server.py did not start (first line {other:?}); its stderr:\n{stderr}"
                 ));
             }
@@ -131,13 +123,13 @@ impl InteropServer {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap();
-        Some(InteropServer {
+        InteropServer {
             child,
             _stdin: stdin,
             base,
             log,
             http,
-        })
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -350,16 +342,18 @@ async fn server_rotates_refresh_tokens(server: &InteropServer, redirect_uri: &st
     assert_eq!(again["error"], "invalid_grant", "{again}");
 }
 
-#[tokio::test]
-async fn full_flow_against_an_independent_authlib_server() {
-    let redirect_uri = format!("{PUBLIC_URL}{}", valo_oauth::config::CALLBACK_PATH);
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    #[cfg_attr(
+        not(test_interop),
+        ignore = "VALO_OAUTH_INTEROP_PYTHON was not set when the tests were built (CI sets it up)"
+    )]
+    async fn full_flow_against_an_independent_authlib_server(db) {
+        let redirect_uri = format!("{PUBLIC_URL}{}", valo_oauth::config::CALLBACK_PATH);
         let backend = db.backend;
-        let Some(server) = InteropServer::start(&redirect_uri).await else {
-            return;
-        };
+        let server = InteropServer::start(&redirect_uri).await;
         // A throw-away fake: the tenant's app below points at the Authlib server instead.
-        let fake = valo_oauth::fake_salesforce::FakeSalesforce::start(Default::default())
+        let fake = fake_salesforce::FakeSalesforce::start(Default::default())
             .await
             .unwrap();
         let app = TestApp::spawn_with(

@@ -10,7 +10,7 @@
 //! line and reads the bound address from it.
 //!
 //! ```ignore
-//! let mut service = ServiceProcess::spawn(&env).await;
+//! let mut service = ServiceProcess::spawn(env!("CARGO_BIN_EXE_valo-oauth"), &env).await;
 //! let health = reqwest::get(format!("{}/healthz", service.base())).await.unwrap();
 //! let status = service.sigterm_and_wait(Duration::from_secs(5)).await;
 //! assert!(status.is_some_and(|s| s.success()), "{}", service.log());
@@ -41,14 +41,17 @@ impl ServiceProcess {
     /// Starts `valo-oauth serve` with `PATH` and `env` (plus `VALO_OAUTH_LOG_FORMAT=json`
     /// unless `env` sets it) and waits until it logs `listening`; panics with the log if it
     /// exits or stays silent for 10 s.
-    pub async fn spawn(env: &[(String, String)]) -> ServiceProcess {
+    pub async fn spawn(
+        binary: impl AsRef<std::path::Path>,
+        env: &[(String, String)],
+    ) -> ServiceProcess {
         let folder = std::env::temp_dir().join(format!("valo-process-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&folder).expect("create the process folder");
         let log_path = folder.join("service.log");
         let log = std::fs::File::create(&log_path).expect("create service.log");
         let log_err = log.try_clone().expect("clone the log file handle");
 
-        let mut command = Command::new(env!("CARGO_BIN_EXE_valo-oauth"));
+        let mut command = Command::new(binary.as_ref());
         command
             .arg("serve")
             .env_clear()
@@ -58,7 +61,7 @@ impl ServiceProcess {
         }
         command
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(crate::REPOSITORY_ROOT)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err));

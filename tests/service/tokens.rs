@@ -2,18 +2,14 @@
 //! per connection (one process and several replicas), failure classes, keep-alive and
 //! revocation — on SQLite and (with TEST_DATABASE_URL) Postgres.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::time::Duration;
 
+use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::app::TestApp;
-use support::db::TestDatabase;
 use uuid::Uuid;
-use valo_oauth::fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
+use valo_testkit::app::TestApp;
+use valo_testkit::db::TestDatabase;
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -72,9 +68,9 @@ async fn concurrent_tokens(apps: &[&TestApp], id: Uuid, n: usize, body: Value) -
     tokens
 }
 
-#[tokio::test]
-async fn cached_tokens_are_served_without_the_database() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn cached_tokens_are_served_without_the_database(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let issued = app.fake.issued_tokens();
@@ -102,12 +98,12 @@ async fn cached_tokens_are_served_without_the_database() {
             .unwrap();
         assert_ne!(other.status(), StatusCode::OK);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn expired_tokens_are_refreshed_and_the_rotation_persisted(db) {
         let fake = fake_with(FakeOptions {
             access_token_lifetime: Duration::from_secs(2),
             ..Default::default()
@@ -149,12 +145,12 @@ async fn expired_tokens_are_refreshed_and_the_rotation_persisted() {
         assert_eq!(fake.counters().refreshes, 2);
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
         again.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn concurrent_callers_in_one_process_share_one_refresh() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn concurrent_callers_in_one_process_share_one_refresh(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
@@ -164,15 +160,18 @@ async fn concurrent_callers_in_one_process_share_one_refresh() {
         assert!(tokens.iter().all(|t| *t == tokens[0] && *t != current));
         assert_eq!(app.fake.counters().refresh_reuse_attempts, 0);
         app.stop().await;
-    }
+        }
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test]
 async fn replicas_on_one_postgres_refresh_once() {
-    let Some(db) = TestDatabase::postgres().await else {
-        eprintln!("TEST_DATABASE_URL is not set: skipping the multi-replica test");
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let fake = fake_with(FakeOptions::default()).await;
     let replicas = [
         TestApp::spawn_with(&db, &fake, &[]).await,
@@ -198,9 +197,9 @@ async fn replicas_on_one_postgres_refresh_once() {
     }
 }
 
-#[tokio::test]
-async fn rejected_tokens_both_ways() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn rejected_tokens_both_ways(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let old = token_of(app.access_token("acme", id, None).await).await;
@@ -230,12 +229,12 @@ async fn rejected_tokens_both_ways() {
         assert_eq!(app.fake.counters().refreshes, 1);
         cold.stop().await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn refused_refresh_needs_reauthorization() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn refused_refresh_needs_reauthorization(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
@@ -280,12 +279,12 @@ async fn refused_refresh_needs_reauthorization() {
         assert_eq!(connection(&app, id).await["status"], "active");
         token_of(app.access_token("acme", id, None).await).await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn transient_failures_keep_the_refresh_token_and_back_off() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn transient_failures_keep_the_refresh_token_and_back_off(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
@@ -331,12 +330,12 @@ async fn transient_failures_keep_the_refresh_token_and_back_off() {
         assert_eq!(app.fake.counters().refresh_reuse_attempts, 0);
         assert!(connection(&app, id).await["last_error"].is_null());
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn database_outage_is_the_services_own_503() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn database_outage_is_the_services_own_503(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
@@ -359,12 +358,12 @@ async fn database_outage_is_the_services_own_503() {
             "Salesforce not involved"
         );
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn legacy_apps_without_rotation_keep_their_refresh_token() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn legacy_apps_without_rotation_keep_their_refresh_token(db) {
         let fake = fake_with(FakeOptions {
             rotate_refresh_tokens: false,
             ..Default::default()
@@ -386,12 +385,12 @@ async fn legacy_apps_without_rotation_keep_their_refresh_token() {
         assert_eq!(fake.counters().refreshes, 2);
         assert_eq!(active_refresh_tokens(&fake), refresh);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn keepalive_refreshes_idle_connections() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn keepalive_refreshes_idle_connections(db) {
         let b = db.backend;
         let fake = fake_with(FakeOptions::default()).await;
         // The background sweeper looks once an hour: the test runs the sweeps itself.
@@ -423,14 +422,18 @@ async fn keepalive_refreshes_idle_connections() {
         assert_eq!(report.due, 0, "{b}");
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
         app.stop().await;
-    }
+        }
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test]
 async fn keepalive_on_many_replicas_never_reuses_a_token() {
-    let Some(db) = TestDatabase::postgres().await else {
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let fake = fake_with(FakeOptions::default()).await;
     let env = [
         ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
@@ -466,9 +469,9 @@ async fn keepalive_on_many_replicas_never_reuses_a_token() {
     }
 }
 
-#[tokio::test]
-async fn deleting_a_connection_revokes_it_first() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn deleting_a_connection_revokes_it_first(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         let path = format!("/v1/tenants/acme/connections/{id}");
@@ -517,12 +520,12 @@ async fn deleting_a_connection_revokes_it_first() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn deleting_the_app_revokes_every_connection() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn deleting_the_app_revokes_every_connection(db) {
         let app = TestApp::spawn(&db).await;
         let first = app.connect("acme").await;
         app.fake.set_user(
@@ -578,12 +581,12 @@ async fn deleting_the_app_revokes_every_connection() {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["connections"], json!([]));
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn token_request_validation() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn token_request_validation(db) {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
         problem(
@@ -622,12 +625,12 @@ async fn token_request_validation() {
             .unwrap();
         problem(wrong_scope, StatusCode::FORBIDDEN, "forbidden").await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection(db) {
         let fake = fake_with(FakeOptions {
             access_token_lifetime: Duration::from_secs(900),
             ..Default::default()
@@ -686,12 +689,12 @@ async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection() {
         assert_eq!(fake.counters().introspections, before.introspections);
         assert_eq!(fake.counters().refreshes, before.refreshes + 1);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database(db) {
         let b = db.backend;
         let fake = fake_with(FakeOptions::default()).await;
         let app =
@@ -732,5 +735,5 @@ async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database
             .unwrap();
         assert!(entries <= 1.0, "{b}: {entries} cached with a capacity of 1");
         app.stop().await;
-    }
+        }
 }

@@ -10,9 +10,12 @@
 //! database (`DROP DATABASE … WITH (FORCE)`, which also ends connections still open).
 //!
 //! ```ignore
-//! for db in TestDatabase::all().await {
-//!     let store = db.store().await; // connected and migrated
-//!     // … assertions, with `db.backend` in messages …
+//! backend_tests! {
+//!     #[tokio::test]
+//!     async fn a_store_test(db) {
+//!         let store = db.store().await; // connected and migrated
+//!         // … assertions, with `db.backend` in messages …
+//!     }
 //! }
 //! ```
 

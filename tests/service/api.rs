@@ -1,14 +1,9 @@
 //! The foundation, black-box: API authentication, the tenant-app API, operations endpoints
 //! and problem responses — each on SQLite and (with TEST_DATABASE_URL) on Postgres.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::app::{ALL_SCOPES, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, TestApp, mint};
-use support::db::TestDatabase;
+use valo_testkit::app::{ALL_SCOPES, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, TestApp, mint};
 
 /// An Ed25519 key pair for the public-key configuration (test-only material).
 const ED_PUBLIC_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA6JAchX6vQHmpxbMfLFZTkt/B0gpl2JYEroFA9shPhYg=\n-----END PUBLIC KEY-----\n";
@@ -34,9 +29,9 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-#[tokio::test]
-async fn health_readiness_request_ids_and_route_problems() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn health_readiness_request_ids_and_route_problems(db) {
         let app = TestApp::spawn(&db).await;
         let health = app.client.get(app.url("/healthz")).send().await.unwrap();
         assert_eq!(health.status(), StatusCode::OK);
@@ -88,12 +83,12 @@ async fn health_readiness_request_ids_and_route_problems() {
             .unwrap();
         assert!(openapi["paths"]["/v1/tenants/{tenant}/connections/{id}/access-token"].is_object());
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn readiness_fails_when_the_database_is_gone() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn readiness_fails_when_the_database_is_gone(db) {
         let app = TestApp::spawn(&db).await;
         app.broker.close().await;
         let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
@@ -104,12 +99,12 @@ async fn readiness_fails_when_the_database_is_gone() {
         )
         .await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn bearer_tokens_that_must_be_refused_get_401() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn bearer_tokens_that_must_be_refused_get_401(db) {
         let app = TestApp::spawn(&db).await;
         let path = app.url("/v1/tenants/acme/salesforce-app");
         let hs = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
@@ -216,7 +211,7 @@ async fn bearer_tokens_that_must_be_refused_get_401() {
             .unwrap();
         assert_problem(ok, StatusCode::NOT_FOUND, "not_found").await;
         app.stop().await;
-    }
+        }
 }
 
 fn alg_none(claims: &Value) -> String {
@@ -229,14 +224,14 @@ fn alg_none(claims: &Value) -> String {
     )
 }
 
-#[tokio::test]
-async fn public_key_configuration_pins_eddsa() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn public_key_configuration_pins_eddsa(db) {
         let dir = std::env::temp_dir().join(format!("valo-pem-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let pem = dir.join("api.pem");
         std::fs::write(&pem, ED_PUBLIC_PEM).unwrap();
-        let fake = valo_oauth::fake_salesforce::FakeSalesforce::start(Default::default())
+        let fake = fake_salesforce::FakeSalesforce::start(Default::default())
             .await
             .unwrap();
         let mut env = vec![("VALO_OAUTH_API_JWT_PUBLIC_KEY_FILE", pem.to_str().unwrap())];
@@ -279,12 +274,12 @@ async fn public_key_configuration_pins_eddsa() {
             .unwrap();
         assert_problem(hs, StatusCode::UNAUTHORIZED, "unauthenticated").await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn scopes_and_tenant_confinement_get_403() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn scopes_and_tenant_confinement_get_403(db) {
         let app = TestApp::spawn(&db).await;
         let path = app.url("/v1/tenants/acme/salesforce-app");
         let cases = [
@@ -312,12 +307,12 @@ async fn scopes_and_tenant_confinement_get_403() {
             .unwrap();
         assert_eq!(own.status(), StatusCode::NOT_FOUND, "own tenant passes");
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn tenant_app_lifecycle_never_returns_the_secret() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn tenant_app_lifecycle_never_returns_the_secret(db) {
         let app = TestApp::spawn(&db).await;
         let created = app.put_app("acme").await;
         assert_eq!(created.status(), StatusCode::CREATED);
@@ -362,12 +357,12 @@ async fn tenant_app_lifecycle_never_returns_the_secret() {
             .await;
         assert_problem(again, StatusCode::NOT_FOUND, "not_found").await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn tenant_app_validation_gives_clear_400s() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn tenant_app_validation_gives_clear_400s(db) {
         let app = TestApp::spawn(&db).await;
         let token = app.token(ALL_SCOPES, None);
         let put = |tenant: &str, body: Value| {
@@ -509,12 +504,12 @@ async fn tenant_app_validation_gives_clear_400s() {
             .unwrap();
         assert_problem(huge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn consumer_secrets_are_not_stored_in_plaintext() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn consumer_secrets_are_not_stored_in_plaintext(db) {
         let app = TestApp::spawn(&db).await;
         let secret = "ZxQ9v8W7u6T5s4R3q2P1o0NnMmLlKkJj";
         let key = "3MVG9UniqueConsumerKeyForThisTest0000";
@@ -531,5 +526,5 @@ async fn consumer_secrets_are_not_stored_in_plaintext() {
             );
         }
         app.stop().await;
-    }
+        }
 }

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use fake_salesforce::{Approval, Counters, Endpoint, FakeOptions, FakeSalesforce, Fault};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use valo_oauth::fake_salesforce::{
-    Approval, Counters, Endpoint, FakeOptions, FakeSalesforce, Fault,
-};
 
 const CLIENT_ID: &str = "3MVG9fake.consumer.key";
 const SECRET: &str = "F4KE5ECRET0123456789";

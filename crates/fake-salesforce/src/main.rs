@@ -1,7 +1,7 @@
 //! A runnable fake Salesforce for trying valo-oauth without an org.
 //!
 //! ```text
-//! cargo run --example fake_salesforce -- --listen 127.0.0.1:9999 \
+//! cargo run -p fake-salesforce -- --listen 127.0.0.1:9999 \
 //!     --client-id ID --client-secret SECRET \
 //!     --redirect-uri http://127.0.0.1:8080/oauth2/v1/callback/salesforce \
 //!     [--no-rotation] [--auto-approve]
@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use valo_oauth::fake_salesforce::{FakeOptions, FakeSalesforce};
+use fake_salesforce::{FakeOptions, FakeSalesforce};
 
 #[derive(Parser, Debug)]
 #[command(about = "A fake Salesforce OAuth server (authorize, token, introspect, revoke)")]

@@ -4,20 +4,16 @@
 //! refresh token is presented twice, no rotated one is dropped, and the caller gets a token
 //! or a clear 503, never a 500.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-mod support;
-
 use std::time::{Duration, Instant};
 
+use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::app::{CLIENT_ID, CLIENT_SECRET, TestApp};
-use support::db::TestDatabase;
-use support::pgbouncer::PgBouncer;
-use support::proxy::FaultProxy;
 use uuid::Uuid;
-use valo_oauth::fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
+use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET, TestApp};
+use valo_testkit::db::TestDatabase;
+use valo_testkit::pgbouncer::PgBouncer;
+use valo_testkit::proxy::FaultProxy;
 
 async fn token_of(response: reqwest::Response) -> String {
     let status = response.status();
@@ -60,9 +56,9 @@ fn postgres_addr(db: &TestDatabase) -> std::net::SocketAddr {
 
 // --- Salesforce faults ------------------------------------------------------------------------
 
-#[tokio::test]
-async fn refused_app_credentials_are_the_apps_state_and_a_put_revives_every_connection() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn refused_app_credentials_are_the_apps_state_and_a_put_revives_every_connection(db) {
         let b = db.backend;
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
@@ -128,12 +124,12 @@ async fn refused_app_credentials_are_the_apps_state_and_a_put_revives_every_conn
             .await;
         assert_eq!(shown["status"], "active", "{b}");
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends(db) {
         let b = db.backend;
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
@@ -158,12 +154,12 @@ async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends() {
             "{b}: {c}"
         );
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline(db) {
         let b = db.backend;
         let fake = fake().await;
         // One call in flight at a time; each takes 1.2 s of the 2 s deadline.
@@ -195,12 +191,12 @@ async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline() {
         assert_eq!(after.refresh_reuse_attempts, 0, "{b}");
         fake.set_latency(Duration::ZERO);
         app.stop().await;
-    }
+        }
 }
 
-#[tokio::test]
-async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test]
+    async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token(db) {
         let b = db.backend;
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
@@ -223,17 +219,20 @@ async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token() {
         assert_eq!(app.fake.counters().refreshes, 2, "{b}");
         assert_eq!(app.fake.counters().refresh_reuse_attempts, 0, "{b}");
         app.stop().await;
-    }
+        }
 }
 
 // --- database faults (Postgres) ---------------------------------------------------------------
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_database_session_killed_mid_refresh_lets_nobody_present_the_token_twice() {
-    let Some(db) = TestDatabase::postgres().await else {
-        eprintln!("TEST_DATABASE_URL is not set: skipping");
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let fake = fake().await;
     let a = TestApp::spawn_with(&db, &fake, &[]).await;
     let b = TestApp::spawn_with(&db, &fake, &[]).await;
@@ -287,12 +286,15 @@ async fn a_database_session_killed_mid_refresh_lets_nobody_present_the_token_twi
     b.stop().await;
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_gone_while_the_answer_is_on_its_way_the_rotated_token_is_still_saved() {
-    let Some(db) = TestDatabase::postgres().await else {
-        eprintln!("TEST_DATABASE_URL is not set: skipping");
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let proxy = FaultProxy::start(postgres_addr(&db)).await;
     let through = proxy.url_for(&db.url);
     let fake = fake().await;
@@ -343,12 +345,15 @@ fn active_refresh_token(fake: &FakeSalesforce) -> String {
     active[0].clone()
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_postgres_down_readiness_and_reads_fail_fast_and_cached_tokens_are_served() {
-    let Some(db) = TestDatabase::postgres().await else {
-        eprintln!("TEST_DATABASE_URL is not set: skipping");
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let proxy = FaultProxy::start(postgres_addr(&db)).await;
     let through = proxy.url_for(&db.url);
     let fake = fake().await;
@@ -402,12 +407,15 @@ async fn with_postgres_down_readiness_and_reads_fail_fast_and_cached_tokens_are_
     app.stop().await;
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn through_pgbouncer_in_transaction_mode_three_replicas_refresh_once() {
-    let Some(db) = TestDatabase::postgres().await else {
-        eprintln!("TEST_DATABASE_URL is not set: skipping");
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let admin = std::env::var("TEST_DATABASE_URL").unwrap();
     let Some(bouncer) = PgBouncer::start(&admin).await else {
         eprintln!("pgbouncer is not installed: skipping");
@@ -471,7 +479,7 @@ async fn through_pgbouncer_in_transaction_mode_three_replicas_refresh_once() {
 /// fake Salesforce (registered by [`TestApp::spawn_with`]) with the same keys as the tests'
 /// in-process replicas.
 fn process_env(db: &TestDatabase, extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    support::app::test_env(db, support::app::TEST_KEYS, extra)
+    valo_testkit::app::test_env(db, valo_testkit::app::TEST_KEYS, extra)
         .into_iter()
         .collect()
 }
@@ -494,8 +502,8 @@ async fn post_token(base: &str, id: Uuid, body: Value) -> reqwest::Response {
         .post(format!(
             "{base}/v1/tenants/acme/connections/{id}/access-token"
         ))
-        .bearer_auth(support::app::mint(
-            support::app::JWT_SECRET,
+        .bearer_auth(valo_testkit::app::mint(
+            valo_testkit::app::JWT_SECRET,
             "tokens:read",
             Some("acme"),
             3600,
@@ -506,9 +514,9 @@ async fn post_token(base: &str, id: Uuid, body: Value) -> reqwest::Response {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit() {
-    for db in TestDatabase::all().await {
+backend_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit(db) {
         let b = db.backend;
         let fake = fake().await;
         let setup = TestApp::spawn_with(&db, &fake, &[]).await;
@@ -519,7 +527,7 @@ async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit() 
         // replica's Salesforce timeout is 2 s).
         fake.set_latency(Duration::from_millis(1_500));
         let before = fake.counters();
-        let mut replica = support::process::ServiceProcess::spawn(&process_env(
+        let mut replica = valo_testkit::process::ServiceProcess::spawn(crate::SERVICE_BINARY, &process_env(
             &db,
             &[
                 ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "1"),
@@ -575,28 +583,34 @@ async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit() 
         assert_eq!(fake.counters().refresh_reuse_attempts, 0, "{b}");
         assert_eq!(fake.counters().refreshes, before.refreshes + 4 + 6, "{b}");
         check.stop().await;
-    }
+        }
 }
 
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_while_holding_a_lease_blocks_the_connection_only_until_it_ends() {
-    let Some(db) = TestDatabase::postgres().await else {
-        eprintln!("TEST_DATABASE_URL is not set: skipping");
-        return;
-    };
+    let db = TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
     let fake = fake().await;
     let survivor = TestApp::spawn_with(&db, &fake, &[]).await;
     let victim_connection = connect_users(&survivor, 1).await[0];
     let current = token_of(survivor.access_token("acme", victim_connection, None).await).await;
 
     // The doomed replica: a 1 s Salesforce timeout, so a 21 s lease.
-    let mut doomed = support::process::ServiceProcess::spawn(&process_env(
-        &db,
-        &[
-            ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "1000"),
-            ("VALO_OAUTH_REFRESH_WAIT_MS", "5000"),
-        ],
-    ))
+    let mut doomed = valo_testkit::process::ServiceProcess::spawn(
+        crate::SERVICE_BINARY,
+        &process_env(
+            &db,
+            &[
+                ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "1000"),
+                ("VALO_OAUTH_REFRESH_WAIT_MS", "5000"),
+            ],
+        ),
+    )
     .await;
     // Its refresh of the victim takes the lease and sends the call, which is lost on the
     // way: Salesforce never sees it, so the refresh token is still good — the one case in

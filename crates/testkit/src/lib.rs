@@ -1,0 +1,76 @@
+//! valo-oauth's test kit, shared by the integration tests (`tests/`) and the benchmark
+//! (`examples/bench/`):
+//!
+//! - [`app`]: the service in-process on a test database with a fake Salesforce
+//!   ([`app::TestApp`]), its settings, and API tokens ([`app::mint`]);
+//! - [`db`]: throw-away SQLite and Postgres databases ([`db::TestDatabase`]);
+//! - [`process`]: the service's binary as a child process (signals, `kill -9`);
+//! - [`pgbouncer`]: a transaction-mode PgBouncer in front of the test Postgres;
+//! - [`proxy`]: a TCP proxy that cuts or refuses connections on demand;
+//! - [`backend_tests!`]: one test body run as two test cases, `…::sqlite` and
+//!   `…::postgres`, so each backend reports on its own.
+//!
+//! ## Skipped means skipped
+//!
+//! The Postgres cases need `TEST_DATABASE_URL`. The service's `build.rs` sets the cfg
+//! `test_postgres` when it is set at build time (or when `CI=true`); without it the cases
+//! are compiled with `#[ignore]` and cargo reports them as ignored, never as passed.
+//! Under `CI=true` a missing database is a failure.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test support: failing loudly is the point"
+)]
+
+pub mod app;
+pub mod db;
+pub mod pgbouncer;
+pub mod process;
+pub mod proxy;
+
+/// The repository's root (the service's package), where the binary finds `config/` and
+/// `migrations/`.
+pub const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// Runs one async test body on each storage backend, as two test cases in a module named
+/// after the test: `name::sqlite` and `name::postgres`. The body sees the database as the
+/// named binding (a [`db::TestDatabase`]); attributes (such as `#[tokio::test(…)]`, which
+/// is required) apply to both cases.
+///
+/// ```ignore
+/// backend_tests! {
+///     #[tokio::test]
+///     async fn a_connection_survives(db) {
+///         let app = TestApp::spawn(&db).await;
+///         // …
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! backend_tests {
+    ($(#[$attr:meta])* async fn $name:ident($db:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $(#[$attr])*
+            async fn sqlite() {
+                let $db = $crate::db::TestDatabase::sqlite().await;
+                $body
+            }
+
+            $(#[$attr])*
+            #[cfg_attr(
+                not(test_postgres),
+                ignore = "TEST_DATABASE_URL was not set when the tests were built"
+            )]
+            async fn postgres() {
+                let $db = $crate::db::TestDatabase::postgres()
+                    .await
+                    .expect("TEST_DATABASE_URL is not set (the Postgres case cannot run)");
+                $body
+            }
+        }
+    };
+}
