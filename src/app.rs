@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, Clock, SystemClock};
+use crate::broker::{Broker, BrokerSettings, Clock, SystemClock};
 use crate::config::Settings;
 use crate::http::{self, AppState, auth::ApiAuth};
 use crate::salesforce::{ClientSettings, SalesforceClient};
@@ -65,7 +65,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let body_limit_bytes = settings.body_limit_bytes;
-        let broker = Broker::new(store, salesforce, clock, Arc::new(settings));
+        let broker = Broker::new(store, salesforce, clock, BrokerSettings::from(&settings));
         Ok(Self {
             listener,
             state: AppState {

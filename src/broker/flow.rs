@@ -210,7 +210,7 @@ impl Broker {
             .authorize_url(&AuthorizeRequest {
                 login_url: &app.login_url,
                 client_id: credentials.client_id.expose_secret(),
-                redirect_uri: &self.settings.callback_url(),
+                redirect_uri: &self.settings.callback_url,
                 scopes: &self.settings.salesforce.scopes,
                 state: &state,
                 code_challenge: challenge.as_str(),
@@ -359,7 +359,7 @@ impl Broker {
             .salesforce
             .exchange_code(
                 &credentials,
-                &self.settings.callback_url(),
+                &self.settings.callback_url,
                 code.expose_secret(),
                 &verifier,
             )

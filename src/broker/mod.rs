@@ -25,8 +25,9 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Settings;
+use crate::config::{SalesforceSettings, Settings, TokenSettings};
 use crate::crypto::{Binding, Keyring, KeyringError};
+use crate::salesforce::HostPolicy;
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
 use crate::store::{ConnectionRecord, Millis, Store, StoreError, TenantAppRecord};
 
@@ -137,7 +138,7 @@ pub struct Broker {
     keyring: Arc<Keyring>,
     salesforce: SalesforceClient,
     clock: Arc<dyn Clock>,
-    settings: Arc<Settings>,
+    settings: Arc<BrokerSettings>,
     tokens: Arc<cache::TokenCache>,
     /// Calls to Salesforce in flight on this replica, fair across tenants.
     limiter: Arc<limiter::FairLimiter>,
@@ -148,6 +149,43 @@ pub struct Broker {
     lifecycle: Arc<lifecycle::Lifecycle>,
     /// Who holds this replica's refresh leases (host, process, instance), for operators.
     holder: Arc<str>,
+}
+
+/// What the domain needs of the process's settings, and nothing more (no listener, no
+/// database URL, no API authentication, no logging).
+#[derive(Clone)]
+pub struct BrokerSettings {
+    /// The redirect URI every tenant's ECA is configured with.
+    pub callback_url: String,
+    /// Origins (`scheme://host[:port]`) allowed in `return_to`.
+    pub return_to_origins: Vec<String>,
+    /// Which login hosts a tenant's app may name.
+    pub login_hosts: HostPolicy,
+    /// How long a started authorization may be completed.
+    pub authorization_ttl: Duration,
+    pub salesforce: SalesforceSettings,
+    pub tokens: TokenSettings,
+    /// How long a shutdown waits for requests and refreshes in flight.
+    pub shutdown_grace: Duration,
+    pub keyring: Arc<Keyring>,
+    /// The database pool's size, of which the refresh path takes its share.
+    pub db_pool_size: u32,
+}
+
+impl From<&Settings> for BrokerSettings {
+    fn from(s: &Settings) -> Self {
+        Self {
+            callback_url: s.callback_url(),
+            return_to_origins: s.return_to_origins.clone(),
+            login_hosts: s.login_hosts.clone(),
+            authorization_ttl: s.authorization_ttl,
+            salesforce: s.salesforce.clone(),
+            tokens: s.tokens.clone(),
+            shutdown_grace: s.shutdown_grace,
+            keyring: s.keyring.clone(),
+            db_pool_size: s.db_max_connections,
+        }
+    }
 }
 
 /// How many of the pool's connections the refresh path (row reads, leases, commits) may
@@ -164,8 +202,9 @@ impl Broker {
         store: Store,
         salesforce: SalesforceClient,
         clock: Arc<dyn Clock>,
-        settings: Arc<Settings>,
+        settings: BrokerSettings,
     ) -> Self {
+        let settings = Arc::new(settings);
         Self {
             store,
             keyring: settings.keyring.clone(),
@@ -173,7 +212,7 @@ impl Broker {
             clock,
             limiter: limiter::FairLimiter::new(settings.salesforce.max_in_flight),
             refresh_db: Arc::new(tokio::sync::Semaphore::new(refresh_db_slots(
-                settings.db_max_connections,
+                settings.db_pool_size,
             ))),
             tokens: Arc::new(cache::TokenCache::new(settings.tokens.cache_capacity)),
             settings,
@@ -188,7 +227,7 @@ impl Broker {
 
     /// The redirect URI every tenant's ECA is configured with.
     pub fn callback_url(&self) -> String {
-        self.settings.callback_url()
+        self.settings.callback_url.clone()
     }
 
     /// Readiness: the database answers and every migration is applied.
