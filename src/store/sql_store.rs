@@ -18,6 +18,22 @@ use super::{
     StoreOptions, TenantAppRecord,
 };
 
+/// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
+/// in a transaction of its own (see the module's documentation).
+macro_rules! run_statement {
+    ($store:ident, $query:ident . $method:ident) => {{
+        let map = sql::map_err::<DB>;
+        if $store.transaction_pooler {
+            let mut tx = $store.pool.begin().await.map_err(map)?;
+            let out = $query.$method(&mut *tx).await.map_err(map)?;
+            tx.commit().await.map_err(map)?;
+            Ok(out)
+        } else {
+            $query.$method(&$store.pool).await.map_err(map)
+        }
+    }};
+}
+
 /// The store over one database.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
@@ -70,53 +86,17 @@ where
     }
 
     async fn fetch_optional(&self, query: Q<DB>) -> Result<Option<DB::Row>, StoreError> {
-        if self.transaction_pooler {
-            let mut tx = self.pool.begin().await.map_err(sql::map_err::<DB>)?;
-            let row = query
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql::map_err::<DB>)?;
-            tx.commit().await.map_err(sql::map_err::<DB>)?;
-            Ok(row)
-        } else {
-            query
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(sql::map_err::<DB>)
-        }
+        run_statement!(self, query.fetch_optional)
     }
 
     async fn fetch_all(&self, query: Q<DB>) -> Result<Vec<DB::Row>, StoreError> {
-        if self.transaction_pooler {
-            let mut tx = self.pool.begin().await.map_err(sql::map_err::<DB>)?;
-            let rows = query
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql::map_err::<DB>)?;
-            tx.commit().await.map_err(sql::map_err::<DB>)?;
-            Ok(rows)
-        } else {
-            query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(sql::map_err::<DB>)
-        }
+        run_statement!(self, query.fetch_all)
     }
 
     /// Runs a statement; returns the rows it affected.
     async fn execute(&self, query: Q<DB>) -> Result<u64, StoreError> {
-        if self.transaction_pooler {
-            let mut tx = self.pool.begin().await.map_err(sql::map_err::<DB>)?;
-            let done = query.execute(&mut *tx).await.map_err(sql::map_err::<DB>)?;
-            tx.commit().await.map_err(sql::map_err::<DB>)?;
-            Ok(DB::rows_affected(&done))
-        } else {
-            let done = query
-                .execute(&self.pool)
-                .await
-                .map_err(sql::map_err::<DB>)?;
-            Ok(DB::rows_affected(&done))
-        }
+        let done = run_statement!(self, query.execute)?;
+        Ok(DB::rows_affected(&done))
     }
 
     // --- rows ------------------------------------------------------------------------------
