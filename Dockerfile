@@ -19,9 +19,11 @@ COPY --from=build /src/target/release/valo-oauth /usr/local/bin/valo-oauth
 COPY config /app/config
 WORKDIR /app
 USER 10001
+# 8080 faces the internet (the callback); 8081 is the internal API, metrics and readiness.
 ENV VALO_OAUTH_ENV=production \
-    VALO_OAUTH_LISTEN=0.0.0.0:8080
-EXPOSE 8080
+    VALO_OAUTH_LISTEN=0.0.0.0:8080 \
+    VALO_OAUTH_INTERNAL_LISTEN=0.0.0.0:8081
+EXPOSE 8080 8081
 # No shell tools needed: the binary checks its own /healthz.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/valo-oauth", "healthcheck"]

@@ -21,6 +21,8 @@ use crate::store::{Store, StoreOptions};
 
 pub struct Application {
     listener: TcpListener,
+    /// The internal API's listener, when it has its own (`VALO_OAUTH_INTERNAL_LISTEN`).
+    internal: Option<TcpListener>,
     state: AppState,
 }
 
@@ -64,10 +66,19 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let internal = match settings.internal_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (internal)"))?,
+            ),
+            None => None,
+        };
         let body_limit_bytes = settings.body_limit_bytes;
         let broker = Broker::new(store, salesforce, clock, BrokerSettings::from(&settings));
         Ok(Self {
             listener,
+            internal,
             state: AppState {
                 broker,
                 auth: Arc::new(auth),
@@ -76,8 +87,14 @@ impl Application {
         })
     }
 
+    /// The public listener's address (the only one when no internal listener is set).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The internal listener's address, when it has its own.
+    pub fn internal_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.internal.as_ref().map(TcpListener::local_addr)
     }
 
     /// The domain object, for tests that drive the broker directly.
@@ -101,20 +118,53 @@ impl Application {
         let broker = self.state.broker.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx));
-        let app = http::router(self.state);
-        tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let (fired_tx, mut fired_rx) = watch::channel(false);
         let draining = broker.clone();
-        let mut server = tokio::spawn(
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    tracing::info!("shutting down");
-                    draining.begin_shutdown();
-                    let _ = fired_tx.send(true);
-                })
-                .into_future(),
-        );
+        // Once `shutdown` completes: no new refresh starts, and every listener stops
+        // accepting and drains its requests.
+        let fired = {
+            let fired_rx = fired_rx.clone();
+            move || {
+                let mut fired_rx = fired_rx.clone();
+                async move {
+                    let _ = fired_rx.wait_for(|fired| *fired).await;
+                }
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            draining.begin_shutdown();
+            let _ = fired_tx.send(true);
+        });
+        let serving: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.internal {
+                None => {
+                    tracing::info!(addr = %self.listener.local_addr()?, "listening");
+                    let app = http::router(self.state);
+                    Box::pin(
+                        axum::serve(self.listener, app)
+                            .with_graceful_shutdown(fired())
+                            .into_future(),
+                    )
+                }
+                Some(internal) => {
+                    tracing::info!(
+                        addr = %self.listener.local_addr()?,
+                        internal = %internal.local_addr()?,
+                        "listening"
+                    );
+                    let public =
+                        axum::serve(self.listener, http::public_router(self.state.clone()))
+                            .with_graceful_shutdown(fired())
+                            .into_future();
+                    let internal = axum::serve(internal, http::internal_router(self.state))
+                        .with_graceful_shutdown(fired())
+                        .into_future();
+                    Box::pin(async move { tokio::try_join!(public, internal).map(|_| ()) })
+                }
+            };
+        let mut server = tokio::spawn(serving);
         let early = tokio::select! {
             joined = &mut server => Some(joined),
             _ = fired_rx.wait_for(|fired| *fired) => None,

@@ -121,12 +121,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let callback = settings.callback_url();
     let app = Application::build(settings).await?;
     let addr = app.local_addr()?;
+    // The API is on the internal listener when there is one.
+    let api = match app.internal_addr() {
+        Some(internal) => internal?,
+        None => addr,
+    };
     if development {
         eprintln!(
-            "\nvalo-oauth (development) listening on http://{addr}\n\
+            "\nvalo-oauth (development) listening on http://{addr} (API on http://{api})\n\
              callback URL for your External Client App: {callback}\n\
              mint an API token:  TOKEN=$(cargo run -q --release -- dev-token --scope \"apps:write connections:write connections:read tokens:read\")\n\
-             call the API:       curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/v1/tenants/acme/connections\n"
+             call the API:       curl -H \"Authorization: Bearer $TOKEN\" http://{api}/v1/tenants/acme/connections\n"
         );
     }
     app.run_until_stopped().await?;
@@ -206,8 +211,10 @@ fn dev_token(settings: &Settings, scope: &str, tenant: Option<String>, ttl_secs:
     }
 }
 
+/// `GET /healthz` on the internal listener when there is one (it is the one that serves the
+/// API), else on the only one.
 async fn healthcheck(settings: &Settings) -> ExitCode {
-    let mut addr = settings.listen;
+    let mut addr = settings.internal_listen.unwrap_or(settings.listen);
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

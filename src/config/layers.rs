@@ -15,6 +15,7 @@ use super::{ConfigError, Settings};
 const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("env", Some("development"), false),
     ("listen", Some("127.0.0.1:8080"), false),
+    ("internal_listen", None, false),
     ("public_url", None, false),
     ("database_url", Some("sqlite://data/valo-oauth.db"), true),
     ("migrate_on_start", Some("true"), false),

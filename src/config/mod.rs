@@ -61,7 +61,11 @@ pub enum Environment {
 #[derive(Clone)]
 pub struct Settings {
     pub env: Environment,
+    /// The public listener: the callback, its pages and `/healthz` (and everything else
+    /// when `internal_listen` is unset).
     pub listen: SocketAddr,
+    /// The internal listener: the API, `/metrics`, `/openapi.json`, `/readyz`, `/healthz`.
+    pub internal_listen: Option<SocketAddr>,
     /// Public base URL, no trailing slash.
     pub public_url: Url,
     pub database_url: SecretString,
@@ -94,6 +98,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("env", &self.env)
             .field("listen", &self.listen)
+            .field("internal_listen", &self.internal_listen)
             .field("public_url", &self.public_url.as_str())
             .field("database_url", &"[redacted]")
             .field("keyring", &self.keyring)
@@ -146,6 +151,7 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     Ok(Settings {
         env: server.env,
         listen: server.listen,
+        internal_listen: server.internal_listen,
         public_url: server.public_url,
         database_url,
         migrate_on_start: pool.migrate_on_start,

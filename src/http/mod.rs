@@ -4,6 +4,10 @@
 //! - [`apps`], [`authorizations`], [`connections`]: the internal JSON API (bearer JWT);
 //! - [`callback`] and [`pages`]: the public callback Salesforce redirects browsers to;
 //! - [`ops`]: health, readiness, metrics, OpenAPI;
+//!
+//! [`router`] serves everything on one listener; with an internal listener configured,
+//! [`public_router`] (the callback and `/healthz`) faces the internet and
+//! [`internal_router`] serves the rest.
 //! - [`auth`], [`problem`], [`extract`]: authentication, RFC 9457 errors, body and path parsing.
 
 pub mod apps;
@@ -43,15 +47,39 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The whole application: every route, with the layers in one place.
+/// Everything on one listener (when `VALO_OAUTH_INTERNAL_LISTEN` is unset): the public
+/// routes and the internal ones.
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.body_limit_bytes;
+    with_layers(public_routes().merge(internal_routes()), state)
+}
+
+/// The listener that faces the internet: the callback Salesforce redirects browsers to,
+/// its pages, and `/healthz`. Everything else answers a 404 problem here.
+pub fn public_router(state: AppState) -> Router {
+    with_layers(public_routes().merge(ops::health_router()), state)
+}
+
+/// The internal listener: the API, `/metrics`, `/openapi.json`, `/readyz` and `/healthz`.
+pub fn internal_router(state: AppState) -> Router {
+    with_layers(internal_routes().merge(ops::health_router()), state)
+}
+
+fn public_routes() -> Router<AppState> {
+    callback::router()
+}
+
+fn internal_routes() -> Router<AppState> {
     Router::new()
         .merge(apps::router())
         .merge(authorizations::router())
         .merge(connections::router())
-        .merge(callback::router())
         .merge(ops::router())
+}
+
+/// The layers every listener has, in one place.
+fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
+    let body_limit = state.body_limit_bytes;
+    routes
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
