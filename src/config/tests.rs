@@ -169,5 +169,8 @@ fn the_internal_listener_is_optional_and_checked() {
         "{same}"
     );
     let bad = load_env(&[("VALO_OAUTH_INTERNAL_LISTEN", "8081")]).unwrap_err();
-    assert!(bad.to_string().contains("VALO_OAUTH_INTERNAL_LISTEN"), "{bad}");
+    assert!(
+        bad.to_string().contains("VALO_OAUTH_INTERNAL_LISTEN"),
+        "{bad}"
+    );
 }
