@@ -111,7 +111,20 @@ impl Broker {
         if connection.status == ConnectionStatus::Revoked {
             return Ok(());
         }
-        let token = self.open_connection_secret(connection, SecretColumn::RefreshToken)?;
+        let token = match self.open_connection_secret(connection, SecretColumn::RefreshToken) {
+            Ok(token) => token,
+            // The key that sealed it has left the ring (or the value is damaged): there is
+            // nothing to revoke with. A forced delete goes on; the token stays valid at
+            // Salesforce until it expires or is revoked there.
+            Err(e) if force => {
+                tracing::warn!(connection = %connection.id, error = %e, "refresh token cannot be decrypted; nothing to revoke it with; deleting anyway (force)");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(connection = %connection.id, error = %e, "refresh token cannot be decrypted, so it cannot be revoked; configure its key again, or delete with force=true");
+                return Err(e);
+            }
+        };
         match self.salesforce.revoke(&connection.login_url, &token).await {
             Ok(()) => Ok(()),
             Err(e) if force => {

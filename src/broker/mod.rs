@@ -7,7 +7,8 @@
 //! - [`tokens`]: fresh access tokens, with exactly one refresh per connection at a time;
 //! - [`keepalive`]: the background sweeper that refreshes idle connections;
 //! - [`limiter`]: the per-replica limit on Salesforce calls in flight, fair across tenants;
-//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit.
+//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit;
+//! - [`rekey`]: re-sealing stored secrets under the first key, and what each key still seals.
 //!
 //! Every operation takes the time from [`Clock`] so tests can control it.
 
@@ -18,6 +19,7 @@ pub mod flow;
 pub mod keepalive;
 pub mod lifecycle;
 pub mod limiter;
+pub mod rekey;
 pub mod tokens;
 
 use std::sync::Arc;

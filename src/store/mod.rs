@@ -17,6 +17,7 @@
 
 mod backend;
 mod postgres;
+mod sealed;
 mod sql;
 mod sql_store;
 mod sqlite;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use backend::Backend;
+pub use sealed::{RowKey, SealedField, SealedValue};
 pub use sql_store::SqlStore;
 
 /// Runs the same call on whichever backend this store is.
@@ -430,6 +432,33 @@ impl Store {
         before: Millis,
     ) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_authorization_sessions(before).await)
+    }
+
+    // --- sealed values (key rotation) ------------------------------------------------------
+
+    /// Up to `limit` values of `field` in rows after `after` (from the first row when
+    /// `None`), in key order, skipping those that start with `skip_prefix` (the values
+    /// already sealed under the primary key).
+    pub async fn sealed_page(
+        &self,
+        field: SealedField,
+        after: Option<&RowKey>,
+        skip_prefix: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SealedValue>, StoreError> {
+        dispatch!(self, s => s.sealed_page(field, after, skip_prefix, limit).await)
+    }
+
+    /// Replaces a sealed value if it is still `old` (a refresh or a re-registration may
+    /// have written a new one meanwhile). Returns whether it was replaced.
+    pub async fn replace_sealed(
+        &self,
+        field: SealedField,
+        key: &RowKey,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.replace_sealed(field, key, old, new).await)
     }
 
     // --- connections ---------------------------------------------------------------------

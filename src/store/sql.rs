@@ -98,6 +98,56 @@ pub(super) const SELECT_SESSION_CONSUMED_AT: &str =
 pub(super) const DELETE_EXPIRED_SESSIONS: &str =
     "DELETE FROM authorization_sessions WHERE expires_at < $1";
 
+// --- sealed values (key rotation) ----------------------------------------------------------
+
+/// The page and compare-and-set statements of one sealed column, keyed by `$key`. The page
+/// reads rows after `$1` whose value does not start with the `$2`-character prefix `$3`
+/// (`$2 = 0`: every row), in key order, at most `$4`.
+macro_rules! sealed_sql {
+    ($table:literal, $key:literal, $column:literal) => {
+        (
+            concat!(
+                "SELECT ",
+                $key,
+                " AS row_key, ",
+                $column,
+                " AS sealed FROM ",
+                $table,
+                " WHERE ",
+                $key,
+                " > $1 AND ($2 = 0 OR substr(",
+                $column,
+                ", 1, CAST($2 AS INTEGER)) <> $3) ORDER BY ",
+                $key,
+                " LIMIT $4"
+            ),
+            concat!(
+                "UPDATE ",
+                $table,
+                " SET ",
+                $column,
+                " = $3 WHERE ",
+                $key,
+                " = $1 AND ",
+                $column,
+                " = $2"
+            ),
+        )
+    };
+}
+
+/// (page, compare-and-set) for each [`super::SealedField`].
+pub(super) const SEALED_APP_CONSUMER_KEY: (&str, &str) =
+    sealed_sql!("tenant_apps", "tenant_id", "consumer_key_enc");
+pub(super) const SEALED_APP_CONSUMER_SECRET: (&str, &str) =
+    sealed_sql!("tenant_apps", "tenant_id", "consumer_secret_enc");
+pub(super) const SEALED_CONNECTION_ACCESS_TOKEN: (&str, &str) =
+    sealed_sql!("connections", "id", "access_token_enc");
+pub(super) const SEALED_CONNECTION_REFRESH_TOKEN: (&str, &str) =
+    sealed_sql!("connections", "id", "refresh_token_enc");
+pub(super) const SEALED_SESSION_PKCE_VERIFIER: (&str, &str) =
+    sealed_sql!("authorization_sessions", "id", "pkce_verifier_enc");
+
 // --- connections ---------------------------------------------------------------------------
 
 pub(super) const SELECT_CONNECTION_BY_IDENTITY: &str = concat!(

@@ -14,8 +14,8 @@ use super::backend::Backend;
 use super::sql;
 use super::{
     AppStatus, AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus,
-    ConsumeOutcome, Millis, RefreshFailure, RefreshedTokens, SavedConnection, StoreError,
-    StoreOptions, TenantAppRecord,
+    ConsumeOutcome, Millis, RefreshFailure, RefreshedTokens, RowKey, SavedConnection, SealedField,
+    SealedValue, StoreError, StoreOptions, TenantAppRecord,
 };
 
 /// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
@@ -353,6 +353,76 @@ where
     ) -> Result<u64, StoreError> {
         self.execute(self.query(sql::DELETE_EXPIRED_SESSIONS).bind(before))
             .await
+    }
+
+    // --- sealed values (key rotation) --------------------------------------------------------
+
+    fn sealed_statements(field: SealedField) -> (&'static str, &'static str) {
+        match field {
+            SealedField::AppConsumerKey => sql::SEALED_APP_CONSUMER_KEY,
+            SealedField::AppConsumerSecret => sql::SEALED_APP_CONSUMER_SECRET,
+            SealedField::ConnectionAccessToken => sql::SEALED_CONNECTION_ACCESS_TOKEN,
+            SealedField::ConnectionRefreshToken => sql::SEALED_CONNECTION_REFRESH_TOKEN,
+            SealedField::SessionPkceVerifier => sql::SEALED_SESSION_PKCE_VERIFIER,
+        }
+    }
+
+    /// Binds a row key as its column's type.
+    fn bind_key(query: Q<DB>, key: &RowKey) -> Q<DB> {
+        match key {
+            RowKey::Tenant(tenant) => query.bind(tenant.clone()),
+            RowKey::Id(id) => query.bind(DB::id_param(*id)),
+        }
+    }
+
+    pub async fn sealed_page(
+        &self,
+        field: SealedField,
+        after: Option<&RowKey>,
+        skip_prefix: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SealedValue>, StoreError> {
+        let map = sql::map_err::<DB>;
+        let first = if field.keyed_by_tenant() {
+            RowKey::Tenant(String::new())
+        } else {
+            RowKey::Id(Uuid::nil())
+        };
+        let prefix = skip_prefix.unwrap_or_default();
+        let query = Self::bind_key(
+            self.query(Self::sealed_statements(field).0),
+            after.unwrap_or(&first),
+        )
+        .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
+        .bind(prefix.to_owned())
+        .bind(limit);
+        let rows = self.fetch_all(query).await?;
+        rows.iter()
+            .map(|row| {
+                let key = if field.keyed_by_tenant() {
+                    RowKey::Tenant(row.try_get("row_key").map_err(map)?)
+                } else {
+                    RowKey::Id(DB::read_id(row, "row_key").map_err(map)?)
+                };
+                Ok(SealedValue {
+                    key,
+                    sealed: row.try_get("sealed").map_err(map)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn replace_sealed(
+        &self,
+        field: SealedField,
+        key: &RowKey,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let query = Self::bind_key(self.query(Self::sealed_statements(field).1), key)
+            .bind(old.to_owned())
+            .bind(new.to_owned());
+        Ok(self.execute(query).await? == 1)
     }
 
     // --- connections -------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 //! - [`store`]: the storage layer on both backends;
 //! - [`openapi`]: the OpenAPI document against the code;
 //! - [`interop`]: the flow against an independent OAuth server (Authlib);
+//! - [`keys`]: key rotation to completion (`rekey`, `keys`, forced deletes);
 //! - [`harness`]: the test kit's own parts (PgBouncer, the fault proxy, the process).
 //!
 //! `tests/logs.rs` is a binary of its own: it installs the process-wide log subscriber.
@@ -23,6 +24,7 @@ mod api;
 mod flow;
 mod harness;
 mod interop;
+mod keys;
 mod openapi;
 mod resilience;
 mod store;
