@@ -58,6 +58,12 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         "post",
         Some("tokens:read"),
     ),
+    (
+        "/v1/tenants/{tenant}/connections/{id}/reauthorize",
+        "post",
+        Some("connections:write"),
+    ),
+    ("/v1/salesforce/eca-settings", "get", Some("apps:write")),
     ("/oauth2/v1/callback/salesforce", "get", None),
     ("/healthz", "get", None),
     ("/readyz", "get", None),

@@ -55,6 +55,7 @@ fn session(tenant: &str, state: &[u8], created_at: i64, expires_at: i64) -> Auth
         created_at,
         expires_at,
         consumed_at: None,
+        connection_id: None,
     }
 }
 
@@ -70,6 +71,7 @@ fn authorized(id: Uuid, tag: &str, now: i64) -> AuthorizedConnection {
         issued_at: now,
         access_expires_at: now + 7_200_000,
         expiry_assumed: true,
+        username: None,
     }
 }
 
@@ -163,7 +165,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
             failed.err()
         );
 
-        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 2);
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 3);
         let missing = store.check_ready().await;
         assert!(
             matches!(missing, Err(StoreError::Migration(_))),

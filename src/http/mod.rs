@@ -1,8 +1,10 @@
 //! The HTTP layer (axum only): the router, the tower layers, extractors and responses.
 //! Handlers translate between HTTP and [`crate::broker`]; they hold no domain logic.
 //!
-//! - [`apps`], [`authorizations`], [`connections`]: the internal JSON API (bearer JWT);
-//! - [`callback`] and [`pages`]: the public callback Salesforce redirects browsers to;
+//! - [`apps`], [`authorizations`], [`connections`], [`eca_settings`]: the internal JSON API
+//!   (bearer JWT);
+//! - [`callback`], [`pages`] and [`guidance`]: the public callback Salesforce redirects
+//!   browsers to, its result pages, and what those pages tell an admin to fix;
 //! - [`ops`]: health, readiness, metrics, OpenAPI;
 //! - [`auth`], [`problem`], [`extract`]: authentication, RFC 9457 errors, body and path parsing.
 
@@ -11,7 +13,9 @@ pub mod auth;
 pub mod authorizations;
 pub mod callback;
 pub mod connections;
+pub mod eca_settings;
 pub mod extract;
+pub mod guidance;
 pub mod ops;
 pub mod pages;
 pub mod problem;
@@ -50,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::router())
         .merge(authorizations::router())
         .merge(connections::router())
+        .merge(eca_settings::router())
         .merge(callback::router())
         .merge(ops::router())
         .fallback(|| async { Problem::not_found("no such route") })

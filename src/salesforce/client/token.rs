@@ -88,6 +88,24 @@ impl fmt::Debug for RefreshAnswer {
     }
 }
 
+/// What the token endpoint said about a tenant app's consumer key and secret, asked with a
+/// deliberately invalid authorization code ([`SalesforceClient::check_credentials`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// The client authenticated; only the made-up code was refused (`invalid_grant`).
+    Accepted,
+    /// `invalid_client_id`: Salesforce knows no app with this consumer key.
+    KeyRefused,
+    /// `invalid_client`: the key is known, the consumer secret is wrong.
+    SecretRefused,
+}
+
+/// The authorization code the credential check presents: no real code looks like it, and a
+/// code is single-use anyway, so the check can never consume anything.
+const CHECK_CODE: &str = "valo-oauth-credential-check";
+/// The PKCE verifier sent with it (RFC 7636 §4.1: 43-128 unreserved characters).
+const CHECK_VERIFIER: &str = "valo-oauth-credential-check-verifier-000000000";
+
 /// The `refresh_token` member of a JSON body, if it has a non-empty one.
 fn refresh_token_in(body: &[u8]) -> Option<SecretString> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -195,6 +213,37 @@ impl SalesforceClient {
             .await;
         let status = status.load(Ordering::Relaxed);
         self.finish_grant(result, status, app)
+    }
+
+    /// Checks a tenant app's consumer key and secret before they are stored: a code exchange
+    /// with a deliberately invalid code. The token endpoint authenticates the client before
+    /// it looks at the grant (RFC 6749 §5.2 lists `invalid_client` before `invalid_grant`), so
+    /// Salesforce answers `invalid_client_id` for an unknown key, `invalid_client` for a wrong
+    /// secret, and `invalid_grant` when both are right (Salesforce Help, "OAuth flow
+    /// errors"). Tolerant: any other OAuth refusal also means the client passed
+    /// authentication. `Err` when no OAuth answer came (unreachable, not JSON) or the
+    /// endpoint accepted the made-up code (not a Salesforce token endpoint).
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty, grant = "credential_check"))]
+    pub async fn check_credentials(
+        &self,
+        app: &AppCredentials,
+        redirect_uri: &str,
+    ) -> Result<CredentialCheck, SalesforceError> {
+        let verifier = SecretString::from(CHECK_VERIFIER.to_owned());
+        match self
+            .exchange_code(app, redirect_uri, CHECK_CODE, &verifier)
+            .await
+        {
+            Err(SalesforceError::Refused { error, .. }) => Ok(match error.as_str() {
+                "invalid_client_id" => CredentialCheck::KeyRefused,
+                "invalid_client" => CredentialCheck::SecretRefused,
+                _ => CredentialCheck::Accepted,
+            }),
+            Err(other) => Err(other),
+            Ok(_) => Err(SalesforceError::InvalidResponse(
+                "the token endpoint accepted a made-up authorization code".into(),
+            )),
+        }
     }
 
     /// grant_type=refresh_token (RFC 6749 §6), client_secret_post, through the `oauth2`
