@@ -627,9 +627,10 @@ impl Broker {
             tracing::warn!(error = %e.summary(), "could not revoke the other user's new grant");
         }
         tracing::warn!(connection = %renewed, "reconnect completed by another Salesforce user: refused");
-        let who = existing
-            .username
-            .map_or_else(|| "the connection's user".to_owned(), |name| sanitise_description(&name));
+        let who = existing.username.map_or_else(
+            || "the connection's user".to_owned(),
+            |name| sanitise_description(&name),
+        );
         Err(FlowError::new(
             FlowErrorCode::DifferentUser,
             FailureReason::DifferentUser,
