@@ -156,7 +156,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
         assert_eq!(
             db.execute("UPDATE _sqlx_migrations SET success = false")
                 .await,
-            2
+            3
         );
         let failed = store.check_ready().await;
         assert!(
