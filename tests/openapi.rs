@@ -359,7 +359,7 @@ fn the_checks_catch_wrong_documents() {
     doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
         .as_array_mut()
         .unwrap()
-        .push("invalid_credentials".into());
+        .push("never_emitted_code".into());
     assert!(
         check_problem_codes(&doc).is_err(),
         "a never-emitted problem code accepted"
