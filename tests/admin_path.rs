@@ -799,6 +799,8 @@ async fn reconnect_renews_the_same_connection() {
             "{b}: {url}"
         );
 
+        // Introspection fails this time: the username known before is kept.
+        app.fake.inject(Endpoint::Introspect, Fault::Status(503));
         let done = finish(&app, url.as_str()).await;
         assert_eq!(done.status(), StatusCode::SEE_OTHER, "{b}");
         let target = reqwest::Url::parse(done.headers()["location"].to_str().unwrap()).unwrap();
@@ -814,6 +816,7 @@ async fn reconnect_renews_the_same_connection() {
         assert_eq!(after[0]["id"], id.to_string(), "{b}");
         assert_eq!(after[0]["status"], "active", "{b}");
         assert_eq!(after[0]["created_at"], before[0]["created_at"], "{b}");
+        assert_eq!(after[0]["username"], "admin@example.com", "{b}: kept");
         assert!(
             !app.fake.is_refresh_token_active(&old_refresh[0]),
             "{b}: the replaced refresh token is revoked"
@@ -941,8 +944,11 @@ async fn ids_with_a_wrong_checksum_are_kept_as_sent_with_a_warning() {
     }
     let log = logged();
     assert!(
-        log.contains("case-checksum suffix that does not verify")
-            && log.contains("00D5g000004ABCDZZZ"),
+        log.lines().any(
+            |line| line.contains("case-checksum suffix that does not verify")
+                && line.contains("00D5g000004ABCDZZZ")
+                && line.contains("\"level\":\"WARN\"")
+        ),
         "the kept id is logged as a warning"
     );
 }
