@@ -385,7 +385,7 @@ async fn the_consumer_secret_is_never_in_the_put_answer_or_the_log() {
     }
     let log = logged();
     assert!(
-        log.contains("tenant app stored") && log.contains("salesforce request failed"),
+        log.contains("tenant app stored") && log.contains("credentials checked at the login host"),
         "the PUTs and their checks ran under the capture"
     );
     for needle in [

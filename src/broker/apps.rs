@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{Broker, BrokerError, CredentialField, TenantId};
 use crate::crypto::Binding;
-use crate::salesforce::{AppCredentials, CredentialCheck, ErrorClass};
+use crate::salesforce::{AppCredentials, CredentialCheck, ErrorClass, SalesforceError};
 use crate::store::{AppStatus, Millis, TenantAppRecord};
 
 /// The longest consumer key or secret accepted (Salesforce's are far shorter).
@@ -150,6 +150,7 @@ impl Broker {
             .salesforce
             .check_credentials(credentials, &self.settings.callback_url())
             .await;
+        tracing::info!(outcome = ?outcome.as_ref().map_err(SalesforceError::summary), "tenant app credentials checked at the login host");
         match outcome {
             Ok(CredentialCheck::Accepted) => Ok(()),
             Ok(CredentialCheck::KeyRefused) => Err(BrokerError::InvalidCredentials {
@@ -172,22 +173,19 @@ impl Broker {
                          new secret."
                     .to_owned(),
             }),
-            Err(e) => {
-                tracing::warn!(error = %e.summary(), "credential check: no usable answer from the login host");
-                Err(match e.class() {
-                    ErrorClass::Transient => BrokerError::UpstreamUnavailable {
-                        reason: format!(
-                            "the login host could not check the credentials, nothing was stored: {}",
-                            e.summary()
-                        ),
-                        retry_after: CHECK_RETRY_AFTER,
-                    },
-                    _ => BrokerError::Upstream(format!(
-                        "the login host gave an answer that is not Salesforce's, nothing was stored: {}",
+            Err(e) => Err(match e.class() {
+                ErrorClass::Transient => BrokerError::UpstreamUnavailable {
+                    reason: format!(
+                        "the login host could not check the credentials, nothing was stored: {}",
                         e.summary()
-                    )),
-                })
-            }
+                    ),
+                    retry_after: CHECK_RETRY_AFTER,
+                },
+                _ => BrokerError::Upstream(format!(
+                    "the login host gave an answer that is not Salesforce's, nothing was stored: {}",
+                    e.summary()
+                )),
+            }),
         }
     }
 
