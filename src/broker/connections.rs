@@ -21,6 +21,9 @@ pub struct Connection {
     pub org_id: String,
     /// 18-character Salesforce user id (`005…`).
     pub user_id: String,
+    /// The user's Salesforce username (from introspection), when known; a reconnect passes
+    /// it as `login_hint`.
+    pub username: Option<String>,
     pub login_url: String,
     pub instance_url: String,
     pub status: ConnectionStatus,
@@ -44,6 +47,7 @@ impl From<ConnectionRecord> for Connection {
             tenant_id: c.tenant_id,
             org_id: c.org_id,
             user_id: c.user_id,
+            username: c.username,
             login_url: c.login_url,
             instance_url: c.instance_url,
             status: c.status,

@@ -1,7 +1,8 @@
 //! The broker: the service's domain logic, with no HTTP-server types and no SQL.
 //!
 //! - [`apps`]: tenants' External Client App credentials (write-only secrets);
-//! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
+//! - [`eca`]: the External Client App settings of the setup guide, for the Valo UI;
+//! - [`flow`]: the authorization-code flow with PKCE, from start to callback (and reconnects);
 //! - [`connections`]: reading and deleting (revoking) connections;
 //! - [`cache`]: this replica's bounded cache of decrypted access tokens;
 //! - [`tokens`]: fresh access tokens, with exactly one refresh per connection at a time;
@@ -15,6 +16,7 @@
 pub mod apps;
 pub mod cache;
 pub mod connections;
+pub mod eca;
 pub mod flow;
 pub mod keepalive;
 pub mod lifecycle;
@@ -72,6 +74,23 @@ impl TenantId {
     }
 }
 
+/// Which of a tenant app's credentials Salesforce refused at registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialField {
+    ConsumerKey,
+    ConsumerSecret,
+}
+
+impl CredentialField {
+    /// The name of the field in the PUT body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConsumerKey => "consumer_key",
+            Self::ConsumerSecret => "consumer_secret",
+        }
+    }
+}
+
 /// What went wrong, in the terms a caller can act on. The HTTP layer maps each variant to
 /// one problem `code`; 5xx variants carry details for the log only.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +109,13 @@ pub enum BrokerError {
     /// `app_credentials_invalid`).
     #[error("the tenant app's credentials were refused: {reason}")]
     AppCredentialsInvalid { reason: String },
+    /// Salesforce refused a tenant app's consumer key or secret at registration (422
+    /// `invalid_credentials`, with the field to fix); nothing was stored.
+    #[error("{detail}")]
+    InvalidCredentials {
+        field: CredentialField,
+        detail: String,
+    },
     /// Salesforce answered in a way we cannot use (502 `upstream_error`).
     #[error("salesforce error: {0}")]
     Upstream(String),

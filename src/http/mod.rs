@@ -1,21 +1,25 @@
 //! The HTTP layer (axum only): the router, the tower layers, extractors and responses.
 //! Handlers translate between HTTP and [`crate::broker`]; they hold no domain logic.
 //!
-//! - [`apps`], [`authorizations`], [`connections`]: the internal JSON API (bearer JWT);
-//! - [`callback`] and [`pages`]: the public callback Salesforce redirects browsers to;
+//! - [`apps`], [`authorizations`], [`connections`], [`eca_settings`]: the internal JSON API
+//!   (bearer JWT);
+//! - [`callback`], [`pages`] and [`guidance`]: the public callback Salesforce redirects
+//!   browsers to, its result pages, and what those pages tell an admin to fix;
 //! - [`ops`]: health, readiness, metrics, OpenAPI;
+//! - [`auth`], [`problem`], [`extract`]: authentication, RFC 9457 errors, body and path parsing.
 //!
 //! [`router`] serves everything on one listener; with an internal listener configured,
 //! [`public_router`] (the callback and `/healthz`) faces the internet and
 //! [`internal_router`] serves the rest.
-//! - [`auth`], [`problem`], [`extract`]: authentication, RFC 9457 errors, body and path parsing.
 
 pub mod apps;
 pub mod auth;
 pub mod authorizations;
 pub mod callback;
 pub mod connections;
+pub mod eca_settings;
 pub mod extract;
+pub mod guidance;
 pub mod ops;
 pub mod pages;
 pub mod problem;
@@ -50,7 +54,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Everything on one listener (when `VALO_OAUTH_INTERNAL_LISTEN` is unset): the public
 /// routes and the internal ones.
 pub fn router(state: AppState) -> Router {
-    with_layers(public_routes().merge(internal_routes()), state)
+    let routes = public_routes()
+        .merge(internal_routes())
+        .merge(ops::health_router());
+    with_layers(routes, state)
 }
 
 /// The listener that faces the internet: the callback Salesforce redirects browsers to,
@@ -73,6 +80,7 @@ fn internal_routes() -> Router<AppState> {
         .merge(apps::router())
         .merge(authorizations::router())
         .merge(connections::router())
+        .merge(eca_settings::router())
         .merge(ops::router())
 }
 

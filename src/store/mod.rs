@@ -103,6 +103,8 @@ pub struct AuthorizationSession {
     pub created_at: Millis,
     pub expires_at: Millis,
     pub consumed_at: Option<Millis>,
+    /// The connection this flow re-authorizes (a reconnect), if any.
+    pub connection_id: Option<Uuid>,
 }
 
 /// What consuming a state found. Consumption is atomic: of two concurrent callers with the
@@ -179,6 +181,8 @@ pub struct ConnectionRecord {
     pub lease_id: Option<String>,
     /// When that lease ends, in the database's clock.
     pub lease_expires_at: Option<Millis>,
+    /// The Salesforce username of the connection's user (from introspection), when known.
+    pub username: Option<String>,
 }
 
 /// The token material and metadata of a freshly authorized connection.
@@ -191,6 +195,9 @@ pub struct AuthorizedConnection {
     pub issued_at: Millis,
     pub access_expires_at: Millis,
     pub expiry_assumed: bool,
+    /// The user's Salesforce username, when introspection told it (`None` keeps the one
+    /// stored before).
+    pub username: Option<String>,
 }
 
 /// The result of upserting an authorized connection.

@@ -18,7 +18,7 @@ macro_rules! connection_columns {
         "id, tenant_id, org_id, user_id, login_url, instance_url, scopes, access_token_enc, \
          refresh_token_enc, issued_at, access_expires_at, expiry_assumed, status, last_error, \
          failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version, \
-         lease_id, lease_expires_at"
+         lease_id, lease_expires_at, username"
     };
 }
 
@@ -32,7 +32,7 @@ macro_rules! tenant_app_columns {
 macro_rules! session_columns {
     () => {
         "state_hash, id, tenant_id, pkce_verifier_enc, return_to, created_at, expires_at, \
-         consumed_at"
+         consumed_at, connection_id"
     };
 }
 
@@ -81,7 +81,7 @@ pub(super) const DELETE_TENANT_APP: &str = "DELETE FROM tenant_apps WHERE tenant
 pub(super) const INSERT_SESSION: &str = concat!(
     "INSERT INTO authorization_sessions (",
     session_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 );
 
 /// Single use: of concurrent callers, only the first finds `consumed_at IS NULL` (the row is
@@ -167,21 +167,24 @@ pub(super) const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str = concat!(
 pub(super) const INSERT_AUTHORIZED_CONNECTION: &str = concat!(
     "INSERT INTO connections (id, tenant_id, org_id, user_id, login_url, instance_url, scopes, \
      access_token_enc, refresh_token_enc, issued_at, access_expires_at, expiry_assumed, status, \
-     failure_count, version, created_at, updated_at, last_refreshed_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', 0, 1, $13, $13, $13) \
+     failure_count, version, created_at, updated_at, last_refreshed_at, username) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', 0, 1, $13, $13, $13, \
+     $14) \
      RETURNING ",
     connection_columns!()
 );
 
 /// A re-authorization: new tokens, failure state cleared, `created_at` kept. A refresh
 /// lease in flight is cleared: its holder presented the replaced family's token, and its
-/// compare-and-set commit must not overwrite the new tokens.
+/// compare-and-set commit must not overwrite the new tokens. A username the new
+/// authorization did not learn keeps the one known before.
 pub(super) const UPDATE_AUTHORIZED_CONNECTION: &str = concat!(
     "UPDATE connections SET login_url = $2, instance_url = $3, scopes = $4, \
      access_token_enc = $5, refresh_token_enc = $6, issued_at = $7, access_expires_at = $8, \
      expiry_assumed = $9, status = 'active', last_error = NULL, failure_count = 0, \
      next_attempt_at = NULL, updated_at = $10, last_refreshed_at = $10, version = version + 1, \
-     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL, \
+     username = COALESCE($11, username) \
      WHERE id = $1 RETURNING ",
     connection_columns!()
 );

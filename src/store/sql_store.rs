@@ -131,6 +131,7 @@ where
             created_at: row.try_get("created_at").map_err(map)?,
             expires_at: row.try_get("expires_at").map_err(map)?,
             consumed_at: row.try_get("consumed_at").map_err(map)?,
+            connection_id: DB::read_optional_id(row, "connection_id").map_err(map)?,
         })
     }
 
@@ -162,6 +163,7 @@ where
             version: row.try_get("version").map_err(map)?,
             lease_id: row.try_get("lease_id").map_err(map)?,
             lease_expires_at: row.try_get("lease_expires_at").map_err(map)?,
+            username: row.try_get("username").map_err(map)?,
         })
     }
 
@@ -305,7 +307,8 @@ where
                 .bind(session.return_to.as_deref())
                 .bind(session.created_at)
                 .bind(session.expires_at)
-                .bind(session.consumed_at),
+                .bind(session.consumed_at)
+                .bind(DB::optional_id_param(session.connection_id)),
         )
         .await?;
         Ok(())
@@ -475,6 +478,7 @@ where
                 .bind(new.access_expires_at)
                 .bind(new.expiry_assumed)
                 .bind(now)
+                .bind(new.username.as_deref())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map)?
@@ -493,6 +497,7 @@ where
                 .bind(new.access_expires_at)
                 .bind(new.expiry_assumed)
                 .bind(now)
+                .bind(new.username.as_deref())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map)?

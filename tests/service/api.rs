@@ -425,7 +425,8 @@ backend_tests! {
         let token = app.token(ALL_SCOPES, None);
         let put = |tenant: &str, body: Value| {
             app.client
-                .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app")))
+                // The login URLs here are not reachable: only the validation is under test.
+                .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app?verify=false")))
                 .bearer_auth(&token)
                 .json(&body)
                 .send()
@@ -571,6 +572,8 @@ backend_tests! {
         let app = TestApp::spawn(&db).await;
         let secret = "ZxQ9v8W7u6T5s4R3q2P1o0NnMmLlKkJj";
         let key = "3MVG9UniqueConsumerKeyForThisTest0000";
+        app.fake
+            .register_app(key, secret, &app.broker.callback_url());
         let response = app.put_app_with("acme", key, secret).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let dump = db.dump().await;

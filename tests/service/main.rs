@@ -3,6 +3,8 @@
 //! (see `valo_testkit::backend_tests!`); the Postgres cases need `TEST_DATABASE_URL` and are
 //! reported as ignored without it (a failure under `CI=true`).
 //!
+//! - [`admin_path`]: the Salesforce admin's path: credential check, ECA settings, result
+//!   pages, reconnect;
 //! - [`api`]: the HTTP API's contract: authentication, scopes, tenants, problems;
 //! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
 //! - [`tokens`]: access tokens, refreshing, rotation, the cache, keep-alive;
@@ -20,6 +22,7 @@
 #[macro_use]
 extern crate valo_testkit;
 
+mod admin_path;
 mod api;
 mod flow;
 mod harness;
