@@ -4,7 +4,7 @@
 //! shared Salesforce client and the API verifier, and binds the listener — port 0 works,
 //! which is how the tests run many instances side by side.
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::broker::{Broker, BrokerSettings, Clock, SystemClock};
 use crate::config::Settings;
+use crate::http::serve::{ConnectionTimeouts, serve};
 use crate::http::{self, AppState, auth::ApiAuth};
 use crate::salesforce::{ClientSettings, SalesforceClient};
 use crate::store::{Store, StoreOptions};
@@ -75,6 +76,7 @@ impl Application {
             None => None,
         };
         let body_limit_bytes = settings.body_limit_bytes;
+        let protection = settings.protection.clone();
         let broker = Broker::new(store, salesforce, clock, BrokerSettings::from(&settings));
         Ok(Self {
             listener,
@@ -83,6 +85,7 @@ impl Application {
                 broker,
                 auth: Arc::new(auth),
                 body_limit_bytes,
+                protection,
             },
         })
     }
@@ -137,16 +140,16 @@ impl Application {
             draining.begin_shutdown();
             let _ = fired_tx.send(true);
         });
+        let timeouts = ConnectionTimeouts {
+            header_read: self.state.protection.header_read_timeout,
+            idle: self.state.protection.idle_timeout,
+        };
         let serving: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
             match self.internal {
                 None => {
                     tracing::info!(addr = %self.listener.local_addr()?, "listening");
                     let app = http::router(self.state);
-                    Box::pin(
-                        axum::serve(self.listener, app)
-                            .with_graceful_shutdown(fired())
-                            .into_future(),
-                    )
+                    Box::pin(serve(self.listener, app, timeouts, fired()))
                 }
                 Some(internal) => {
                     tracing::info!(
@@ -154,13 +157,18 @@ impl Application {
                         internal = %internal.local_addr()?,
                         "listening"
                     );
-                    let public =
-                        axum::serve(self.listener, http::public_router(self.state.clone()))
-                            .with_graceful_shutdown(fired())
-                            .into_future();
-                    let internal = axum::serve(internal, http::internal_router(self.state))
-                        .with_graceful_shutdown(fired())
-                        .into_future();
+                    let public = serve(
+                        self.listener,
+                        http::public_router(self.state.clone()),
+                        timeouts,
+                        fired(),
+                    );
+                    let internal = serve(
+                        internal,
+                        http::internal_router(self.state),
+                        timeouts,
+                        fired(),
+                    );
                     Box::pin(async move { tokio::try_join!(public, internal).map(|_| ()) })
                 }
             };

@@ -59,6 +59,13 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("token_cache_revalidate_secs", Some("30"), false),
     ("token_cache_capacity", Some("100000"), false),
     ("shutdown_grace_secs", Some("20"), false),
+    ("header_read_timeout_secs", Some("10"), false),
+    ("idle_timeout_secs", Some("30"), false),
+    ("request_timeout_secs", Some("20"), false),
+    ("max_concurrent_requests", Some("1024"), false),
+    ("callback_rate_limit_per_minute", Some("60"), false),
+    ("callback_rate_limit_burst", Some("20"), false),
+    ("trust_forwarded_for", Some("false"), false),
 ];
 
 /// Where a raw value came from, to name it in errors.

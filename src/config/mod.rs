@@ -41,6 +41,7 @@ use url::Url;
 pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
 use self::layers::Layers;
 pub use self::layers::{EnvMap, env_var_name, load};
+pub use self::limits::Protection;
 pub use self::logging::LogFormat;
 pub use self::salesforce::SalesforceSettings;
 pub use self::tokens::TokenSettings;
@@ -90,6 +91,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
+    pub protection: Protection,
     pub warnings: Vec<String>,
 }
 
@@ -148,6 +150,15 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     let tokens = tokens::resolve(l, &salesforce)?;
     let pool = database::pool(l, production, &mut warnings)?;
     let limits = limits::resolve(l)?;
+    if limits.protection.request_timeout <= tokens.refresh_wait {
+        warnings.push(format!(
+            "{} ({} s) is not more than {} ({} ms): a caller waiting for a refresh gets the request timeout's 503 first",
+            l.name("request_timeout_secs"),
+            limits.protection.request_timeout.as_secs(),
+            l.name("refresh_wait_ms"),
+            tokens.refresh_wait.as_millis()
+        ));
+    }
     Ok(Settings {
         env: server.env,
         listen: server.listen,
@@ -170,6 +181,7 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         authorization_ttl: limits.authorization_ttl,
         tokens,
         shutdown_grace: limits.shutdown_grace,
+        protection: limits.protection,
         warnings,
     })
 }

@@ -25,6 +25,7 @@ pub enum ProblemCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     InvalidCredentials,
+    RateLimited,
     UpstreamError,
     UpstreamUnavailable,
     ServiceUnavailable,
@@ -32,7 +33,7 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::InvalidRequest,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -43,6 +44,7 @@ impl ProblemCode {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::InvalidCredentials,
+        Self::RateLimited,
         Self::UpstreamError,
         Self::UpstreamUnavailable,
         Self::ServiceUnavailable,
@@ -61,6 +63,7 @@ impl ProblemCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidCredentials => "invalid_credentials",
+            Self::RateLimited => "rate_limited",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::ServiceUnavailable => "service_unavailable",
@@ -79,6 +82,7 @@ impl ProblemCode {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidCredentials => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamUnavailable | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -97,6 +101,7 @@ impl ProblemCode {
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
             Self::InvalidCredentials => "Salesforce refused the consumer key or secret",
+            Self::RateLimited => "Too many requests",
             Self::UpstreamError => "Salesforce error",
             Self::UpstreamUnavailable => "Salesforce is unavailable",
             Self::ServiceUnavailable => "Service unavailable",
@@ -192,6 +197,21 @@ impl Problem {
         let mut p = Self::new(ProblemCode::ServiceUnavailable)
             .with_detail("the service cannot reach its database right now; retry later");
         p.retry_after = Some(retry_after);
+        p
+    }
+
+    /// Our own limits answered for us (request timeout, load shedding): retry shortly.
+    pub fn busy(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(ProblemCode::ServiceUnavailable).with_detail(detail);
+        p.retry_after = Some(Duration::from_secs(1));
+        p
+    }
+
+    /// Too many requests from one client (the callback's per-IP limit).
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        let mut p = Self::new(ProblemCode::RateLimited)
+            .with_detail("too many requests from this address; retry later");
+        p.retry_after = Some(retry_after.max(Duration::from_secs(1)));
         p
     }
 

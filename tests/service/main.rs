@@ -13,6 +13,7 @@
 //! - [`openapi`]: the OpenAPI document against the code;
 //! - [`interop`]: the flow against an independent OAuth server (Authlib);
 //! - [`keys`]: key rotation to completion (`rekey`, `keys`, forced deletes);
+//! - [`limits`]: the listeners' protective limits (timeouts, concurrency, the callback's rate);
 //! - [`harness`]: the test kit's own parts (PgBouncer, the fault proxy, the process).
 //!
 //! `tests/logs.rs` is a binary of its own: it installs the process-wide log subscriber.
@@ -28,6 +29,7 @@ mod flow;
 mod harness;
 mod interop;
 mod keys;
+mod limits;
 mod openapi;
 mod resilience;
 mod store;
