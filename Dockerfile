@@ -11,6 +11,17 @@ COPY examples examples
 COPY crates crates
 RUN cargo build --release --locked --bin valo-oauth
 
+# The fake Salesforce, for a trial without an org (docker-compose.yml builds this target;
+# the default target below does not need it).
+FROM build AS fake-build
+RUN cargo build --release --locked -p fake-salesforce
+
+FROM debian:bookworm-slim AS fake-salesforce
+COPY --from=fake-build /src/target/release/fake-salesforce /usr/local/bin/fake-salesforce
+USER 10001
+EXPOSE 9999
+ENTRYPOINT ["/usr/local/bin/fake-salesforce"]
+
 # Run: the binary on a slim base, as a non-root user, in production mode.
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin valo \

@@ -60,10 +60,19 @@ enum Command {
     },
     /// Print how many stored values each key id still seals, per column.
     Keys,
+    /// Print every environment variable the service reads, one per line.
+    Settings,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Settings)) {
+        // Needs no settings: it lists their names.
+        for name in config::environment_names() {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Keygen { key_id }) = cli.command {
         // Needs no settings: it is how an operator makes the first key.
         return keygen(key_id);

@@ -93,6 +93,19 @@ pub fn env_var_name(key: &str) -> String {
     }
 }
 
+/// Every environment variable the service reads (`…_FILE` for secrets, and
+/// `VALO_OAUTH_CONFIG`), for operators and for checking deployment files against.
+pub fn environment_names() -> Vec<String> {
+    let mut names = vec!["VALO_OAUTH_CONFIG".to_owned()];
+    for (key, _, secret) in SETTINGS {
+        names.push(env_var_name(key));
+        if *secret {
+            names.push(format!("{}_FILE", env_var_name(key)));
+        }
+    }
+    names
+}
+
 /// The raw settings after layering, each with its origin.
 pub(super) struct Layers {
     values: BTreeMap<&'static str, Raw>,

@@ -40,7 +40,7 @@ use url::Url;
 
 pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
 use self::layers::Layers;
-pub use self::layers::{EnvMap, env_var_name, load};
+pub use self::layers::{EnvMap, env_var_name, environment_names, load};
 pub use self::limits::Protection;
 pub use self::logging::LogFormat;
 pub use self::salesforce::SalesforceSettings;
