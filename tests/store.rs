@@ -154,7 +154,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
         assert_eq!(
             db.execute("UPDATE _sqlx_migrations SET success = false")
                 .await,
-            2
+            3
         );
         let failed = store.check_ready().await;
         assert!(
@@ -163,7 +163,7 @@ async fn readiness_fails_when_a_migration_is_missing_or_failed() {
             failed.err()
         );
 
-        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 2);
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 3);
         let missing = store.check_ready().await;
         assert!(
             matches!(missing, Err(StoreError::Migration(_))),

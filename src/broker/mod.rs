@@ -7,17 +7,23 @@
 //! - [`tokens`]: fresh access tokens, with exactly one refresh per connection at a time;
 //! - [`keepalive`]: the background sweeper that refreshes idle connections;
 //! - [`limiter`]: the per-replica limit on Salesforce calls in flight, fair across tenants;
-//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit.
+//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit;
+//! - [`events`] and [`outbox`]: the webhook events written with the state changes they
+//!   report, and the worker that delivers them;
+//! - [`audit`]: the audit trail of token reads and changes, aggregated off the hot path.
 //!
 //! Every operation takes the time from [`Clock`] so tests can control it.
 
 pub mod apps;
+pub mod audit;
 pub mod cache;
 pub mod connections;
+pub mod events;
 pub mod flow;
 pub mod keepalive;
 pub mod lifecycle;
 pub mod limiter;
+pub mod outbox;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -145,6 +151,10 @@ pub struct Broker {
     lifecycle: Arc<lifecycle::Lifecycle>,
     /// Who holds this replica's refresh leases (host, process, instance), for operators.
     holder: Arc<str>,
+    /// The webhook outbox; None when no webhook URL is configured (no events are written).
+    outbox: Option<Arc<outbox::Outbox>>,
+    /// The audit counters not yet written.
+    audit: Arc<audit::AuditLog>,
 }
 
 impl Broker {
@@ -154,6 +164,11 @@ impl Broker {
         clock: Arc<dyn Clock>,
         settings: Arc<Settings>,
     ) -> Self {
+        let outbox = settings
+            .webhooks
+            .clone()
+            .map(|w| Arc::new(outbox::Outbox::new(w)));
+        let audit = Arc::new(audit::AuditLog::new(settings.audit.enabled));
         Self {
             store,
             keyring: settings.keyring.clone(),
@@ -164,6 +179,8 @@ impl Broker {
             settings,
             lifecycle: Arc::new(lifecycle::Lifecycle::default()),
             holder: lease_holder_name().into(),
+            outbox,
+            audit,
         }
     }
 

@@ -16,6 +16,7 @@
 mod api_auth;
 mod database;
 mod dev_secrets;
+mod events;
 mod keys;
 mod layers;
 mod limits;
@@ -39,6 +40,7 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
+pub use self::events::{AuditSettings, WebhookSettings};
 use self::layers::Layers;
 pub use self::layers::{EnvMap, env_var_name, load};
 pub use self::logging::LogFormat;
@@ -84,6 +86,9 @@ pub struct Settings {
     pub tokens: TokenSettings,
     /// How long in-flight refreshes get to finish and commit after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Signed webhooks to the Valo backend; None: no events are written.
+    pub webhooks: Option<WebhookSettings>,
+    pub audit: AuditSettings,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
     pub warnings: Vec<String>,
@@ -98,6 +103,7 @@ impl fmt::Debug for Settings {
             .field("database_url", &"[redacted]")
             .field("keyring", &self.keyring)
             .field("api_auth", &self.api_auth)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +149,8 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     let tokens = tokens::resolve(l, &salesforce)?;
     let pool = database::pool(l, production, &mut warnings)?;
     let limits = limits::resolve(l)?;
+    let webhooks = events::webhooks(l)?;
+    let audit = events::audit(l)?;
     Ok(Settings {
         env: server.env,
         listen: server.listen,
@@ -164,6 +172,8 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         authorization_ttl: limits.authorization_ttl,
         tokens,
         shutdown_grace: limits.shutdown_grace,
+        webhooks,
+        audit,
         warnings,
     })
 }

@@ -10,9 +10,10 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Authenticated, Scope};
-use super::extract::{JsonBody, Target, force_flag, rfc3339};
+use super::extract::{JsonBody, RequestId, Target, force_flag, rfc3339};
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::apps::{AppMetadata, AppRegistration};
+use crate::broker::audit::AuditAction;
 
 const SCOPE: Scope = Scope::AppsWrite;
 
@@ -63,6 +64,7 @@ async fn put_app(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     target: Target,
+    RequestId(request_id): RequestId,
     JsonBody(body): JsonBody<PutApp>,
 ) -> ApiResult {
     caller.require(SCOPE, &target.tenant)?;
@@ -77,6 +79,8 @@ async fn put_app(
             },
         )
         .await?;
+    let actor = caller.actor(request_id);
+    state.broker.audit(&actor, &target.tenant, AuditAction::AppUpdated, None);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -99,6 +103,7 @@ async fn delete_app(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     target: Target,
+    RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     caller.require(SCOPE, &target.tenant)?;
@@ -106,5 +111,7 @@ async fn delete_app(
         .broker
         .delete_app(&target.tenant, force_flag(query.as_deref()))
         .await?;
+    let actor = caller.actor(request_id);
+    state.broker.audit(&actor, &target.tenant, AuditAction::AppDeleted, None);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

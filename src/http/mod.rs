@@ -1,12 +1,14 @@
 //! The HTTP layer (axum only): the router, the tower layers, extractors and responses.
 //! Handlers translate between HTTP and [`crate::broker`]; they hold no domain logic.
 //!
-//! - [`apps`], [`authorizations`], [`connections`]: the internal JSON API (bearer JWT);
+//! - [`apps`], [`authorizations`], [`connections`], [`audit`]: the internal JSON API (bearer
+//!   JWT);
 //! - [`callback`] and [`pages`]: the public callback Salesforce redirects browsers to;
 //! - [`ops`]: health, readiness, metrics, OpenAPI;
 //! - [`auth`], [`problem`], [`extract`]: authentication, RFC 9457 errors, body and path parsing.
 
 pub mod apps;
+pub mod audit;
 pub mod auth;
 pub mod authorizations;
 pub mod callback;
@@ -50,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .merge(apps::router())
         .merge(authorizations::router())
         .merge(connections::router())
+        .merge(audit::router())
         .merge(callback::router())
         .merge(ops::router())
         .fallback(|| async { Problem::not_found("no such route") })

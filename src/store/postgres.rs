@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refresh lease",
         include_str!("../../migrations/postgres/0002_refresh_lease.sql"),
     ),
+    (
+        4,
+        "events and audit",
+        include_str!("../../migrations/postgres/0004_events_and_audit.sql"),
+    ),
 ];
 
 /// SQLSTATE `lock_not_available`: a `lock_timeout` ran out.
@@ -42,6 +47,7 @@ impl Backend for Postgres {
     /// `FOR UPDATE` also waits for a refresh commit on the row, so that the row returned as
     /// `replaced` carries the latest refresh token.
     const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE;
+    const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_POSTGRES;
 
     type Id = Uuid;
 
