@@ -57,6 +57,8 @@ struct ReceiverState {
     received: Vec<Received>,
     /// Requests that broke the specification (the test fails on any).
     invalid: Vec<String>,
+    /// Connections with an event waiting for the receiver's answer.
+    in_flight: std::collections::HashSet<String>,
 }
 
 /// The Valo backend's endpoint, as a test double.
@@ -80,28 +82,37 @@ impl Receiver {
             axum::routing::any(move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
                 let (state, failures_left) = (s.clone(), f.clone());
                 async move {
-                    let mut state = state.lock().unwrap();
-                    match check(&method, &headers, &body) {
+                    let mut received = match check(&method, &headers, &body) {
+                        Ok(received) => received,
                         Err(problem) => {
-                            state.invalid.push(problem);
-                            AxumStatus::BAD_REQUEST
+                            state.lock().unwrap().invalid.push(problem);
+                            return AxumStatus::BAD_REQUEST;
                         }
-                        Ok(mut received) => {
-                            let fail = failures_left
-                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                    n.checked_sub(1)
-                                })
-                                .is_ok();
-                            let status = if fail {
-                                AxumStatus::SERVICE_UNAVAILABLE
-                            } else {
-                                AxumStatus::NO_CONTENT
-                            };
-                            received.answered = status.as_u16();
-                            state.received.push(received);
-                            status
-                        }
+                    };
+                    // Per-connection order: no event of a connection may arrive while
+                    // another of the same connection waits for its answer.
+                    let key = received.body["data"]["connection_id"].to_string();
+                    if !state.lock().unwrap().in_flight.insert(key.clone()) {
+                        state
+                            .lock()
+                            .unwrap()
+                            .invalid
+                            .push(format!("two events of {key} at once"));
                     }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let fail = failures_left
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok();
+                    let status = if fail {
+                        AxumStatus::SERVICE_UNAVAILABLE
+                    } else {
+                        AxumStatus::NO_CONTENT
+                    };
+                    received.answered = status.as_u16();
+                    let mut state = state.lock().unwrap();
+                    state.in_flight.remove(&key);
+                    state.received.push(received);
+                    status
                 }
             }),
         );
@@ -542,14 +553,20 @@ async fn two_replicas_deliver_each_event_once_and_in_order() {
                 expected.entry(connection.to_string()).or_default().push(id);
             }
         }
+        // The first attempts fail: retries must not let a connection's later events pass.
+        receiver.failures_left.store(KEYS, Ordering::SeqCst);
         let one = spawn(&db, &fake, &receiver.url).await;
         let two = spawn(&db, &fake, &receiver.url).await;
         let delivered = receiver
             .wait_for("connection.deleted", KEYS * PER_KEY)
             .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let received = receiver.received();
-        assert_eq!(received.len(), KEYS * PER_KEY, "{b}: each event exactly once");
+        assert_eq!(
+            receiver.delivered().len(),
+            KEYS * PER_KEY,
+            "{b}: each event delivered exactly once"
+        );
+        assert_eq!(receiver.received().len(), KEYS * PER_KEY + KEYS, "{b}");
         let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for r in &delivered {
             by_key
