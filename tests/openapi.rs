@@ -58,6 +58,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         "post",
         Some("tokens:read"),
     ),
+    ("/v1/tenants/{tenant}/audit", "get", Some("audit:read")),
     ("/oauth2/v1/callback/salesforce", "get", None),
     ("/healthz", "get", None),
     ("/readyz", "get", None),
