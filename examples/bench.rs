@@ -872,19 +872,44 @@ async fn audit_on_off(opts: &Options) -> String {
     );
     let db = PgDb::create(&opts.admin_url).await;
     let fake = FakeSalesforce::start(fake_options()).await.unwrap();
-    let on = Server::start(opts, &db.url, "audit-on", &[("VALO_OAUTH_AUDIT_ENABLED", "true")]).await;
+    let on = Server::start(
+        opts,
+        &db.url,
+        "audit-on",
+        &[("VALO_OAUTH_AUDIT_ENABLED", "true")],
+    )
+    .await;
     fake.register_app(CLIENT_ID, CLIENT_SECRET, &on.callback_url());
     let client = http_client();
     let id = connect_org(&client, &on.base, &on.public_url, &fake).await;
-    let off = Server::start(opts, &db.url, "audit-off", &[("VALO_OAUTH_AUDIT_ENABLED", "false")]).await;
+    let off = Server::start(
+        opts,
+        &db.url,
+        "audit-off",
+        &[("VALO_OAUTH_AUDIT_ENABLED", "false")],
+    )
+    .await;
     let jwt = mint("tokens:read", Some(TENANT), 3600);
     let path = token_path(id);
     let script = write_token_script(opts, &jwt);
     for (server, label) in [(&on, "on"), (&off, "off")] {
-        let (status, _) =
-            fetch_token(&client, &server.url(&path), &jwt, &json!({"min_ttl_seconds": 60})).await;
+        let (status, _) = fetch_token(
+            &client,
+            &server.url(&path),
+            &jwt,
+            &json!({"min_ttl_seconds": 60}),
+        )
+        .await;
         assert_eq!(status, 200, "access-token check request (audit {label})");
-        wrk(opts, server.pid, &server.url(&path), Some(&script), opts.warmup_secs, &format!("warmup-audit-{label}")).await;
+        wrk(
+            opts,
+            server.pid,
+            &server.url(&path),
+            Some(&script),
+            opts.warmup_secs,
+            &format!("warmup-audit-{label}"),
+        )
+        .await;
     }
     let mut table = format!(
         "| round | audit on req/s | p99 ms | audit off req/s | p99 ms | on / off |\n|---|---|---|---|---|---|\n"
@@ -899,7 +924,15 @@ async fn audit_on_off(opts: &Options) -> String {
         };
         let mut results = BTreeMap::new();
         for (server, label) in order {
-            let r = wrk(opts, server.pid, &server.url(&path), Some(&script), opts.duration_secs, &format!("audit-{label}-round{round}")).await;
+            let r = wrk(
+                opts,
+                server.pid,
+                &server.url(&path),
+                Some(&script),
+                opts.duration_secs,
+                &format!("audit-{label}-round{round}"),
+            )
+            .await;
             assert_eq!(r.non_2xx, 0, "non-2xx answers with the audit {label}");
             results.insert(label, r);
         }
@@ -910,11 +943,20 @@ async fn audit_on_off(opts: &Options) -> String {
         let _ = writeln!(
             table,
             "| {round} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} |",
-            r_on.requests_per_sec, r_on.p99_ms, r_off.requests_per_sec, r_off.p99_ms,
+            r_on.requests_per_sec,
+            r_on.p99_ms,
+            r_off.requests_per_sec,
+            r_off.p99_ms,
             r_on.requests_per_sec / r_off.requests_per_sec
         );
     }
-    let _ = writeln!(table, "| all | {:.0} | | {:.0} | | **{:.3}** |", sum_on / rounds as f64, sum_off / rounds as f64, sum_on / sum_off);
+    let _ = writeln!(
+        table,
+        "| all | {:.0} | | {:.0} | | **{:.3}** |",
+        sum_on / rounds as f64,
+        sum_off / rounds as f64,
+        sum_on / sum_off
+    );
     // The audit really was on: its final flush (at the graceful stop) holds every read.
     on.stop().await;
     off.stop().await;

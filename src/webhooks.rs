@@ -81,12 +81,27 @@ impl WebhookSecret {
 }
 
 /// Where and how to post.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebhookTarget {
     pub url: Url,
     pub secret: WebhookSecret,
     /// The whole attempt, connect to last byte; longer counts as a failed attempt.
     pub timeout: Duration,
+}
+
+/// Shows the URL without its query (which might carry a token) and never the secret.
+impl fmt::Debug for WebhookTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut url = self.url.clone();
+        if url.query().is_some() {
+            url.set_query(Some("[redacted]"));
+        }
+        f.debug_struct("WebhookTarget")
+            .field("url", &url.as_str())
+            .field("secret", &self.secret)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What one attempt came to.
@@ -183,9 +198,10 @@ mod tests {
     #[test]
     fn signs_like_the_specification_example() {
         // The example of the Standard Webhooks reference libraries' test suites.
-        let secret =
-            WebhookSecret::parse(&SecretString::from("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"))
-                .unwrap();
+        let secret = WebhookSecret::parse(&SecretString::from(
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        ))
+        .unwrap();
         let body = r#"{"test": 2432232314}"#;
         assert_eq!(
             secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
@@ -195,13 +211,22 @@ mod tests {
 
     #[test]
     fn secrets_are_checked_and_never_echoed() {
-        for bad in ["", "whsec_", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!!", "whsec_c2hvcnQ="] {
+        for bad in [
+            "",
+            "whsec_",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_!!!",
+            "whsec_c2hvcnQ=",
+        ] {
             let error = WebhookSecret::parse(&SecretString::from(bad)).unwrap_err();
             assert!(bad.len() < 8 || !error.contains(bad), "{error}");
         }
         let generated = WebhookSecret::generate();
         let parsed = WebhookSecret::parse(&generated).unwrap();
         assert_eq!(format!("{parsed:?}"), "WebhookSecret([redacted])");
-        assert_ne!(WebhookSecret::generate().expose_secret(), generated.expose_secret());
+        assert_ne!(
+            WebhookSecret::generate().expose_secret(),
+            generated.expose_secret()
+        );
     }
 }

@@ -28,7 +28,7 @@ use support::app::{CLIENT_SECRET, TEST_KEYS, TestApp, mint, test_env};
 use support::db::TestDatabase;
 use support::process::ServiceProcess;
 use uuid::Uuid;
-use valo_oauth::fake_salesforce::{Endpoint, Fault, FakeSalesforce};
+use valo_oauth::fake_salesforce::{Endpoint, FakeSalesforce, Fault};
 
 /// The receiver's secret (`whsec_` + base64 of 32 bytes).
 const SECRET: &str = "whsec_c2VjcmV0LWZvci10aGUtZXZlbnRzLXRlc3RzLTAxMjM0NTY3ODk=";
@@ -79,42 +79,44 @@ impl Receiver {
         let (s, f) = (state.clone(), failures_left.clone());
         let app = axum::Router::new().route(
             "/hooks",
-            axum::routing::any(move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
-                let (state, failures_left) = (s.clone(), f.clone());
-                async move {
-                    let mut received = match check(&method, &headers, &body) {
-                        Ok(received) => received,
-                        Err(problem) => {
-                            state.lock().unwrap().invalid.push(problem);
-                            return AxumStatus::BAD_REQUEST;
+            axum::routing::any(
+                move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
+                    let (state, failures_left) = (s.clone(), f.clone());
+                    async move {
+                        let mut received = match check(&method, &headers, &body) {
+                            Ok(received) => received,
+                            Err(problem) => {
+                                state.lock().unwrap().invalid.push(problem);
+                                return AxumStatus::BAD_REQUEST;
+                            }
+                        };
+                        // Per-connection order: no event of a connection may arrive while
+                        // another of the same connection waits for its answer.
+                        let key = received.body["data"]["connection_id"].to_string();
+                        if !state.lock().unwrap().in_flight.insert(key.clone()) {
+                            state
+                                .lock()
+                                .unwrap()
+                                .invalid
+                                .push(format!("two events of {key} at once"));
                         }
-                    };
-                    // Per-connection order: no event of a connection may arrive while
-                    // another of the same connection waits for its answer.
-                    let key = received.body["data"]["connection_id"].to_string();
-                    if !state.lock().unwrap().in_flight.insert(key.clone()) {
-                        state
-                            .lock()
-                            .unwrap()
-                            .invalid
-                            .push(format!("two events of {key} at once"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let fail = failures_left
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        let status = if fail {
+                            AxumStatus::SERVICE_UNAVAILABLE
+                        } else {
+                            AxumStatus::NO_CONTENT
+                        };
+                        received.answered = status.as_u16();
+                        let mut state = state.lock().unwrap();
+                        state.in_flight.remove(&key);
+                        state.received.push(received);
+                        status
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let fail = failures_left
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok();
-                    let status = if fail {
-                        AxumStatus::SERVICE_UNAVAILABLE
-                    } else {
-                        AxumStatus::NO_CONTENT
-                    };
-                    received.answered = status.as_u16();
-                    let mut state = state.lock().unwrap();
-                    state.in_flight.remove(&key);
-                    state.received.push(received);
-                    status
-                }
-            }),
+                },
+            ),
         );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver {
@@ -164,7 +166,11 @@ impl Receiver {
 }
 
 /// Checks one request against the specification and our contract.
-fn check(method: &axum::http::Method, headers: &HeaderMap, body: &[u8]) -> Result<Received, String> {
+fn check(
+    method: &axum::http::Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Received, String> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -187,7 +193,9 @@ fn check(method: &axum::http::Method, headers: &HeaderMap, body: &[u8]) -> Resul
         .map_err(|_| "webhook-timestamp is not Unix seconds".to_owned())?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if (now - timestamp).abs() > 300 {
-        return Err(format!("webhook-timestamp {timestamp} is off by more than 5 minutes"));
+        return Err(format!(
+            "webhook-timestamp {timestamp} is off by more than 5 minutes"
+        ));
     }
     // The signed content: `{id}.{timestamp}.{body}`, keyed with the secret's decoded bytes;
     // the header may carry several space-separated signatures (key rotation).
@@ -209,9 +217,7 @@ fn check(method: &axum::http::Method, headers: &HeaderMap, body: &[u8]) -> Resul
         return Err(format!("unknown type {kind:?}"));
     }
     let stamp = body["timestamp"].as_str().unwrap_or_default();
-    if time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339)
-        .is_err()
-    {
+    if time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).is_err() {
         return Err(format!("timestamp {stamp:?} is not RFC 3339"));
     }
     let data = body["data"].as_object().ok_or("no data")?;
@@ -301,11 +307,22 @@ async fn a_connections_life_is_reported_in_order() {
         assert_eq!(data["tenant_id"], "acme", "{b}");
         assert_eq!(data["connection_id"], id.to_string(), "{b}");
         assert_eq!(data["status"], "active", "{b}");
-        assert!(data["org_id"].as_str().unwrap().starts_with("00D"), "{b}: {data}");
-        assert!(data["user_id"].as_str().unwrap().starts_with("005"), "{b}: {data}");
+        assert!(
+            data["org_id"].as_str().unwrap().starts_with("00D"),
+            "{b}: {data}"
+        );
+        assert!(
+            data["user_id"].as_str().unwrap().starts_with("005"),
+            "{b}: {data}"
+        );
 
         // invalid_grant on a refresh: the connection needs a person.
-        let current: Value = app.access_token("acme", id, None).await.json().await.unwrap();
+        let current: Value = app
+            .access_token("acme", id, None)
+            .await
+            .json()
+            .await
+            .unwrap();
         fake.inject(
             Endpoint::Token,
             Fault::OAuthError {
@@ -315,7 +332,11 @@ async fn a_connections_life_is_reported_in_order() {
             },
         );
         let refused = app
-            .access_token("acme", id, Some(json!({"rejected_token": current["access_token"]})))
+            .access_token(
+                "acme",
+                id,
+                Some(json!({"rejected_token": current["access_token"]})),
+            )
             .await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         let needs = receiver
@@ -333,7 +354,10 @@ async fn a_connections_life_is_reported_in_order() {
         app.authorize("acme").await;
         receiver.wait_for("connection.reauthorized", 1).await;
         let deleted = app
-            .delete(&format!("/v1/tenants/acme/connections/{id}"), "connections:write")
+            .delete(
+                &format!("/v1/tenants/acme/connections/{id}"),
+                "connections:write",
+            )
             .await;
         assert_eq!(deleted.status(), StatusCode::NO_CONTENT, "{b}");
         let gone = receiver.wait_for("connection.deleted", 1).await;
@@ -373,7 +397,12 @@ async fn refused_app_credentials_and_their_fix_are_reported() {
         let app = spawn(&db, &fake, &receiver.url).await;
         let id = app.connect("acme").await;
         receiver.wait_for("connection.created", 1).await;
-        let current: Value = app.access_token("acme", id, None).await.json().await.unwrap();
+        let current: Value = app
+            .access_token("acme", id, None)
+            .await
+            .json()
+            .await
+            .unwrap();
         fake.inject(
             Endpoint::Token,
             Fault::OAuthError {
@@ -383,7 +412,11 @@ async fn refused_app_credentials_and_their_fix_are_reported() {
             },
         );
         let refused = app
-            .access_token("acme", id, Some(json!({"rejected_token": current["access_token"]})))
+            .access_token(
+                "acme",
+                id,
+                Some(json!({"rejected_token": current["access_token"]})),
+            )
             .await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         let invalid = receiver.wait_for("app.credentials_invalid", 1).await;
@@ -442,7 +475,11 @@ async fn a_failing_receiver_gets_retries_with_the_same_id() {
         // Delivered once: nothing more comes.
         tokio::time::sleep(Duration::from_millis(800)).await;
         assert_eq!(receiver.received().len(), 4, "{b}");
-        assert!(attempts.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
+        assert!(
+            attempts
+                .windows(2)
+                .all(|w| w[0].timestamp <= w[1].timestamp)
+        );
         receiver.assert_all_valid();
 
         let metrics = app
@@ -480,9 +517,7 @@ async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart() {
         // A replica whose receiver is down (503) deletes it, and is killed (SIGKILL) before
         // any attempt succeeded.
         receiver.failures_left.store(usize::MAX, Ordering::SeqCst);
-        let mut env: Vec<(String, String)> = test_env(&db, TEST_KEYS, &[])
-            .into_iter()
-            .collect();
+        let mut env: Vec<(String, String)> = test_env(&db, TEST_KEYS, &[]).into_iter().collect();
         env.extend(
             webhook_env(&receiver.url)
                 .into_iter()
@@ -491,15 +526,27 @@ async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart() {
         let mut doomed = ServiceProcess::spawn(&env).await;
         let token = mint(support::app::JWT_SECRET, "connections:write", None, 600);
         let deleted = reqwest::Client::new()
-            .delete(format!("{}/v1/tenants/acme/connections/{id}", doomed.base()))
+            .delete(format!(
+                "{}/v1/tenants/acme/connections/{id}",
+                doomed.base()
+            ))
             .bearer_auth(token)
             .send()
             .await
             .unwrap();
-        assert_eq!(deleted.status(), StatusCode::NO_CONTENT, "{b}: {}", doomed.log());
+        assert_eq!(
+            deleted.status(),
+            StatusCode::NO_CONTENT,
+            "{b}: {}",
+            doomed.log()
+        );
         let deadline = Instant::now() + WAIT;
         while receiver.received().is_empty() {
-            assert!(Instant::now() < deadline, "{b}: no attempt: {}", doomed.log());
+            assert!(
+                Instant::now() < deadline,
+                "{b}: no attempt: {}",
+                doomed.log()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         doomed.kill9();
@@ -588,8 +635,11 @@ async fn without_a_webhook_url_no_event_is_written() {
     for db in TestDatabase::all().await {
         let app = TestApp::spawn(&db).await;
         let id = app.connect("acme").await;
-        app.delete(&format!("/v1/tenants/acme/connections/{id}"), "connections:write")
-            .await;
+        app.delete(
+            &format!("/v1/tenants/acme/connections/{id}"),
+            "connections:write",
+        )
+        .await;
         app.stop().await;
         assert_eq!(
             db.execute("DELETE FROM webhook_events").await,
@@ -654,7 +704,11 @@ async fn token_reads_are_counted_per_actor_and_connection() {
         let app = spawn_audited(&db, &fake).await;
         let id = app.connect("acme").await;
         for _ in 0..20 {
-            assert_eq!(app.access_token("acme", id, None).await.status(), 200, "{b}");
+            assert_eq!(
+                app.access_token("acme", id, None).await.status(),
+                200,
+                "{b}"
+            );
         }
         // A reader with another `sub`.
         let other = jsonwebtoken::encode(
@@ -685,12 +739,16 @@ async fn token_reads_are_counted_per_actor_and_connection() {
             assert!(Instant::now() < deadline, "{b}: {entries:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert_eq!(sum(&entries, "test", "token_served", id), 20, "{b}: {entries:?}");
+        assert_eq!(
+            sum(&entries, "test", "token_served", id),
+            20,
+            "{b}: {entries:?}"
+        );
         assert_eq!(sum(&entries, "reporting-job", "token_served", id), 3, "{b}");
         assert!(
-            entries
-                .iter()
-                .any(|e| e["action"] == "connection_created" && e["connection_id"] == id.to_string()),
+            entries.iter().any(
+                |e| e["action"] == "connection_created" && e["connection_id"] == id.to_string()
+            ),
             "{b}: {entries:?}"
         );
         assert!(
@@ -699,7 +757,10 @@ async fn token_reads_are_counted_per_actor_and_connection() {
         );
         // Filters: this connection only, and a window that ends before everything.
         let only = all_entries(&app, &format!("&connection_id={id}"), 100).await;
-        assert!(only.iter().all(|e| e["connection_id"] == id.to_string()), "{b}");
+        assert!(
+            only.iter().all(|e| e["connection_id"] == id.to_string()),
+            "{b}"
+        );
         let none = all_entries(&app, "&until=2000-01-01T00:00:00Z", 100).await;
         assert!(none.is_empty(), "{b}: {none:?}");
         let since = all_entries(&app, "&since=2000-01-01T00:00:00Z", 100).await;
@@ -717,7 +778,10 @@ async fn token_reads_are_counted_per_actor_and_connection() {
             let (status, body) = audit(&app, query, &token).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{b}: {query}");
             assert_eq!(problem_code(&body), "invalid_request", "{b}");
-            assert!(body["detail"].as_str().unwrap().contains(field), "{b}: {body}");
+            assert!(
+                body["detail"].as_str().unwrap().contains(field),
+                "{b}: {body}"
+            );
         }
         app.stop().await;
     }
@@ -776,8 +840,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
 #[tokio::test]
 async fn the_webhook_secret_never_reaches_the_logs() {
     let capture = Capture::default();
-    valo_oauth::telemetry::init("trace", valo_oauth::config::LogFormat::Json, capture.clone())
-        .unwrap();
+    valo_oauth::telemetry::init(
+        "trace",
+        valo_oauth::config::LogFormat::Json,
+        capture.clone(),
+    )
+    .unwrap();
     let encoded = SECRET.strip_prefix("whsec_").unwrap();
     for db in TestDatabase::all().await {
         let receiver = Receiver::start().await;
@@ -793,15 +861,17 @@ async fn the_webhook_secret_never_reaches_the_logs() {
             .chain(test_env(&db, TEST_KEYS, &[]))
             .collect();
         let settings =
-            valo_oauth::config::load(std::path::Path::new("config/none.toml"), None, &env)
-                .unwrap();
+            valo_oauth::config::load(std::path::Path::new("config/none.toml"), None, &env).unwrap();
         let debug = format!("{settings:?}");
         assert!(debug.contains("WebhookSecret([redacted])"), "{debug}");
         assert!(!debug.contains(encoded), "{debug}");
     }
     let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
     assert!(logs.contains("webhook delivered"), "deliveries are logged");
-    assert!(logs.contains("webhook attempt failed"), "failures are logged");
+    assert!(
+        logs.contains("webhook attempt failed"),
+        "failures are logged"
+    );
     for needle in [SECRET, encoded, &encoded[10..30]] {
         assert!(!logs.contains(needle), "the log holds {needle:?}");
     }
@@ -830,11 +900,18 @@ async fn a_bad_webhook_secret_is_a_configuration_error_naming_the_setting() {
         assert!(error.contains(problem), "{error}");
         assert!(!error.contains(secret), "the value is echoed: {error}");
     }
-    let env = test_env(&db, TEST_KEYS, &[("VALO_OAUTH_WEBHOOK_URL", "https://valo.test/hooks")]);
+    let env = test_env(
+        &db,
+        TEST_KEYS,
+        &[("VALO_OAUTH_WEBHOOK_URL", "https://valo.test/hooks")],
+    );
     let error = valo_oauth::config::load(std::path::Path::new("config/none.toml"), None, &env)
         .unwrap_err()
         .to_string();
-    assert!(error.starts_with("VALO_OAUTH_WEBHOOK_SECRET: must be set"), "{error}");
+    assert!(
+        error.starts_with("VALO_OAUTH_WEBHOOK_SECRET: must be set"),
+        "{error}"
+    );
     // From a file, as container secrets are mounted.
     let file = std::env::temp_dir().join(format!("whsec-{}", Uuid::new_v4()));
     std::fs::write(&file, format!("{SECRET}\n")).unwrap();

@@ -296,15 +296,17 @@ impl Broker {
             }
             if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());
-                let retention = i64::try_from(self.settings.audit.retention.as_millis())
-                    .unwrap_or(i64::MAX);
+                let retention =
+                    i64::try_from(self.settings.audit.retention.as_millis()).unwrap_or(i64::MAX);
                 match self
                     .store
                     .prune_audit(self.now().saturating_sub(retention))
                     .await
                 {
                     Ok(0) => {}
-                    Ok(pruned) => tracing::info!(pruned, "audit entries past their retention deleted"),
+                    Ok(pruned) => {
+                        tracing::info!(pruned, "audit entries past their retention deleted")
+                    }
                     Err(e) => tracing::warn!(error = %e, "could not prune the audit trail"),
                 }
             }
@@ -366,7 +368,13 @@ mod tests {
         for now in [60_000, 60_001, 119_999, 120_000] {
             log.record("acme", &actor, AuditAction::TokenServed, Some(id), now);
         }
-        log.record("acme", &actor, AuditAction::ConnectionDeleted, Some(id), 61_000);
+        log.record(
+            "acme",
+            &actor,
+            AuditAction::ConnectionDeleted,
+            Some(id),
+            61_000,
+        );
         let mut drained = log.drain();
         drained.sort_by_key(|(k, _)| (k.at, k.action.as_str()));
         let counts: Vec<_> = drained

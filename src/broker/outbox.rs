@@ -60,7 +60,9 @@ impl Outbox {
     /// base × 2^(attempts − 1), capped, with ±20 % jitter so that a receiver coming back
     /// is not hit by every retry at once.
     fn backoff(&self, attempts: i32) -> Duration {
-        let exponent = u32::try_from(attempts.saturating_sub(1)).unwrap_or(0).min(30);
+        let exponent = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(30);
         let delay = self
             .settings
             .retry_base

@@ -167,7 +167,9 @@ impl Broker {
         id: Uuid,
         want: Want,
     ) -> Result<AccessToken, BrokerError> {
-        let token = self.fetch_access_token(tenant, id, want, Some(actor)).await?;
+        let token = self
+            .fetch_access_token(tenant, id, want, Some(actor))
+            .await?;
         self.audit_at(
             Some(actor),
             tenant,

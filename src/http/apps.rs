@@ -80,7 +80,9 @@ async fn put_app(
         )
         .await?;
     let actor = caller.actor(request_id);
-    state.broker.audit(&actor, &target.tenant, AuditAction::AppUpdated, None);
+    state
+        .broker
+        .audit(&actor, &target.tenant, AuditAction::AppUpdated, None);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -112,6 +114,8 @@ async fn delete_app(
         .delete_app(&target.tenant, force_flag(query.as_deref()))
         .await?;
     let actor = caller.actor(request_id);
-    state.broker.audit(&actor, &target.tenant, AuditAction::AppDeleted, None);
+    state
+        .broker
+        .audit(&actor, &target.tenant, AuditAction::AppDeleted, None);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

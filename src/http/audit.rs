@@ -105,11 +105,7 @@ fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
             }
             other => {
                 // Not echoed verbatim beyond a short, printable prefix.
-                let shown: String = other
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(40)
-                    .collect();
+                let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
                 return Err(Problem::invalid_request(format!(
                     "unknown query parameter {shown:?} (known: connection_id, since, until, cursor, limit)"
                 )));

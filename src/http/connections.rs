@@ -174,7 +174,12 @@ async fn access_token(
     // Aggregated per minute: no request id.
     let token = state
         .broker
-        .access_token_for(&caller.actor(None), &target.tenant, target.connection_id()?, want)
+        .access_token_for(
+            &caller.actor(None),
+            &target.tenant,
+            target.connection_id()?,
+            want,
+        )
         .await?;
     Ok(no_store_json(
         StatusCode::OK,

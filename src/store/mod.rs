@@ -329,14 +329,19 @@ pub struct ClaimedEvent {
 /// How one delivery attempt ended, as the outbox records it.
 #[derive(Clone, Debug)]
 pub enum DeliveryOutcome {
-    Delivered { now: Millis },
+    Delivered {
+        now: Millis,
+    },
     /// Failed; try again at `next_attempt_at`.
     Retry {
         next_attempt_at: Millis,
         error: String,
     },
     /// Failed, and the retry period is over.
-    GiveUp { now: Millis, error: String },
+    GiveUp {
+        now: Millis,
+        error: String,
+    },
 }
 
 /// Events not yet delivered (nor given up), for the metrics.
