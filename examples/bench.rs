@@ -911,8 +911,8 @@ async fn audit_on_off(opts: &Options) -> String {
         )
         .await;
     }
-    let mut table = format!(
-        "| round | audit on req/s | p99 ms | audit off req/s | p99 ms | on / off |\n|---|---|---|---|---|---|\n"
+    let mut table = String::from(
+        "| round | audit on req/s | p99 ms | audit off req/s | p99 ms | on / off |\n|---|---|---|---|---|---|\n",
     );
     let (mut sum_on, mut sum_off, mut served_on) = (0.0, 0.0, 0u64);
     for round in 1..=rounds {

@@ -580,7 +580,7 @@ impl Store {
 
     /// [`Self::save_authorized_connection`], writing the event `event` makes of the saved
     /// row (and whether it replaced an existing one) in the same transaction.
-    #[allow(clippy::too_many_arguments, reason = "the save's whole context")]
+    #[expect(clippy::too_many_arguments, reason = "the save's whole context")]
     pub async fn save_authorized_connection_with_event<E>(
         &self,
         tenant_id: &str,

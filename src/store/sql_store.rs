@@ -418,6 +418,7 @@ where
 
     // --- connections -------------------------------------------------------------------------
 
+    #[expect(clippy::too_many_arguments, reason = "the save's whole context")]
     pub async fn save_authorized_connection<E>(
         &self,
         tenant_id: &str,
