@@ -40,7 +40,7 @@ const EVENT_TYPES: [&str; 6] = [
     "app.credentials_invalid",
     "app.credentials_valid",
 ];
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = Duration::from_secs(20);
 
 /// One request the receiver accepted (signature and shape checked).
 #[derive(Clone, Debug)]
@@ -68,21 +68,37 @@ struct Receiver {
     state: Arc<Mutex<ReceiverState>>,
     /// Answer 503 to this many more requests, then 200.
     failures_left: Arc<AtomicUsize>,
+    /// While set, requests get no answer (a receiver that hangs).
+    hang: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests that arrived (answered or not).
+    arrivals: Arc<AtomicUsize>,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let failures_left = Arc::new(AtomicUsize::new(0));
+        let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let arrivals = Arc::new(AtomicUsize::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());
-        let (s, f) = (state.clone(), failures_left.clone());
+        let (s, f, h, a) = (
+            state.clone(),
+            failures_left.clone(),
+            hang.clone(),
+            arrivals.clone(),
+        );
         let app = axum::Router::new().route(
             "/hooks",
             axum::routing::any(
                 move |method: axum::http::Method, headers: HeaderMap, body: Bytes| {
-                    let (state, failures_left) = (s.clone(), f.clone());
+                    let (state, failures_left, hang, arrivals) =
+                        (s.clone(), f.clone(), h.clone(), a.clone());
                     async move {
+                        arrivals.fetch_add(1, Ordering::SeqCst);
+                        if hang.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_secs(120)).await;
+                        }
                         let mut received = match check(&method, &headers, &body) {
                             Ok(received) => received,
                             Err(problem) => {
@@ -123,6 +139,8 @@ impl Receiver {
             url,
             state,
             failures_left,
+            hang,
+            arrivals,
         }
     }
 
@@ -514,9 +532,9 @@ async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart() {
         let id = plain.connect("acme").await;
         plain.stop().await;
 
-        // A replica whose receiver is down (503) deletes it, and is killed (SIGKILL) before
-        // any attempt succeeded.
-        receiver.failures_left.store(usize::MAX, Ordering::SeqCst);
+        // A replica deletes it and is killed (SIGKILL) in the middle of its first attempt,
+        // the receiver hanging: the event stays claimed by a dead process.
+        receiver.hang.store(true, Ordering::SeqCst);
         let mut env: Vec<(String, String)> = test_env(&db, TEST_KEYS, &[]).into_iter().collect();
         env.extend(
             webhook_env(&receiver.url)
@@ -541,21 +559,26 @@ async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart() {
             doomed.log()
         );
         let deadline = Instant::now() + WAIT;
-        while receiver.received().is_empty() {
+        while receiver.arrivals.load(Ordering::SeqCst) == 0 {
             assert!(
                 Instant::now() < deadline,
                 "{b}: no attempt: {}",
                 doomed.log()
             );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         doomed.kill9();
-        assert!(receiver.delivered().is_empty(), "{b}");
+        receiver.hang.store(false, Ordering::SeqCst);
 
-        // The receiver recovers; a new instance on the same database delivers the event.
-        receiver.failures_left.store(0, Ordering::SeqCst);
+        // A new instance on the same database delivers the event once the dead process's
+        // claim expires (the webhook timeout, 2 s here, + 5 s).
+        let restarted_at = Instant::now();
         let restarted = spawn(&db, &fake, &receiver.url).await;
         let gone = receiver.wait_for("connection.deleted", 1).await;
+        assert!(
+            restarted_at.elapsed() >= Duration::from_secs(4),
+            "{b}: delivered before the claim expired"
+        );
         assert_eq!(gone[0].body["data"]["connection_id"], id.to_string(), "{b}");
         assert!(
             receiver.received().iter().all(|r| r.id == gone[0].id),

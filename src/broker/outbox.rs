@@ -31,8 +31,10 @@ use crate::webhooks::{Attempt, WebhookSender};
 
 /// Events claimed (and posted concurrently) per pass; each is the head of another key.
 const BATCH: i64 = 32;
-/// How much longer than one attempt a claim lasts.
-const CLAIM_GRACE: Duration = Duration::from_secs(30);
+/// How much longer than one attempt a claim lasts: the time to record the attempt's outcome
+/// (one short statement; the pool gives up after `db_acquire_timeout_ms`). Short, because a
+/// replica killed mid-attempt holds its events back this long.
+const CLAIM_GRACE: Duration = Duration::from_secs(5);
 /// How often finished events past their retention are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
