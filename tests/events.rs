@@ -673,6 +673,76 @@ async fn without_a_webhook_url_no_event_is_written() {
     }
 }
 
+#[tokio::test]
+async fn finished_events_and_old_audit_entries_are_pruned() {
+    use valo_oauth::store::AuditRecord;
+    for db in TestDatabase::all().await {
+        let b = db.backend;
+        let store = db.store().await;
+        let day = 86_400_000;
+        let now = 100 * day;
+        for (id, created_at, finished) in [
+            ("msg_old_delivered", now - 8 * day, "delivered_at"),
+            ("msg_old_given_up", now - 8 * day, "failed_at"),
+            ("msg_old_pending", now - 8 * day, ""),
+            ("msg_new_delivered", now - day, "delivered_at"),
+        ] {
+            let (column, value) = if finished.is_empty() {
+                (String::new(), String::new())
+            } else {
+                (format!(", {finished}"), format!(", {now}"))
+            };
+            db.execute(&format!(
+                "INSERT INTO webhook_events (id, tenant_id, ordering_key, event_type, payload, \
+                 created_at, next_attempt_at{column}) VALUES ('{id}', 'acme', 'k', \
+                 'connection.deleted', '{{}}', {created_at}, {created_at}{value})"
+            ))
+            .await;
+        }
+        assert_eq!(store.prune_events(now - 7 * day).await.unwrap(), 2, "{b}");
+        assert_eq!(store.outbox_stats().await.unwrap().pending, 1, "{b}");
+        assert_eq!(
+            db.execute(
+                "DELETE FROM webhook_events WHERE id IN ('msg_old_pending', 'msg_new_delivered')"
+            )
+            .await,
+            2,
+            "{b}: the pending and the recent event stay"
+        );
+
+        let entry = |at| AuditRecord {
+            tenant_id: "acme".into(),
+            at,
+            actor: "svc".into(),
+            action: "token_served",
+            connection_id: Some(Uuid::from_u128(7)),
+            request_id: None,
+            count: 2,
+        };
+        store
+            .write_audit(&[entry(now - 91 * day), entry(now - day)])
+            .await
+            .unwrap();
+        // The same key again adds to its entry.
+        store.write_audit(&[entry(now - day)]).await.unwrap();
+        assert_eq!(store.prune_audit(now - 90 * day).await.unwrap(), 1, "{b}");
+        let left = store
+            .list_audit(&valo_oauth::store::AuditQuery {
+                tenant_id: "acme".into(),
+                connection_id: None,
+                since: 0,
+                until: i64::MAX,
+                after: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1, "{b}");
+        assert_eq!(left[0].count, 4, "{b}: merged");
+        store.close().await;
+    }
+}
+
 // --- the audit trail ---------------------------------------------------------------------------
 
 async fn audit(app: &TestApp, query: &str, token: &str) -> (StatusCode, Value) {

@@ -239,7 +239,7 @@ impl Broker {
         }
     }
 
-    /// Deletes events delivered or given up longer ago than the retention.
+    /// Deletes delivered and given-up events older than the retention.
     async fn prune_outbox(&self) {
         let Some(outbox) = &self.outbox else {
             return;

@@ -22,7 +22,7 @@ pub struct WebhookSettings {
     pub retry_max_interval: Duration,
     /// Retries stop this long after the event was written (the event is then given up).
     pub retry_period: Duration,
-    /// Delivered and given-up events are deleted after this long.
+    /// Delivered and given-up events are deleted once this old.
     pub retention: Duration,
     /// How often a replica's worker looks for due events written by other replicas (its
     /// own state changes wake it at once).

@@ -705,7 +705,8 @@ impl Store {
         dispatch!(self, s => s.outbox_stats().await)
     }
 
-    /// Deletes events delivered or given up before `before`. Returns how many.
+    /// Deletes events written before `before` that were delivered or given up (pending ones
+    /// stay). Returns how many.
     pub async fn prune_events(&self, before: Millis) -> Result<u64, StoreError> {
         dispatch!(self, s => s.prune_events(before).await)
     }
