@@ -286,8 +286,10 @@ pub(super) const MARK_EVENT_GIVEN_UP: &str = "UPDATE webhook_events SET failed_a
 pub(super) const OUTBOX_STATS: &str = "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest \
      FROM webhook_events WHERE delivered_at IS NULL AND failed_at IS NULL";
 
-pub(super) const PRUNE_EVENTS: &str =
-    "DELETE FROM webhook_events WHERE COALESCE(delivered_at, failed_at) < $1";
+/// Finished events (delivered or given up) written before `$1`; pending ones stay, however
+/// old. By `created_at`, which is indexed.
+pub(super) const PRUNE_EVENTS: &str = "DELETE FROM webhook_events WHERE created_at < $1 \
+     AND (delivered_at IS NOT NULL OR failed_at IS NOT NULL)";
 
 // --- state changes that write an event --------------------------------------------------------
 
