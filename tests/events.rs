@@ -1021,3 +1021,56 @@ async fn a_bad_webhook_secret_is_a_configuration_error_naming_the_setting() {
     assert!(settings.webhooks.is_some());
     std::fs::remove_file(file).ok();
 }
+
+// --- the contract in the OpenAPI document --------------------------------------------------
+
+#[test]
+fn the_openapi_document_lists_every_event_type_audit_action_and_scope() {
+    use valo_oauth::broker::audit::AuditAction;
+    use valo_oauth::broker::events::EventType;
+    use valo_oauth::http::auth::Scope;
+    let doc: Value = serde_json::from_str(include_str!("../docs/openapi.json")).unwrap();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let types: Vec<String> = EventType::ALL
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        strings(&doc["components"]["schemas"]["WebhookEvent"]["properties"]["type"]["enum"]),
+        types
+    );
+    let hooks: Vec<String> = doc["webhooks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut sorted = types.clone();
+    sorted.sort();
+    assert_eq!(hooks, sorted, "one webhook per event type");
+    assert_eq!(types, EVENT_TYPES, "the receiver knows every type");
+    let actions: Vec<String> = AuditAction::ALL
+        .iter()
+        .map(|a| a.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        strings(&doc["components"]["schemas"]["AuditEntry"]["properties"]["action"]["enum"]),
+        actions
+    );
+    let bearer = doc["components"]["securitySchemes"]["bearerAuth"]["description"]
+        .as_str()
+        .unwrap();
+    for scope in Scope::ALL {
+        assert!(
+            bearer.contains(&format!("`{}`", scope.as_str())),
+            "{}",
+            scope.as_str()
+        );
+    }
+}
