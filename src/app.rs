@@ -111,16 +111,22 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then shuts down within the shutdown grace: no new
-    /// refresh or keep-alive sweep starts from that moment, HTTP requests in flight are
-    /// answered, and refreshes in flight get to commit (their rotated refresh tokens exist
-    /// nowhere else).
+    /// refresh, keep-alive sweep or webhook claim starts from that moment, HTTP requests in
+    /// flight are answered, refreshes in flight get to commit (their rotated refresh tokens
+    /// exist nowhere else), webhook attempts in flight finish, and the audit counters are
+    /// written a last time.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let broker = self.state.broker.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx));
+        let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx.clone()));
+        let outbox = tokio::spawn(broker.clone().run_outbox(stop_rx));
+        // The audit flusher stops only after the last request was answered: its final
+        // flush then holds every read this replica served.
+        let (audit_stop_tx, audit_stop_rx) = watch::channel(false);
+        let audit = tokio::spawn(broker.clone().run_audit(audit_stop_rx));
         let (fired_tx, mut fired_rx) = watch::channel(false);
         let draining = broker.clone();
         // Once `shutdown` completes: no new refresh starts, and every listener stops
@@ -194,7 +200,10 @@ impl Application {
                 }
             },
         };
+        let _ = audit_stop_tx.send(true);
         let _ = tokio::time::timeout_at(deadline, keepalive).await;
+        let _ = tokio::time::timeout_at(deadline, outbox).await;
+        let _ = tokio::time::timeout_at(deadline, audit).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if !broker.wait_for_refreshes(left).await {
             tracing::error!(

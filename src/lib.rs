@@ -1,6 +1,7 @@
 //! valo-oauth: the OAuth 2.0 broker between Valo and its customers' Salesforce orgs.
 //!
-//! Data flows one way: [`http`] → [`broker`] → ([`salesforce`], [`store`], [`crypto`]).
+//! Data flows one way: [`http`] → [`broker`] → ([`salesforce`], [`webhooks`], [`store`],
+//! [`crypto`]).
 //! Nothing below `http` knows about axum; nothing but `store` knows SQL.
 
 pub mod app;
@@ -12,3 +13,4 @@ pub mod metrics;
 pub mod salesforce;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;

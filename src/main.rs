@@ -31,11 +31,15 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
-    /// Print a fresh encryption key as KEY_ID:BASE64 (for VALO_OAUTH_ENCRYPTION_KEYS).
+    /// Print a fresh encryption key as KEY_ID:BASE64 (for VALO_OAUTH_ENCRYPTION_KEYS), or
+    /// with --webhook-secret a webhook signing secret (for VALO_OAUTH_WEBHOOK_SECRET).
     Keygen {
         /// The key id (default: k + today's date, e.g. k20261127).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "webhook_secret")]
         key_id: Option<String>,
+        /// Print a webhook signing secret, whsec_ + base64 of 32 random bytes.
+        #[arg(long)]
+        webhook_secret: bool,
     },
     /// Print an API token signed with the configured HS256 secret, for trying the API.
     DevToken {
@@ -73,8 +77,19 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    if let Some(Command::Keygen { key_id }) = cli.command {
+    if let Some(Command::Keygen {
+        key_id,
+        webhook_secret,
+    }) = cli.command
+    {
         // Needs no settings: it is how an operator makes the first key.
+        if webhook_secret {
+            println!(
+                "{}",
+                valo_oauth::webhooks::WebhookSecret::generate().expose_secret()
+            );
+            return ExitCode::SUCCESS;
+        }
         return keygen(key_id);
     }
     let env: config::EnvMap = std::env::vars().collect::<BTreeMap<_, _>>();
@@ -91,7 +106,7 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Serve);
     match command {
-        Command::Keygen { key_id } => keygen(key_id),
+        Command::Keygen { key_id, .. } => keygen(key_id),
         Command::DevToken {
             scope,
             tenant,

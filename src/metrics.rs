@@ -39,6 +39,13 @@ pub static CALLBACK_FAILED: Counter = Counter::new();
 pub static CALLBACK_INVALID_STATE: Counter = Counter::new();
 pub static INVALID_SIGNATURES: Counter = Counter::new();
 pub static KEEPALIVE_REFRESHES: Counter = Counter::new();
+pub static WEBHOOK_DELIVERED: Counter = Counter::new();
+pub static WEBHOOK_REJECTED: Counter = Counter::new();
+pub static WEBHOOK_TIMED_OUT: Counter = Counter::new();
+pub static WEBHOOK_FAILED: Counter = Counter::new();
+pub static WEBHOOK_GIVEN_UP: Counter = Counter::new();
+pub static AUDIT_FLUSH_FAILURES: Counter = Counter::new();
+pub static AUDIT_DROPPED: Counter = Counter::new();
 pub static HTTP_2XX: Counter = Counter::new();
 pub static HTTP_3XX: Counter = Counter::new();
 pub static HTTP_4XX: Counter = Counter::new();
@@ -59,7 +66,7 @@ pub fn record_status(status: u16) {
 type Family<'a> = (&'a str, &'a str, &'a [(&'a str, &'a Counter)]);
 
 pub fn render(gauges: &[(&str, &str, u64)]) -> String {
-    let families: [Family<'_>; 11] = [
+    let families: [Family<'_>; 15] = [
         (
             "valo_oauth_token_cache_hits_total",
             "Access tokens served from this replica's memory.",
@@ -123,6 +130,31 @@ pub fn render(gauges: &[(&str, &str, u64)]) -> String {
             "valo_oauth_invalid_signatures_total",
             "Salesforce token responses whose signature did not verify (security event).",
             &[("", &INVALID_SIGNATURES)],
+        ),
+        (
+            "valo_oauth_webhook_attempts_total",
+            "Webhook delivery attempts, by outcome (rejected: a non-2xx answer).",
+            &[
+                ("outcome=\"delivered\"", &WEBHOOK_DELIVERED),
+                ("outcome=\"rejected\"", &WEBHOOK_REJECTED),
+                ("outcome=\"timeout\"", &WEBHOOK_TIMED_OUT),
+                ("outcome=\"error\"", &WEBHOOK_FAILED),
+            ],
+        ),
+        (
+            "valo_oauth_webhook_events_given_up_total",
+            "Webhook events whose retry period ended undelivered. Alert on any increase.",
+            &[("", &WEBHOOK_GIVEN_UP)],
+        ),
+        (
+            "valo_oauth_audit_flush_failures_total",
+            "Writes of the audit trail that failed (the counts are kept for the next one).",
+            &[("", &AUDIT_FLUSH_FAILURES)],
+        ),
+        (
+            "valo_oauth_audit_entries_dropped_total",
+            "Audit aggregates dropped because too many waited for an unreachable database.",
+            &[("", &AUDIT_DROPPED)],
         ),
         (
             "valo_oauth_http_responses_total",

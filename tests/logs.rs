@@ -1,6 +1,7 @@
 //! What reaches the logs, at TRACE, captured by the one subscriber of this binary: no secret
 //! from a full flow, a refresh and a deletion, nor a consumer secret from a registration
-//! and its credential check; and the warning for an identity id kept as sent.
+//! and its credential check, nor the webhook secret from deliveries that fail and succeed;
+//! and the warning for an identity id kept as sent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -224,5 +225,61 @@ backend_tests! {
                 && line.contains("\"level\":\"WARN\"")),
             "the kept id is logged as a warning"
         );
+    }
+}
+
+/// A webhook receiver that refuses the first delivery (503) and accepts the rest.
+async fn flaky_receiver() -> String {
+    let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = axum::Router::new().route(
+        "/hooks",
+        axum::routing::post(move || {
+            let refused = refused.clone();
+            async move {
+                if refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    axum::http::StatusCode::NO_CONTENT
+                } else {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/hooks")
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn the_webhook_secret_never_reaches_the_logs(db) {
+        capture();
+        const SECRET: &str = "whsec_c2VjcmV0LWZvci10aGUtbG9ncy10ZXN0LTAxMjM0NTY3ODlhYg==";
+        let encoded = SECRET.strip_prefix("whsec_").unwrap();
+        let url = flaky_receiver().await;
+        let app = TestApp::spawn_with(
+            &db,
+            &FakeSalesforce::start(FakeOptions::default()).await.unwrap(),
+            &[
+                ("VALO_OAUTH_WEBHOOK_URL", url.as_str()),
+                ("VALO_OAUTH_WEBHOOK_SECRET", SECRET),
+                ("VALO_OAUTH_WEBHOOK_RETRY_BASE_MS", "100"),
+                ("VALO_OAUTH_WEBHOOK_POLL_MS", "100"),
+            ],
+        )
+        .await;
+        app.connect("acme").await;
+        // The first attempt fails, the retry is delivered.
+        let started = std::time::Instant::now();
+        while !logged().contains("webhook delivered") {
+            assert!(started.elapsed() < std::time::Duration::from_secs(20), "never delivered");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        app.stop().await;
+        let logs = logged();
+        assert!(logs.contains("webhook attempt failed"), "failures are logged");
+        for needle in [SECRET, encoded, &encoded[10..30]] {
+            assert!(!logs.contains(needle), "the log holds {needle:?}");
+        }
     }
 }

@@ -28,6 +28,11 @@
 //!    replica, with an unrelated read's latency alongside. Written between its own markers
 //!    (`<!-- bench:fanout:begin -->` / `<!-- bench:fanout:end -->`).
 //!
+//! With `BENCH_ONLY=audit` it measures one thing instead: the access-token hot path with
+//! the audit trail on and off, two server processes on one database, alternating rounds in
+//! the same run (see [`audit_on_off`]); the figures go to standard output and
+//! `target/bench/audit.md`, not into `docs/benchmarks.md`.
+//!
 //! Options (environment): `BENCH_DURATION_SECS` (default 10), `BENCH_WARMUP_SECS` (3),
 //! `BENCH_CONNECTIONS` (64), `BENCH_THREADS` (2), `BENCH_OUT` (`docs/benchmarks.md`),
 //! `BENCH_COMMAND` (the command line shown in the report), `BENCH_ONLY` (`fanout` runs the
@@ -860,6 +865,123 @@ async fn hot_path(opts: &Options) -> HotPath {
     }
 }
 
+/// The cached access-token path with the audit trail on (`VALO_OAUTH_AUDIT_ENABLED=true`,
+/// flushing every 5 s) and off, in the same run: two server processes on one database and
+/// one connection, warmed up, then `BENCH_AUDIT_ROUNDS` (3) rounds, each measuring both,
+/// in alternating order so that drift on a shared machine hits both sides alike. Returns a
+/// Markdown table with each round's ratio (on / off).
+async fn audit_on_off(opts: &Options) -> String {
+    let rounds: usize = env_or("BENCH_AUDIT_ROUNDS", "3").parse().unwrap();
+    eprintln!(
+        "== audit on vs off: access-token, wrk -t{} -c{} -d{}s, {rounds} rounds",
+        opts.threads, opts.connections, opts.duration_secs
+    );
+    let db = PgDb::create(&opts.admin_url).await;
+    let fake = FakeSalesforce::start(fake_options()).await.unwrap();
+    let on = Server::start(
+        opts,
+        &db.url,
+        "audit-on",
+        &[("VALO_OAUTH_AUDIT_ENABLED", "true")],
+    )
+    .await;
+    fake.register_app(CLIENT_ID, CLIENT_SECRET, &on.callback_url());
+    let client = http_client();
+    let id = connect_org(&client, &on.base, &on.public_url, &fake).await;
+    let off = Server::start(
+        opts,
+        &db.url,
+        "audit-off",
+        &[("VALO_OAUTH_AUDIT_ENABLED", "false")],
+    )
+    .await;
+    let jwt = mint("tokens:read", Some(TENANT), 3600);
+    let path = token_path(id);
+    let script = write_token_script(opts, &jwt);
+    for (server, label) in [(&on, "on"), (&off, "off")] {
+        let (status, _) = fetch_token(
+            &client,
+            &server.url(&path),
+            &jwt,
+            &json!({"min_ttl_seconds": 60}),
+        )
+        .await;
+        assert_eq!(status, 200, "access-token check request (audit {label})");
+        wrk(
+            opts,
+            server.pid,
+            &server.url(&path),
+            Some(&script),
+            opts.warmup_secs,
+            &format!("warmup-audit-{label}"),
+        )
+        .await;
+    }
+    let mut table = String::from(
+        "| round | audit on req/s | p99 ms | audit off req/s | p99 ms | on / off |\n|---|---|---|---|---|---|\n",
+    );
+    let (mut sum_on, mut sum_off, mut served_on) = (0.0, 0.0, 0u64);
+    for round in 1..=rounds {
+        wait_for_quiet(&format!("audit round {round}")).await;
+        let order: [(&Server, &str); 2] = if round % 2 == 1 {
+            [(&on, "on"), (&off, "off")]
+        } else {
+            [(&off, "off"), (&on, "on")]
+        };
+        let mut results = BTreeMap::new();
+        for (server, label) in order {
+            let r = wrk(
+                opts,
+                server.pid,
+                &server.url(&path),
+                Some(&script),
+                opts.duration_secs,
+                &format!("audit-{label}-round{round}"),
+            )
+            .await;
+            assert_eq!(r.non_2xx, 0, "non-2xx answers with the audit {label}");
+            results.insert(label, r);
+        }
+        let (r_on, r_off) = (&results["on"], &results["off"]);
+        sum_on += r_on.requests_per_sec;
+        sum_off += r_off.requests_per_sec;
+        served_on += r_on.requests;
+        let _ = writeln!(
+            table,
+            "| {round} | {:.0} | {:.2} | {:.0} | {:.2} | {:.3} |",
+            r_on.requests_per_sec,
+            r_on.p99_ms,
+            r_off.requests_per_sec,
+            r_off.p99_ms,
+            r_on.requests_per_sec / r_off.requests_per_sec
+        );
+    }
+    let _ = writeln!(
+        table,
+        "| all | {:.0} | | {:.0} | | **{:.3}** |",
+        sum_on / rounds as f64,
+        sum_off / rounds as f64,
+        sum_on / sum_off
+    );
+    // The audit really was on: its final flush (at the graceful stop) holds every read.
+    on.stop().await;
+    off.stop().await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(count), 0)::BIGINT FROM audit_entries WHERE action = 'token_served'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.ok();
+    let _ = writeln!(
+        table,
+        "\nReads recorded in the audit trail by the audit-on server: {recorded} (wrk counted {served_on} in the measured rounds, plus the warm-up and check requests)."
+    );
+    db.drop_db().await;
+    table
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Refresh storm
 // ---------------------------------------------------------------------------------------
@@ -1629,6 +1751,12 @@ fn write_section(path: &Path, begin: &str, end: &str, generated: &str) {
 #[tokio::main]
 async fn main() {
     let opts = Options::from_env();
+    if env_or("BENCH_ONLY", "") == "audit" {
+        let table = audit_on_off(&opts).await;
+        std::fs::write(opts.work_dir.join("audit.md"), &table).unwrap();
+        println!("{table}");
+        return;
+    }
     let postgres_version = {
         let mut admin = PgConnection::connect(&opts.admin_url)
             .await

@@ -10,6 +10,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::events::EventType;
 use super::{Broker, BrokerError, CredentialField, TenantId};
 use crate::crypto::Binding;
 use crate::salesforce::{AppCredentials, CredentialCheck, ErrorClass, SalesforceError};
@@ -136,7 +137,18 @@ impl Broker {
             created_at: now,
             updated_at: now,
         };
-        let (stored, created) = self.store.put_tenant_app(&record).await?;
+        // Written only if this PUT replaces credentials Salesforce refused.
+        let fixed = self.app_event(
+            EventType::AppCredentialsValid,
+            tenant.as_str(),
+            AppStatus::Active.as_str(),
+            Some("new credentials were stored"),
+        );
+        let (stored, created) = self
+            .store
+            .put_tenant_app_with_event(&record, fixed.as_ref())
+            .await?;
+        self.wake_outbox();
         tracing::info!(tenant = tenant.as_str(), created, "tenant app stored");
         // The connections' cached tokens are still valid; only refreshes were held back.
         Ok((AppMetadata::from(&stored), created))
@@ -202,10 +214,8 @@ impl Broker {
         // what remains is exactly what is still live there.
         for connection in &connections {
             self.revoke_connection(connection, force).await?;
-            self.store
-                .delete_connection(tenant.as_str(), connection.id)
+            self.delete_revoked_connection(connection, "the tenant's app was deleted")
                 .await?;
-            self.tokens.forget(connection.id);
         }
         self.store.delete_tenant_app(tenant.as_str()).await?;
         tracing::info!(

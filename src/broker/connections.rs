@@ -7,6 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
+use super::events::EventType;
 use super::{Broker, BrokerError, SecretColumn, TenantId};
 use crate::salesforce::ErrorClass;
 pub use crate::store::ConnectionStatus;
@@ -100,9 +101,30 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let connection = self.connection_record(tenant, id).await?;
         self.revoke_connection(&connection, force).await?;
-        self.store.delete_connection(tenant.as_str(), id).await?;
-        self.tokens.forget(id);
+        self.delete_revoked_connection(&connection, "the connection was deleted")
+            .await?;
         tracing::info!(tenant = tenant.as_str(), connection = %id, "connection deleted");
+        Ok(())
+    }
+
+    /// Deletes a connection whose tokens were revoked, with its `connection.deleted` event
+    /// (one transaction), and forgets its cached token.
+    pub(super) async fn delete_revoked_connection(
+        &self,
+        connection: &ConnectionRecord,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let event = self.connection_event(
+            EventType::ConnectionDeleted,
+            connection,
+            "deleted",
+            Some(reason),
+        );
+        self.store
+            .delete_connection_with_event(&connection.tenant_id, connection.id, event.as_ref())
+            .await?;
+        self.wake_outbox();
+        self.tokens.forget(connection.id);
         Ok(())
     }
 

@@ -551,7 +551,7 @@ impl Broker {
         let now = self.now();
         let saved = self
             .store
-            .save_authorized_connection(
+            .save_authorized_connection_with_event(
                 tenant.as_str(),
                 &grant.org_id,
                 &grant.user_id,
@@ -579,12 +579,15 @@ impl Broker {
                         username: username.clone(),
                     })
                 },
+                // Written with the connection: `connection.created`, or `reauthorized`.
+                |row, existed| self.flow_event(row, existed),
             )
             .await
             .map_err(|e| internal(e.into()))?
             .map_err(|e| internal(e.into()))?;
 
         let connection_id = saved.connection.id;
+        self.flow_completed(&tenant, &saved, &grant.user_id);
         self.tokens.forget(connection_id);
         if let Some(replaced) = saved.replaced {
             // Salesforce keeps at most five refresh tokens per user and app; revoke the one

@@ -9,18 +9,24 @@
 //! - [`keepalive`]: the background sweeper that refreshes idle connections;
 //! - [`limiter`]: the per-replica limit on Salesforce calls in flight, fair across tenants;
 //! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit;
-//! - [`rekey`]: re-sealing stored secrets under the first key, and what each key still seals.
+//! - [`rekey`]: re-sealing stored secrets under the first key, and what each key still seals;
+//! - [`events`] and [`outbox`]: the webhook events written with the state changes they
+//!   report, and the worker that delivers them;
+//! - [`audit`]: the audit trail of token reads and changes, aggregated off the hot path.
 //!
 //! Every operation takes the time from [`Clock`] so tests can control it.
 
 pub mod apps;
+pub mod audit;
 pub mod cache;
 pub mod connections;
 pub mod eca;
+pub mod events;
 pub mod flow;
 pub mod keepalive;
 pub mod lifecycle;
 pub mod limiter;
+pub mod outbox;
 pub mod rekey;
 pub mod tokens;
 
@@ -29,7 +35,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{SalesforceSettings, Settings, TokenSettings};
+use crate::config::{AuditSettings, SalesforceSettings, Settings, TokenSettings, WebhookSettings};
 use crate::crypto::{Binding, Keyring, KeyringError};
 use crate::salesforce::HostPolicy;
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
@@ -177,6 +183,10 @@ pub struct Broker {
     lifecycle: Arc<lifecycle::Lifecycle>,
     /// Who holds this replica's refresh leases (host, process, instance), for operators.
     holder: Arc<str>,
+    /// The webhook outbox; None when no webhook URL is configured (no events are written).
+    outbox: Option<Arc<outbox::Outbox>>,
+    /// The audit counters not yet written.
+    audit: Arc<audit::AuditLog>,
 }
 
 /// What the domain needs of the process's settings, and nothing more (no listener, no
@@ -198,6 +208,9 @@ pub struct BrokerSettings {
     pub keyring: Arc<Keyring>,
     /// The database pool's size, of which the refresh path takes its share.
     pub db_pool_size: u32,
+    /// Where and how connection events are delivered (None: no webhook, no events).
+    pub webhooks: Option<WebhookSettings>,
+    pub audit: AuditSettings,
 }
 
 impl From<&Settings> for BrokerSettings {
@@ -212,6 +225,8 @@ impl From<&Settings> for BrokerSettings {
             shutdown_grace: s.shutdown_grace,
             keyring: s.keyring.clone(),
             db_pool_size: s.db_max_connections,
+            webhooks: s.webhooks.clone(),
+            audit: s.audit.clone(),
         }
     }
 }
@@ -232,6 +247,11 @@ impl Broker {
         clock: Arc<dyn Clock>,
         settings: BrokerSettings,
     ) -> Self {
+        let outbox = settings
+            .webhooks
+            .clone()
+            .map(|w| Arc::new(outbox::Outbox::new(w)));
+        let audit = Arc::new(audit::AuditLog::new(settings.audit.enabled));
         let settings = Arc::new(settings);
         Self {
             store,
@@ -246,6 +266,8 @@ impl Broker {
             settings,
             lifecycle: Arc::new(lifecycle::Lifecycle::default()),
             holder: lease_holder_name().into(),
+            outbox,
+            audit,
         }
     }
 

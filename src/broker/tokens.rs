@@ -39,6 +39,8 @@ use uuid::Uuid;
 
 use tokio::time::Instant;
 
+use super::audit::{Actor, AuditAction};
+use super::events::EventType;
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
 use crate::salesforce::{AppCredentials, ErrorClass, RefreshAnswer, SalesforceError, TokenGrant};
@@ -150,12 +152,45 @@ const COMMIT_RETRY_FIRST: Duration = Duration::from_millis(100);
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Broker {
-    /// A valid access token for the connection, refreshing it if needed.
+    /// A valid access token for the connection, refreshing it if needed. A refresh is
+    /// audited as the keep-alive's (see [`Self::access_token_for`] for API callers).
     pub async fn access_token(
         &self,
         tenant: &TenantId,
         id: Uuid,
         want: Want,
+    ) -> Result<AccessToken, BrokerError> {
+        self.fetch_access_token(tenant, id, want, None).await
+    }
+
+    /// [`Self::access_token`] for an API caller: the read (and a refresh it caused) is
+    /// recorded in the audit trail, in memory (no write on this path).
+    pub async fn access_token_for(
+        &self,
+        actor: &Actor,
+        tenant: &TenantId,
+        id: Uuid,
+        want: Want,
+    ) -> Result<AccessToken, BrokerError> {
+        let token = self
+            .fetch_access_token(tenant, id, want, Some(actor))
+            .await?;
+        self.audit_at(
+            Some(actor),
+            tenant,
+            AuditAction::TokenServed,
+            Some(id),
+            self.now(),
+        );
+        Ok(token)
+    }
+
+    async fn fetch_access_token(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        want: Want,
+        actor: Option<&Actor>,
     ) -> Result<AccessToken, BrokerError> {
         let now = self.now();
         if let Some(hit) = self.cached(tenant, id, &want, now) {
@@ -165,9 +200,22 @@ impl Broker {
         crate::metrics::TOKEN_CACHE_MISSES.inc();
         let this = self.clone();
         let tenant = tenant.clone();
+        let actor = actor.cloned();
         // Own task: the caller hanging up (or giving up below) must not cancel a refresh
-        // between Salesforce's answer and the commit.
-        let slow = tokio::spawn(async move { this.access_token_slow(&tenant, id, want).await });
+        // between Salesforce's answer and the commit (nor its audit entry).
+        let slow = tokio::spawn(async move {
+            let result = this.access_token_slow(&tenant, id, want).await;
+            if let Ok((_, true)) = &result {
+                this.audit_at(
+                    actor.as_ref(),
+                    &tenant,
+                    AuditAction::TokenRefreshed,
+                    Some(id),
+                    this.now(),
+                );
+            }
+            result.map(|(token, _)| token)
+        });
         let wait = self.settings.tokens.refresh_wait;
         match tokio::time::timeout(wait, slow).await {
             Ok(joined) => {
@@ -196,13 +244,13 @@ impl Broker {
         tenant: &TenantId,
         id: Uuid,
         want: Want,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<(AccessToken, bool), BrokerError> {
         let flight = self.tokens.flight(id);
         let result = {
             let _queued = flight.lock().await;
             // A caller ahead of us in the queue may have refreshed already.
             match self.cached(tenant, id, &want, self.now()) {
-                Some(hit) => Ok(hit),
+                Some(hit) => Ok((hit, false)),
                 None => self.refresh_if_needed(tenant, id, &want).await,
             }
         };
@@ -211,19 +259,20 @@ impl Broker {
     }
 
     /// Reads the row; refreshes under the connection's lease if it does not serve the want.
+    /// The flag says whether this call refreshed.
     async fn refresh_if_needed(
         &self,
         tenant: &TenantId,
         id: Uuid,
         want: &Want,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<(AccessToken, bool), BrokerError> {
         let read = self.store.get_connection(tenant.as_str(), id);
         let Some(row) = self.on_refresh_share(read).await? else {
             self.tokens.forget(id);
             return Err(BrokerError::NotFound("no such connection for this tenant"));
         };
         if let Some(token) = self.usable_without_refresh(&row, want, self.now())? {
-            return Ok(token);
+            return Ok((token, false));
         }
         let app = self.on_refresh_share(self.tenant_app(tenant)).await?;
         if app.status == AppStatus::CredentialsInvalid {
@@ -257,7 +306,7 @@ impl Broker {
         let (lease, lease_started) = self.take_lease(tenant, id, want).await?;
         let lease = match lease {
             Leased::Ours(lease) => lease,
-            Leased::Served(token) => return Ok(token),
+            Leased::Served(token) => return Ok((token, false)),
         };
         self.refresh_under_lease(
             tenant,
@@ -268,6 +317,7 @@ impl Broker {
             app.credentials_version,
         )
         .await
+        .map(|token| (token, true))
     }
 
     /// Runs one statement of the refresh path within the path's share of the pool.
@@ -534,15 +584,23 @@ impl Broker {
                 // token stays good for when the credentials are fixed.
                 crate::metrics::REFRESH_APP_CREDENTIALS.inc();
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: the tenant app's credentials are invalid");
+                let event = self.app_event(
+                    EventType::AppCredentialsInvalid,
+                    tenant.as_str(),
+                    AppStatus::CredentialsInvalid.as_str(),
+                    Some(&e.summary()),
+                );
                 let marked = self
                     .store
-                    .mark_app_credentials_invalid(
+                    .mark_app_credentials_invalid_with_event(
                         tenant.as_str(),
                         credentials_version,
                         &e.summary(),
                         now,
+                        event.as_ref(),
                     )
                     .await;
+                self.wake_outbox();
                 if let Err(store_error) = marked {
                     tracing::warn!(tenant = tenant.as_str(), error = %store_error, "could not record the app's invalid credentials");
                 }
@@ -577,10 +635,25 @@ impl Broker {
             RefreshFailure::Transient { failure_count, .. } => self.backoff(*failure_count),
             _ => Duration::ZERO,
         };
-        match self
-            .commit_with_retry(lease, lease_end, |l| l.commit_failure(&failure))
-            .await
-        {
+        // The change of status is reported to the Valo backend, written with it.
+        let event = match &failure {
+            RefreshFailure::NeedsReauthorization { reason, .. } => self.connection_event(
+                EventType::ConnectionNeedsReauthorization,
+                row,
+                ConnectionStatus::NeedsReauthorization.as_str(),
+                Some(reason),
+            ),
+            _ => None,
+        };
+        let committed = self
+            .commit_with_retry(lease, lease_end, |l| {
+                l.commit_failure_with_event(&failure, event.as_ref())
+            })
+            .await;
+        if event.is_some() {
+            self.wake_outbox();
+        }
+        match committed {
             Ok(_) | Err(CommitLost::LeaseLost) => {}
             Err(CommitLost::Unreachable(store_error)) => {
                 // Only the failure's bookkeeping is lost: the refresh token is unchanged.

@@ -66,6 +66,17 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("callback_rate_limit_per_minute", Some("60"), false),
     ("callback_rate_limit_burst", Some("20"), false),
     ("trust_forwarded_for", Some("false"), false),
+    ("webhook_url", None, false),
+    ("webhook_secret", None, true),
+    ("webhook_timeout_ms", Some("10000"), false),
+    ("webhook_retry_base_ms", Some("5000"), false),
+    ("webhook_retry_max_interval_secs", Some("3600"), false),
+    ("webhook_retry_period_secs", Some("86400"), false),
+    ("webhook_retention_secs", Some("604800"), false),
+    ("webhook_poll_ms", Some("1000"), false),
+    ("audit_enabled", Some("true"), false),
+    ("audit_flush_ms", Some("5000"), false),
+    ("audit_retention_days", Some("90"), false),
 ];
 
 /// Where a raw value came from, to name it in errors.

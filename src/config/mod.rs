@@ -16,6 +16,7 @@
 mod api_auth;
 mod database;
 mod dev_secrets;
+mod events;
 mod keys;
 mod layers;
 mod limits;
@@ -39,6 +40,7 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
+pub use self::events::{AuditSettings, WebhookSettings};
 use self::layers::Layers;
 pub use self::layers::{EnvMap, env_var_name, environment_names, load};
 pub use self::limits::Protection;
@@ -89,6 +91,9 @@ pub struct Settings {
     pub tokens: TokenSettings,
     /// How long in-flight refreshes get to finish and commit after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Signed webhooks to the Valo backend; None: no events are written.
+    pub webhooks: Option<WebhookSettings>,
+    pub audit: AuditSettings,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
     pub protection: Protection,
@@ -105,6 +110,7 @@ impl fmt::Debug for Settings {
             .field("database_url", &"[redacted]")
             .field("keyring", &self.keyring)
             .field("api_auth", &self.api_auth)
+            .field("webhooks", &self.webhooks)
             .finish_non_exhaustive()
     }
 }
@@ -159,6 +165,8 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
             tokens.refresh_wait.as_millis()
         ));
     }
+    let webhooks = events::webhooks(l)?;
+    let audit = events::audit(l)?;
     Ok(Settings {
         env: server.env,
         listen: server.listen,
@@ -182,6 +190,8 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         tokens,
         shutdown_grace: limits.shutdown_grace,
         protection: limits.protection,
+        webhooks,
+        audit,
         warnings,
     })
 }

@@ -11,10 +11,11 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Authenticated, Scope};
-use super::extract::{JsonBody, Target, force_flag, rfc3339};
+use super::extract::{JsonBody, RequestId, Target, force_flag, rfc3339};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::apps::{AppMetadata, AppRegistration};
+use crate::broker::audit::AuditAction;
 
 const SCOPE: Scope = Scope::AppsWrite;
 
@@ -86,6 +87,7 @@ async fn put_app(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     target: Target,
+    RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
     JsonBody(body): JsonBody<PutApp>,
 ) -> ApiResult {
@@ -103,6 +105,10 @@ async fn put_app(
             verify,
         )
         .await?;
+    let actor = caller.actor(request_id);
+    state
+        .broker
+        .audit(&actor, &target.tenant, AuditAction::AppUpdated, None);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -127,6 +133,7 @@ async fn delete_app(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     target: Target,
+    RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     caller.require(SCOPE, &target.tenant)?;
@@ -134,5 +141,9 @@ async fn delete_app(
         .broker
         .delete_app(&target.tenant, force_flag(query.as_deref()))
         .await?;
+    let actor = caller.actor(request_id);
+    state
+        .broker
+        .audit(&actor, &target.tenant, AuditAction::AppDeleted, None);
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use super::AppState;
 use super::problem::Problem;
 use crate::broker::TenantId;
+use crate::broker::audit::Actor;
 use crate::config::{ApiAuthSettings, ApiKey, public_key};
 
 /// Clock skew tolerated on `exp` (RFC 7519 §4.1.4 allows "a small leeway").
@@ -31,6 +32,9 @@ const LEEWAY_SECS: u64 = 30;
 #[derive(Deserialize)]
 struct Claims {
     exp: u64,
+    /// Who the caller is (RFC 7519 §4.1.2): the audit trail's actor.
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     scope: String,
     #[serde(default)]
@@ -48,14 +52,17 @@ pub enum Scope {
     ConnectionsRead,
     /// Get access tokens.
     TokensRead,
+    /// Read the tenant's audit trail.
+    AuditRead,
 }
 
 impl Scope {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::AppsWrite,
         Self::ConnectionsWrite,
         Self::ConnectionsRead,
         Self::TokensRead,
+        Self::AuditRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +71,7 @@ impl Scope {
             Self::ConnectionsWrite => "connections:write",
             Self::ConnectionsRead => "connections:read",
             Self::TokensRead => "tokens:read",
+            Self::AuditRead => "audit:read",
         }
     }
 }
@@ -71,12 +79,22 @@ impl Scope {
 /// An authenticated caller.
 #[derive(Debug)]
 pub struct Caller {
+    /// The token's `sub`, or [`NO_SUBJECT`].
+    sub: Arc<str>,
     scopes: Vec<String>,
     tenant: Option<String>,
     expires_at: u64,
 }
 
+/// The audit trail's actor for a token without a `sub` claim.
+pub const NO_SUBJECT: &str = "(no sub)";
+
 impl Caller {
+    /// The caller as the audit trail names it, for an action of the request `request_id`.
+    pub fn actor(&self, request_id: Option<Arc<str>>) -> Actor {
+        Actor::new(self.sub.clone(), request_id)
+    }
+
     /// 403 unless the token grants `scope` and, if confined to a tenant, this tenant.
     pub fn require(&self, scope: Scope, tenant: &TenantId) -> Result<(), Problem> {
         self.require_scope(scope)?;
@@ -157,6 +175,11 @@ impl ApiAuth {
                 Problem::unauthenticated("the bearer token is missing, malformed, expired or not signed for this service")
             })?;
         let caller = Arc::new(Caller {
+            sub: data
+                .claims
+                .sub
+                .filter(|sub| !sub.is_empty())
+                .map_or_else(|| Arc::from(NO_SUBJECT), Arc::from),
             scopes: data
                 .claims
                 .scope

@@ -10,9 +10,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Authenticated, Scope};
-use super::extract::{OptionalJsonBody, Target, force_flag, rfc3339};
+use super::extract::{OptionalJsonBody, RequestId, Target, force_flag, rfc3339};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
+use crate::broker::audit::AuditAction;
 use crate::broker::connections::Connection;
 use crate::broker::tokens::Want;
 
@@ -144,17 +145,21 @@ async fn delete(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     target: Target,
+    RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
     caller.require(Scope::ConnectionsWrite, &target.tenant)?;
+    let id = target.connection_id()?;
     state
         .broker
-        .delete_connection(
-            &target.tenant,
-            target.connection_id()?,
-            force_flag(query.as_deref()),
-        )
+        .delete_connection(&target.tenant, id, force_flag(query.as_deref()))
         .await?;
+    state.broker.audit(
+        &caller.actor(request_id),
+        &target.tenant,
+        AuditAction::ConnectionDeleted,
+        Some(id),
+    );
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -196,9 +201,15 @@ async fn access_token(
         Some(_) => return Err(Problem::invalid_request("rejected_token must not be empty")),
         None => Want::Fresh { min_ttl_ms },
     };
+    // Aggregated per minute: no request id.
     let token = state
         .broker
-        .access_token(&target.tenant, target.connection_id()?, want)
+        .access_token_for(
+            &caller.actor(None),
+            &target.tenant,
+            target.connection_id()?,
+            want,
+        )
         .await?;
     Ok(no_store_json(
         StatusCode::OK,

@@ -124,6 +124,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Target {
     }
 }
 
+/// The request's id (`x-request-id`, set or kept by the request-id layer), for the audit
+/// trail. Reads the one header; never fails.
+pub struct RequestId(pub Option<std::sync::Arc<str>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 200)
+                .map(std::sync::Arc::from),
+        ))
+    }
+}
+
 /// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
 pub fn rfc3339(ms: Millis) -> String {
     let nanos = i128::from(ms) * 1_000_000;

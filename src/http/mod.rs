@@ -1,8 +1,8 @@
 //! The HTTP layer (axum only): the router, the tower layers, extractors and responses.
 //! Handlers translate between HTTP and [`crate::broker`]; they hold no domain logic.
 //!
-//! - [`apps`], [`authorizations`], [`connections`], [`eca_settings`]: the internal JSON API
-//!   (bearer JWT);
+//! - [`apps`], [`authorizations`], [`connections`], [`eca_settings`], [`audit`]: the
+//!   internal JSON API (bearer JWT);
 //! - [`callback`], [`pages`] and [`guidance`]: the public callback Salesforce redirects
 //!   browsers to, its result pages, and what those pages tell an admin to fix;
 //! - [`ops`]: health, readiness, metrics, OpenAPI;
@@ -13,6 +13,7 @@
 //! [`internal_router`] serves the rest.
 
 pub mod apps;
+pub mod audit;
 pub mod auth;
 pub mod authorizations;
 pub mod callback;
@@ -159,6 +160,7 @@ fn internal_routes() -> Router<AppState> {
         .merge(authorizations::router())
         .merge(connections::router())
         .merge(eca_settings::router())
+        .merge(audit::router())
         .merge(ops::router())
 }
 

@@ -62,6 +62,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn metrics(State(state): State<AppState>) -> Response {
     let gauge = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     let now = state.broker.gauges();
+    let outbox = state.broker.outbox_gauges();
     let body = crate::metrics::render(&[
         (
             "valo_oauth_token_cache_entries",
@@ -82,6 +83,16 @@ async fn metrics(State(state): State<AppState>) -> Response {
             "valo_oauth_refreshes_in_flight",
             "Refreshes under way on this replica.",
             gauge(now.refreshes_in_flight),
+        ),
+        (
+            "valo_oauth_webhook_outbox_depth",
+            "Webhook events not yet delivered nor given up (the shared outbox, as this replica last counted it).",
+            outbox.pending,
+        ),
+        (
+            "valo_oauth_webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook event not yet delivered nor given up (0: none).",
+            outbox.oldest_age_secs,
         ),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

@@ -17,6 +17,8 @@ pub trait Backend: sqlx::Database {
     const ACQUIRE_LEASE: &'static str;
     /// Reads the (tenant, org, user) row inside a save's transaction.
     const SELECT_FOR_SAVE: &'static str;
+    /// Claims due webhook events (see `sql::claim_events_sql`).
+    const CLAIM_EVENTS: &'static str;
 
     /// How an id is bound: Postgres `UUID`, SQLite hyphenated `TEXT`.
     type Id: for<'q> sqlx::Encode<'q, Self> + sqlx::Type<Self> + Send + Sync;

@@ -287,11 +287,115 @@ impl RefreshLease {
         dispatch!(&self.store, s => s.commit_failure(self.record.id, &self.lease_id, failure).await)
     }
 
+    /// [`Self::commit_failure`], writing `event` in the same transaction when the failure
+    /// is recorded. Safe to retry (the event is written once: a retry after a commit finds
+    /// the lease gone).
+    pub async fn commit_failure_with_event(
+        &self,
+        failure: &RefreshFailure,
+        event: Option<&NewEvent>,
+    ) -> Result<ConnectionRecord, StoreError> {
+        dispatch!(&self.store, s => s.commit_failure_with_event(self.record.id, &self.lease_id, failure, event).await)
+    }
+
     /// Releases the lease without changing anything else; `false` when it was no longer
     /// ours.
     pub async fn release(&self) -> Result<bool, StoreError> {
         dispatch!(&self.store, s => s.release_lease(self.record.id, &self.lease_id).await)
     }
+}
+
+/// A webhook event, written to the outbox in the same transaction as the state change it
+/// reports.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    /// The `webhook-id`: the same on every attempt.
+    pub id: String,
+    pub tenant_id: String,
+    /// Events of one key are delivered in order, one at a time (a connection id, or
+    /// `app:<tenant>`).
+    pub ordering_key: String,
+    /// `connection.created`, … (the migration lists them).
+    pub event_type: &'static str,
+    /// The JSON body as it will be signed and posted.
+    pub payload: String,
+    pub created_at: Millis,
+}
+
+/// An event claimed by a delivery worker.
+#[derive(Clone, Debug)]
+pub struct ClaimedEvent {
+    /// Its place in the outbox (the key of the compare-and-set that finishes it).
+    pub seq: i64,
+    pub id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: Millis,
+    /// Attempts made before this one.
+    pub attempts: i32,
+}
+
+/// How one delivery attempt ended, as the outbox records it.
+#[derive(Clone, Debug)]
+pub enum DeliveryOutcome {
+    Delivered {
+        now: Millis,
+    },
+    /// Failed; try again at `next_attempt_at`.
+    Retry {
+        next_attempt_at: Millis,
+        error: String,
+    },
+    /// Failed, and the retry period is over.
+    GiveUp {
+        now: Millis,
+        error: String,
+    },
+}
+
+/// Events not yet delivered (nor given up), for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: i64,
+    pub oldest_created_at: Option<Millis>,
+}
+
+/// One aggregate of the audit trail: `count` occurrences of `action` by `actor` (on
+/// `connection_id`) in the entry that starts at `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub tenant_id: String,
+    pub at: Millis,
+    pub actor: String,
+    pub action: &'static str,
+    pub connection_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub count: i64,
+}
+
+/// A stored entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// Its place among the entries with the same `at` (the cursor's tie-break).
+    pub id: i64,
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub connection_id: Option<Uuid>,
+    pub request_id: Option<String>,
+    pub count: i64,
+}
+
+/// A page request of one tenant's audit trail; `until` is exclusive, `after` the last
+/// (at, id) of the previous page.
+#[derive(Clone, Debug)]
+pub struct AuditQuery {
+    pub tenant_id: String,
+    pub connection_id: Option<Uuid>,
+    pub since: Millis,
+    pub until: Millis,
+    pub after: Option<(Millis, i64)>,
+    pub limit: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -387,7 +491,17 @@ impl Store {
         &self,
         app: &TenantAppRecord,
     ) -> Result<(TenantAppRecord, bool), StoreError> {
-        dispatch!(self, s => s.put_tenant_app(app).await)
+        dispatch!(self, s => s.put_tenant_app(app, None).await)
+    }
+
+    /// [`Self::put_tenant_app`]; when the PUT replaces credentials marked invalid,
+    /// `fixed_event` is written in the same transaction.
+    pub async fn put_tenant_app_with_event(
+        &self,
+        app: &TenantAppRecord,
+        fixed_event: Option<&NewEvent>,
+    ) -> Result<(TenantAppRecord, bool), StoreError> {
+        dispatch!(self, s => s.put_tenant_app(app, fixed_event).await)
     }
 
     pub async fn get_tenant_app(
@@ -406,7 +520,20 @@ impl Store {
         reason: &str,
         now: Millis,
     ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.mark_app_credentials_invalid(tenant_id, credentials_version, reason, now).await)
+        dispatch!(self, s => s.mark_app_credentials_invalid(tenant_id, credentials_version, reason, now, None).await)
+    }
+
+    /// [`Self::mark_app_credentials_invalid`]; when this marks an `active` app, `event` is
+    /// written in the same transaction (a second refusal writes none).
+    pub async fn mark_app_credentials_invalid_with_event(
+        &self,
+        tenant_id: &str,
+        credentials_version: i64,
+        reason: &str,
+        now: Millis,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.mark_app_credentials_invalid(tenant_id, credentials_version, reason, now, event).await)
     }
 
     /// Deletes the app and, by cascade, its authorization sessions and connections.
@@ -484,7 +611,23 @@ impl Store {
         now: Millis,
         build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
     ) -> Result<Result<SavedConnection, E>, StoreError> {
-        dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build).await)
+        dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build, |_: &ConnectionRecord, _: bool| None).await)
+    }
+
+    /// [`Self::save_authorized_connection`], writing the event `event` makes of the saved
+    /// row (and whether it replaced an existing one) in the same transaction.
+    #[expect(clippy::too_many_arguments, reason = "the save's whole context")]
+    pub async fn save_authorized_connection_with_event<E>(
+        &self,
+        tenant_id: &str,
+        org_id: &str,
+        user_id: &str,
+        new_id: Uuid,
+        now: Millis,
+        build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
+        event: impl FnOnce(&ConnectionRecord, bool) -> Option<NewEvent> + Send,
+    ) -> Result<Result<SavedConnection, E>, StoreError> {
+        dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build, event).await)
     }
 
     pub async fn list_connections(
@@ -517,7 +660,18 @@ impl Store {
 
     /// Deletes one connection of one tenant; returns whether a row was deleted.
     pub async fn delete_connection(&self, tenant_id: &str, id: Uuid) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_connection(tenant_id, id).await)
+        dispatch!(self, s => s.delete_connection(tenant_id, id, None).await)
+    }
+
+    /// [`Self::delete_connection`], writing `event` in the same transaction when a row was
+    /// deleted.
+    pub async fn delete_connection_with_event(
+        &self,
+        tenant_id: &str,
+        id: Uuid,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_connection(tenant_id, id, event).await)
     }
 
     /// Ids of active connections of apps with usable credentials, last refreshed before
@@ -556,5 +710,56 @@ impl Store {
             Some(record) => LeaseAttempt::Held(record),
             None => LeaseAttempt::NotFound,
         })
+    }
+    // --- the webhook outbox --------------------------------------------------------------
+
+    /// Claims up to `limit` due events (each the oldest unfinished of its ordering key) for
+    /// `claim_for`, under `claim_id`.
+    pub async fn claim_events(
+        &self,
+        claim_id: &str,
+        now: Millis,
+        claim_for: Duration,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let until = now.saturating_add(i64::try_from(claim_for.as_millis()).unwrap_or(i64::MAX));
+        dispatch!(self, s => s.claim_events(claim_id, now, until, limit).await)
+    }
+
+    /// Records an attempt's outcome, only while the claim is still ours; returns whether it
+    /// was.
+    pub async fn finish_event(
+        &self,
+        seq: i64,
+        claim_id: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.finish_event(seq, claim_id, outcome).await)
+    }
+
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        dispatch!(self, s => s.outbox_stats().await)
+    }
+
+    /// Deletes events written before `before` that were delivered or given up (pending ones
+    /// stay). Returns how many.
+    pub async fn prune_events(&self, before: Millis) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_events(before).await)
+    }
+
+    // --- the audit trail -----------------------------------------------------------------
+
+    /// Adds the aggregates to the trail in one transaction.
+    pub async fn write_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.write_audit(records).await)
+    }
+
+    pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        dispatch!(self, s => s.list_audit(query).await)
+    }
+
+    /// Deletes entries older than `before`. Returns how many.
+    pub async fn prune_audit(&self, before: Millis) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_audit(before).await)
     }
 }

@@ -32,6 +32,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "salesforce username",
         include_str!("../../migrations/postgres/0003_salesforce_username.sql"),
     ),
+    (
+        4,
+        "events and audit",
+        include_str!("../../migrations/postgres/0004_events_and_audit.sql"),
+    ),
 ];
 
 /// SQLSTATE `lock_not_available`: a `lock_timeout` ran out.
@@ -47,6 +52,7 @@ impl Backend for Postgres {
     /// `FOR UPDATE` also waits for a refresh commit on the row, so that the row returned as
     /// `replaced` carries the latest refresh token.
     const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE;
+    const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_POSTGRES;
 
     type Id = Uuid;
 

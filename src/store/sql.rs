@@ -291,6 +291,91 @@ pub(super) const RELEASE_LEASE: &str = "UPDATE connections \
      SET lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
      WHERE id = $1 AND lease_id = $2";
 
+// --- the webhook outbox ----------------------------------------------------------------------
+//
+// An event row is inserted in the same transaction as the state change it reports. Workers
+// on every replica claim due rows with a claim that expires (a worker that dies releases
+// nothing; its claims simply end), and finish them with a compare-and-set on the claim id.
+
+pub(super) const INSERT_EVENT: &str = "INSERT INTO webhook_events (id, tenant_id, ordering_key, \
+     event_type, payload, created_at, next_attempt_at, attempts) \
+     VALUES ($1, $2, $3, $4, $5, $6, $6, 0)";
+
+/// Claims up to `$4` due events, each the oldest unfinished one of its ordering key (so a
+/// connection's events go out in order, one at a time), until `$3`. `$1` is the claim id,
+/// `$2` now. `$lock` is Postgres's `FOR UPDATE SKIP LOCKED` (two replicas claiming at once
+/// skip each other's rows instead of waiting); SQLite has one writer and needs none.
+macro_rules! claim_events_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE webhook_events SET claim_id = $1, claim_expires_at = $3 WHERE seq IN (\
+             SELECT e.seq FROM webhook_events e \
+             WHERE e.delivered_at IS NULL AND e.failed_at IS NULL AND e.next_attempt_at <= $2 \
+             AND (e.claim_id IS NULL OR e.claim_expires_at <= $2) \
+             AND NOT EXISTS (SELECT 1 FROM webhook_events p WHERE p.ordering_key = e.ordering_key \
+             AND p.seq < e.seq AND p.delivered_at IS NULL AND p.failed_at IS NULL) \
+             ORDER BY e.seq LIMIT $4",
+            $lock,
+            ") RETURNING seq, id, event_type, payload, created_at, attempts"
+        )
+    };
+}
+
+pub(super) const CLAIM_EVENTS_POSTGRES: &str = claim_events_sql!(" FOR UPDATE SKIP LOCKED");
+pub(super) const CLAIM_EVENTS_SQLITE: &str = claim_events_sql!("");
+
+pub(super) const MARK_EVENT_DELIVERED: &str = "UPDATE webhook_events SET delivered_at = $3, \
+     attempts = attempts + 1, last_error = NULL, claim_id = NULL, claim_expires_at = NULL \
+     WHERE seq = $1 AND claim_id = $2";
+
+pub(super) const MARK_EVENT_RETRY: &str = "UPDATE webhook_events SET next_attempt_at = $3, \
+     last_error = $4, attempts = attempts + 1, claim_id = NULL, claim_expires_at = NULL \
+     WHERE seq = $1 AND claim_id = $2";
+
+pub(super) const MARK_EVENT_GIVEN_UP: &str = "UPDATE webhook_events SET failed_at = $3, \
+     last_error = $4, attempts = attempts + 1, claim_id = NULL, claim_expires_at = NULL \
+     WHERE seq = $1 AND claim_id = $2";
+
+pub(super) const OUTBOX_STATS: &str = "SELECT COUNT(*) AS pending, MIN(created_at) AS oldest \
+     FROM webhook_events WHERE delivered_at IS NULL AND failed_at IS NULL";
+
+/// Finished events (delivered or given up) written before `$1`; pending ones stay, however
+/// old. By `created_at`, which is indexed.
+pub(super) const PRUNE_EVENTS: &str = "DELETE FROM webhook_events WHERE created_at < $1 \
+     AND (delivered_at IS NOT NULL OR failed_at IS NOT NULL)";
+
+// --- state changes that write an event --------------------------------------------------------
+
+/// The part of a PUT that tells whether it fixes refused credentials (then
+/// `app.credentials_valid` is written): changes only an app marked invalid.
+pub(super) const CLEAR_APP_CREDENTIALS_INVALID: &str = "UPDATE tenant_apps \
+     SET status = 'active', status_reason = NULL WHERE tenant_id = $1 \
+     AND status = 'credentials_invalid'";
+
+/// Like [`MARK_APP_CREDENTIALS_INVALID`], but only the change from `active`: the one that
+/// writes `app.credentials_invalid` (refusals of other refreshes in flight write none).
+pub(super) const MARK_APP_CREDENTIALS_INVALID_FROM_ACTIVE: &str = "UPDATE tenant_apps \
+     SET status = 'credentials_invalid', status_reason = $3, updated_at = $4 \
+     WHERE tenant_id = $1 AND credentials_version = $2 AND status = 'active'";
+
+// --- the audit trail --------------------------------------------------------------------------
+
+/// Adds an aggregate to its entry: a later flush (or another replica) reporting the same
+/// (tenant, minute, actor, action, connection, request) adds its count.
+pub(super) const UPSERT_AUDIT: &str = "INSERT INTO audit_entries (tenant_id, at, actor, action, \
+     connection_id, request_id, count) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (tenant_id, at, actor, action, connection_id, request_id) \
+     DO UPDATE SET count = audit_entries.count + excluded.count";
+
+/// One page of a tenant's trail in (at, id) order, after the cursor (`$5`, `$6`); `$2` is a
+/// connection id or '' for all.
+pub(super) const LIST_AUDIT: &str = "SELECT id, at, actor, action, connection_id, request_id, \
+     count FROM audit_entries WHERE tenant_id = $1 AND ($2 = '' OR connection_id = $2) \
+     AND at >= $3 AND at < $4 AND (at > $5 OR (at = $5 AND id > $6)) \
+     ORDER BY at, id LIMIT $7";
+
+pub(super) const PRUNE_AUDIT: &str = "DELETE FROM audit_entries WHERE at < $1";
+
 // --- migrations ----------------------------------------------------------------------------
 
 /// A migrator over migrations embedded in the binary (no `migrate!` macro, no folder at run

@@ -13,8 +13,9 @@ use uuid::Uuid;
 use super::backend::Backend;
 use super::sql;
 use super::{
-    AppStatus, AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus,
-    ConsumeOutcome, Millis, RefreshFailure, RefreshedTokens, RowKey, SavedConnection, SealedField,
+    AppStatus, AuditEntry, AuditQuery, AuditRecord, AuthorizationSession, AuthorizedConnection,
+    ClaimedEvent, ConnectionRecord, ConnectionStatus, ConsumeOutcome, DeliveryOutcome, Millis,
+    NewEvent, OutboxStats, RefreshFailure, RefreshedTokens, RowKey, SavedConnection, SealedField,
     SealedValue, StoreError, StoreOptions, TenantAppRecord,
 };
 
@@ -219,6 +220,7 @@ where
     pub async fn put_tenant_app(
         &self,
         app: &TenantAppRecord,
+        fixed_event: Option<&NewEvent>,
     ) -> Result<(TenantAppRecord, bool), StoreError> {
         // Insert-or-update in two statements so that the caller learns which one happened;
         // the loop covers a delete racing between the two.
@@ -238,17 +240,35 @@ where
             if let Some(row) = inserted {
                 return Ok((Self::tenant_app_from_row(&row)?, true));
             }
-            let updated = self
-                .fetch_optional(
-                    self.query(sql::UPDATE_TENANT_APP)
+            let update = self
+                .query(sql::UPDATE_TENANT_APP)
+                .bind(app.tenant_id.as_str())
+                .bind(app.login_url.as_str())
+                .bind(app.consumer_key_enc.as_str())
+                .bind(app.consumer_key_hint.as_str())
+                .bind(app.consumer_secret_enc.as_str())
+                .bind(app.updated_at);
+            let updated = match fixed_event {
+                None => self.fetch_optional(update).await?,
+                Some(event) => {
+                    // One transaction: whether the credentials were marked invalid, the new
+                    // ones, and the event that says they are fixed.
+                    let map = sql::map_err::<DB>;
+                    let mut tx = self.pool.begin().await.map_err(map)?;
+                    let fixed = self
+                        .query(sql::CLEAR_APP_CREDENTIALS_INVALID)
                         .bind(app.tenant_id.as_str())
-                        .bind(app.login_url.as_str())
-                        .bind(app.consumer_key_enc.as_str())
-                        .bind(app.consumer_key_hint.as_str())
-                        .bind(app.consumer_secret_enc.as_str())
-                        .bind(app.updated_at),
-                )
-                .await?;
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map)?;
+                    let row = update.fetch_optional(&mut *tx).await.map_err(map)?;
+                    if row.is_some() && DB::rows_affected(&fixed) > 0 {
+                        self.insert_event(&mut tx, event).await?;
+                    }
+                    tx.commit().await.map_err(map)?;
+                    row
+                }
+            };
             if let Some(row) = updated {
                 return Ok((Self::tenant_app_from_row(&row)?, false));
             }
@@ -272,17 +292,38 @@ where
         credentials_version: i64,
         reason: &str,
         now: Millis,
+        event: Option<&NewEvent>,
     ) -> Result<bool, StoreError> {
-        let affected = self
-            .execute(
-                self.query(sql::MARK_APP_CREDENTIALS_INVALID)
-                    .bind(tenant_id)
-                    .bind(credentials_version)
-                    .bind(reason)
-                    .bind(now),
-            )
-            .await?;
-        Ok(affected > 0)
+        let mark = self
+            .query(sql::MARK_APP_CREDENTIALS_INVALID)
+            .bind(tenant_id)
+            .bind(credentials_version)
+            .bind(reason)
+            .bind(now);
+        let Some(event) = event else {
+            return Ok(self.execute(mark).await? > 0);
+        };
+        // One transaction: the change from `active` writes the event; an app already marked
+        // only gets the newer reason.
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        let from_active = self
+            .query(sql::MARK_APP_CREDENTIALS_INVALID_FROM_ACTIVE)
+            .bind(tenant_id)
+            .bind(credentials_version)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(map)?;
+        let marked = if DB::rows_affected(&from_active) > 0 {
+            self.insert_event(&mut tx, event).await?;
+            true
+        } else {
+            DB::rows_affected(&mark.execute(&mut *tx).await.map_err(map)?) > 0
+        };
+        tx.commit().await.map_err(map)?;
+        Ok(marked)
     }
 
     pub async fn delete_tenant_app(&self, tenant_id: &str) -> Result<bool, StoreError> {
@@ -430,6 +471,7 @@ where
 
     // --- connections -------------------------------------------------------------------------
 
+    #[expect(clippy::too_many_arguments, reason = "the save's whole context")]
     pub async fn save_authorized_connection<E>(
         &self,
         tenant_id: &str,
@@ -438,6 +480,7 @@ where
         new_id: Uuid,
         now: Millis,
         build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
+        event: impl FnOnce(&ConnectionRecord, bool) -> Option<NewEvent> + Send,
     ) -> Result<Result<SavedConnection, E>, StoreError> {
         let map = sql::map_err::<DB>;
         // From here until commit no other save of this (tenant, org, user) can run, so the
@@ -503,6 +546,9 @@ where
                 .map_err(map)?
         };
         let connection = Self::connection_from_row(&row)?;
+        if let Some(event) = event(&connection, existing.is_some()) {
+            self.insert_event(&mut tx, &event).await?;
+        }
         tx.commit().await.map_err(map)?;
         Ok(Ok(SavedConnection {
             connection,
@@ -554,15 +600,27 @@ where
         Ok(affected > 0)
     }
 
-    pub async fn delete_connection(&self, tenant_id: &str, id: Uuid) -> Result<bool, StoreError> {
-        let affected = self
-            .execute(
-                self.query(sql::DELETE_CONNECTION)
-                    .bind(tenant_id)
-                    .bind(DB::id_param(id)),
-            )
-            .await?;
-        Ok(affected > 0)
+    pub async fn delete_connection(
+        &self,
+        tenant_id: &str,
+        id: Uuid,
+        event: Option<&NewEvent>,
+    ) -> Result<bool, StoreError> {
+        let delete = self
+            .query(sql::DELETE_CONNECTION)
+            .bind(tenant_id)
+            .bind(DB::id_param(id));
+        let Some(event) = event else {
+            return Ok(self.execute(delete).await? > 0);
+        };
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        let deleted = DB::rows_affected(&delete.execute(&mut *tx).await.map_err(map)?) > 0;
+        if deleted {
+            self.insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(deleted)
     }
 
     pub async fn connections_due_for_keepalive(
@@ -640,6 +698,18 @@ where
         lease_id: &str,
         failure: &RefreshFailure,
     ) -> Result<ConnectionRecord, StoreError> {
+        self.commit_failure_with_event(id, lease_id, failure, None)
+            .await
+    }
+
+    /// The compare-and-set of a failure and, when it wrote, `event`, in one transaction.
+    pub async fn commit_failure_with_event(
+        &self,
+        id: Uuid,
+        lease_id: &str,
+        failure: &RefreshFailure,
+        event: Option<&NewEvent>,
+    ) -> Result<ConnectionRecord, StoreError> {
         let query = match failure {
             RefreshFailure::NeedsReauthorization { reason, now } => self
                 .query(sql::COMMIT_NEEDS_REAUTHORIZATION)
@@ -676,8 +746,20 @@ where
                 .bind(*next_attempt_at)
                 .bind(*now),
         };
-        let row = self.fetch_optional(query).await?;
-        Self::connection_from_optional(row)?.ok_or(StoreError::LeaseLost)
+        let Some(event) = event else {
+            let row = self.fetch_optional(query).await?;
+            return Self::connection_from_optional(row)?.ok_or(StoreError::LeaseLost);
+        };
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        let row = query.fetch_optional(&mut *tx).await.map_err(map)?;
+        let Some(record) = Self::connection_from_optional(row)? else {
+            tx.rollback().await.map_err(map)?;
+            return Err(StoreError::LeaseLost);
+        };
+        self.insert_event(&mut tx, event).await?;
+        tx.commit().await.map_err(map)?;
+        Ok(record)
     }
 
     pub async fn release_lease(&self, id: Uuid, lease_id: &str) -> Result<bool, StoreError> {
@@ -689,5 +771,185 @@ where
             )
             .await?;
         Ok(affected > 0)
+    }
+    // --- the webhook outbox ------------------------------------------------------------------
+
+    /// Writes an event inside the transaction of the state change it reports.
+    async fn insert_event(
+        &self,
+        tx: &mut sqlx::Transaction<'static, DB>,
+        event: &NewEvent,
+    ) -> Result<(), StoreError> {
+        self.query(sql::INSERT_EVENT)
+            .bind(event.id.as_str())
+            .bind(event.tenant_id.as_str())
+            .bind(event.ordering_key.as_str())
+            .bind(event.event_type)
+            .bind(event.payload.as_str())
+            .bind(event.created_at)
+            .execute(&mut **tx)
+            .await
+            .map_err(sql::map_err::<DB>)?;
+        Ok(())
+    }
+
+    pub async fn claim_events(
+        &self,
+        claim_id: &str,
+        now: Millis,
+        until: Millis,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>, StoreError> {
+        let rows = self
+            .fetch_all(
+                self.query(DB::CLAIM_EVENTS)
+                    .bind(claim_id)
+                    .bind(now)
+                    .bind(until)
+                    .bind(limit),
+            )
+            .await?;
+        let mut events = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedEvent {
+                    seq: row.try_get("seq")?,
+                    id: row.try_get("id")?,
+                    event_type: row.try_get("event_type")?,
+                    payload: row.try_get("payload")?,
+                    created_at: row.try_get("created_at")?,
+                    attempts: row.try_get("attempts")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(sql::map_err::<DB>)?;
+        // RETURNING keeps no order.
+        events.sort_by_key(|e| e.seq);
+        Ok(events)
+    }
+
+    pub async fn finish_event(
+        &self,
+        seq: i64,
+        claim_id: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        let query = match outcome {
+            DeliveryOutcome::Delivered { now } => self
+                .query(sql::MARK_EVENT_DELIVERED)
+                .bind(seq)
+                .bind(claim_id)
+                .bind(*now),
+            DeliveryOutcome::Retry {
+                next_attempt_at,
+                error,
+            } => self
+                .query(sql::MARK_EVENT_RETRY)
+                .bind(seq)
+                .bind(claim_id)
+                .bind(*next_attempt_at)
+                .bind(error.as_str()),
+            DeliveryOutcome::GiveUp { now, error } => self
+                .query(sql::MARK_EVENT_GIVEN_UP)
+                .bind(seq)
+                .bind(claim_id)
+                .bind(*now)
+                .bind(error.as_str()),
+        };
+        Ok(self.execute(query).await? > 0)
+    }
+
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let map = sql::map_err::<DB>;
+        let row = self
+            .fetch_optional(self.query(sql::OUTBOX_STATS))
+            .await?
+            .ok_or(StoreError::Database(sqlx::Error::RowNotFound))?;
+        Ok(OutboxStats {
+            pending: row.try_get("pending").map_err(map)?,
+            oldest_created_at: row.try_get("oldest").map_err(map)?,
+        })
+    }
+
+    pub async fn prune_events(&self, before: Millis) -> Result<u64, StoreError> {
+        self.execute(self.query(sql::PRUNE_EVENTS).bind(before))
+            .await
+    }
+
+    // --- the audit trail ---------------------------------------------------------------------
+
+    pub async fn write_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        for record in records {
+            let connection_id = record
+                .connection_id
+                .map(|id| id.hyphenated().to_string())
+                .unwrap_or_default();
+            self.query(sql::UPSERT_AUDIT)
+                .bind(record.tenant_id.as_str())
+                .bind(record.at)
+                .bind(record.actor.as_str())
+                .bind(record.action)
+                .bind(connection_id)
+                .bind(record.request_id.clone().unwrap_or_default())
+                .bind(record.count)
+                .execute(&mut *tx)
+                .await
+                .map_err(map)?;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(())
+    }
+
+    pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let (after_at, after_id) = query.after.unwrap_or((Millis::MIN, 0));
+        let rows = self
+            .fetch_all(
+                self.query(sql::LIST_AUDIT)
+                    .bind(query.tenant_id.as_str())
+                    .bind(
+                        query
+                            .connection_id
+                            .map(|id| id.hyphenated().to_string())
+                            .unwrap_or_default(),
+                    )
+                    .bind(query.since)
+                    .bind(query.until)
+                    .bind(after_at)
+                    .bind(after_id)
+                    .bind(query.limit),
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let map = sql::map_err::<DB>;
+                let connection_id: String = row.try_get("connection_id").map_err(map)?;
+                let request_id: String = row.try_get("request_id").map_err(map)?;
+                Ok(AuditEntry {
+                    id: row.try_get("id").map_err(map)?,
+                    at: row.try_get("at").map_err(map)?,
+                    actor: row.try_get("actor").map_err(map)?,
+                    action: row.try_get("action").map_err(map)?,
+                    connection_id: if connection_id.is_empty() {
+                        None
+                    } else {
+                        Some(Uuid::parse_str(&connection_id).map_err(|_| {
+                            StoreError::Corrupt("audit entry with a malformed connection id".into())
+                        })?)
+                    },
+                    request_id: (!request_id.is_empty()).then_some(request_id),
+                    count: row.try_get("count").map_err(map)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn prune_audit(&self, before: Millis) -> Result<u64, StoreError> {
+        self.execute(self.query(sql::PRUNE_AUDIT).bind(before))
+            .await
     }
 }

@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "salesforce username",
         include_str!("../../migrations/sqlite/0003_salesforce_username.sql"),
     ),
+    (
+        4,
+        "events and audit",
+        include_str!("../../migrations/sqlite/0004_events_and_audit.sql"),
+    ),
 ];
 
 /// How long a statement waits for the write lock. Writers hold it for one short statement
@@ -54,6 +59,7 @@ impl Backend for Sqlite {
     const LABEL: &'static str = "sqlite";
     const ACQUIRE_LEASE: &'static str = sql::ACQUIRE_LEASE_SQLITE;
     const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY;
+    const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_SQLITE;
 
     /// Ids are stored as hyphenated text (sqlx would bind a bare `Uuid` as a 16-byte BLOB).
     type Id = Hyphenated;

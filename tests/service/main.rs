@@ -6,6 +6,7 @@
 //! - [`admin_path`]: the Salesforce admin's path: credential check, ECA settings, result
 //!   pages, reconnect;
 //! - [`api`]: the HTTP API's contract: authentication, scopes, tenants, problems;
+//! - [`events`]: signed webhooks from the transactional outbox, and the audit trail;
 //! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
 //! - [`tokens`]: access tokens, refreshing, rotation, the cache, keep-alive;
 //! - [`resilience`]: faults in Salesforce and the database during refreshes;
@@ -25,6 +26,7 @@ extern crate valo_testkit;
 
 mod admin_path;
 mod api;
+mod events;
 mod flow;
 mod harness;
 mod interop;

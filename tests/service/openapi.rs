@@ -62,6 +62,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         Some("connections:write"),
     ),
     ("/v1/salesforce/eca-settings", "get", Some("apps:write")),
+    ("/v1/tenants/{tenant}/audit", "get", Some("audit:read")),
     ("/oauth2/v1/callback/salesforce", "get", None),
     ("/healthz", "get", None),
     ("/readyz", "get", None),

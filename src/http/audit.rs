@@ -1,0 +1,172 @@
+//! `GET /v1/tenants/{tenant}/audit`: the tenant's audit trail, oldest first, a page at a
+//! time (`limit`, and `cursor` = the previous page's `next_cursor`).
+
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::auth::{Authenticated, Scope};
+use super::extract::{Target, rfc3339};
+use super::problem::Problem;
+use super::{ApiResult, AppState, no_store_json};
+use crate::broker::audit::AuditFilter;
+use crate::store::{AuditEntry, Millis};
+
+/// The default and the largest page.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/tenants/{tenant}/audit", get(list))
+}
+
+#[derive(Serialize)]
+struct EntryView {
+    /// The start of the minute for token reads and refreshes, else the moment.
+    at: String,
+    actor: String,
+    action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection_id: Option<String>,
+    count: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
+}
+
+impl From<AuditEntry> for EntryView {
+    fn from(e: AuditEntry) -> Self {
+        Self {
+            at: rfc3339(e.at),
+            actor: e.actor,
+            action: e.action,
+            connection_id: e.connection_id.map(|id| id.to_string()),
+            count: e.count,
+            request_id: e.request_id,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Page {
+    entries: Vec<EntryView>,
+    next_cursor: Option<String>,
+}
+
+/// An RFC 3339 timestamp (`since`, `until`) as Unix milliseconds.
+fn timestamp(name: &str, raw: &str) -> Result<Millis, Problem> {
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok())
+        .ok_or_else(|| {
+            Problem::invalid_request(format!(
+                "{name} must be an RFC 3339 timestamp such as 2026-12-04T10:00:00Z"
+            ))
+        })
+}
+
+/// The query string: each parameter at most once, none unknown.
+fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
+    let mut filter = AuditFilter {
+        connection_id: None,
+        since: None,
+        until: None,
+        cursor: None,
+        limit: DEFAULT_LIMIT,
+    };
+    let mut seen = Vec::new();
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if seen.contains(&name) {
+            return Err(Problem::invalid_request(format!(
+                "{name} must be given at most once"
+            )));
+        }
+        match name.as_ref() {
+            "connection_id" => {
+                filter.connection_id = Some(Uuid::parse_str(&value).map_err(|_| {
+                    Problem::invalid_request("connection_id must be a connection's UUID")
+                })?);
+            }
+            "since" => filter.since = Some(timestamp("since", &value)?),
+            "until" => filter.until = Some(timestamp("until", &value)?),
+            "cursor" => filter.cursor = Some(value.to_string()),
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        Problem::invalid_request(format!(
+                            "limit must be a whole number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            other => {
+                // Not echoed verbatim beyond a short, printable prefix.
+                let shown: String = other.chars().filter(|c| !c.is_control()).take(40).collect();
+                return Err(Problem::invalid_request(format!(
+                    "unknown query parameter {shown:?} (known: connection_id, since, until, cursor, limit)"
+                )));
+            }
+        }
+        seen.push(name);
+    }
+    if let (Some(since), Some(until)) = (filter.since, filter.until)
+        && since >= until
+    {
+        return Err(Problem::invalid_request("since must be before until"));
+    }
+    Ok(filter)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+    RawQuery(query): RawQuery,
+) -> ApiResult {
+    caller.require(Scope::AuditRead, &target.tenant)?;
+    let page = state
+        .broker
+        .audit_trail(&target.tenant, filter(query.as_deref())?)
+        .await?;
+    Ok(no_store_json(
+        StatusCode::OK,
+        Page {
+            entries: page.entries.into_iter().map(EntryView::from).collect(),
+            next_cursor: page.next_cursor,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_query_is_parsed_strictly() {
+        let f = filter(Some(
+            "since=2026-12-04T10:00:00Z&until=2026-12-04T12:00:00%2B01:00&limit=5",
+        ))
+        .unwrap();
+        assert_eq!(f.since, Some(1_796_378_400_000));
+        assert_eq!(f.limit, 5);
+        for bad in [
+            "since=yesterday",
+            "until=2026-13-01T00:00:00Z",
+            "limit=0",
+            "limit=1001",
+            "connection_id=nope",
+            "since=2026-12-04T10:00:00Z&since=2026-12-04T10:00:00Z",
+            "since=2026-12-04T10:00:00Z&until=2026-12-04T10:00:00Z",
+            "colour=blue",
+        ] {
+            assert!(filter(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(filter(None).unwrap().limit, DEFAULT_LIMIT);
+    }
+}
