@@ -187,3 +187,45 @@ mod tests {
         assert!(cache.get(long).is_none());
     }
 }
+
+#[cfg(test)]
+mod footprint {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib footprint -- --ignored --nocapture"]
+    fn bytes_per_entry() {
+        let cache = TokenCache::new(100_000);
+        let before = rss();
+        for i in 0..100_000u64 {
+            let token = AccessToken {
+                access_token: SecretString::from(format!("00D5g000004ABCD!AR{i:0>94}")),
+                instance_url: "https://bench.my.salesforce.com".into(),
+                issued_at: 0,
+                expires_at: 7_200_000,
+            };
+            cache.put(Uuid::new_v4(), "bench", token, 1_000);
+        }
+        cache.run_pending_tasks();
+        let after = rss();
+        println!(
+            "{} entries: {} bytes each",
+            cache.len(),
+            (after - before) / cache.len() as u64
+        );
+    }
+}
