@@ -94,13 +94,7 @@ pub async fn connect_user(
         response.text().await
     );
     let location = reqwest::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap();
-    let pairs: BTreeMap<String, String> = location.query_pairs().into_owned().collect();
-    assert_eq!(
-        pairs.get("status").map(String::as_str),
-        Some("connected"),
-        "{location}"
-    );
-    Uuid::parse_str(&pairs["connection_id"]).unwrap()
+    valo_testkit::app::connected_id(&location)
 }
 
 /// Registers the app and connects the fake's current user; returns the connection id.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::Options;
 use crate::api::{fetch_each, http_client, put_app};
-use crate::report::{met, mib};
+use crate::report::{TARGETS, met, mib};
 use crate::seed;
 use crate::server::{self, Server};
 
@@ -97,10 +97,7 @@ pub fn report(mem: &Memory) -> String {
          ({}/{FETCHED} answered with the stored token).\n",
         mem.insert_secs, mem.fetch_secs, mem.fetched_ok
     );
-    let _ = writeln!(
-        s,
-        "| target | baseline (same run) | measured | ratio | target | verdict |\n|---|---|---|---|---|---|"
-    );
+    let _ = writeln!(s, "{TARGETS}");
     let _ = writeln!(
         s,
         "| resident memory, {CONNECTIONS} stored / {FETCHED} fetched | {:.1} MiB (RSS after start) | {:.1} MiB peak (`VmHWM`) | {:.2} of 64 MiB ({:.2}× the start) | < 64 MiB | {} |\n",

@@ -91,6 +91,9 @@ pub fn write_section(path: &Path, section: &str, stamp: &str, generated: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// The head of each section's table of targets.
+pub const TARGETS: &str = "| target | baseline (same run) | measured | ratio | target | verdict |\n|---|---|---|---|---|---|";
+
 pub fn met(ok: bool) -> &'static str {
     if ok { "**met**" } else { "**missed**" }
 }

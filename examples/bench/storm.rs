@@ -14,7 +14,7 @@ use valo_testkit::app::TestApp;
 use crate::Options;
 use crate::api::{TENANT, fetch_token, http_client, jwt, token_path};
 use crate::load::wait_for_quiet;
-use crate::report::met;
+use crate::report::{TARGETS, met};
 use crate::server;
 
 const CALLERS: usize = 300;
@@ -238,10 +238,7 @@ pub fn report(storm: &Storm) -> String {
          `{{\"rejected_token\": <current token>}}`. Wall time runs from the first send to the last answer.\n",
         storm.pool_size
     );
-    let _ = writeln!(
-        s,
-        "| target | baseline (same run) | measured | ratio | target | verdict |\n|---|---|---|---|---|---|"
-    );
+    let _ = writeln!(s, "{TARGETS}");
     let _ = writeln!(
         s,
         "| upstream refreshes | 1 (one family, one rotation) | {} refresh, {} reuse attempts, {}/{CALLERS} answered 200 with {} distinct token(s) | — | exactly 1, all the same new token | {} |",
