@@ -83,7 +83,7 @@ pub fn write_section(path: &Path, section: &str, stamp: &str, generated: &str) {
             .to_owned()
     });
     let mut body = String::new();
-    let _ = write!(body, "{begin}\n{generated}\n{stamp}");
+    let _ = write!(body, "{begin}\n{}\n\n{stamp}", generated.trim_end());
     let text = match (existing.find(&begin), existing.find(&end)) {
         (Some(b), Some(e)) if b < e => format!("{}{body}{}", &existing[..b], &existing[e..]),
         _ => format!("{existing}\n{body}{end}\n"),

@@ -232,7 +232,8 @@ pub fn report(storm: &Storm) -> String {
     let _ = writeln!(
         s,
         "{REPLICAS} replicas (the test kit's `TestApp`: the service in the harness process, pool of {} \
-         connections each, the default `VALO_OAUTH_DB_MAX_CONNECTIONS`) on one Postgres database, one shared \
+         connections each, the default `VALO_OAUTH_DB_MAX_CONNECTIONS`; the kit's Salesforce timeout of 2 s and refresh \
+         wait of 10 s, otherwise defaults) on one Postgres database, one shared \
          fake Salesforce, every replica holding the current token in its cache and the client holding warm \
          keep-alive connections. {CALLERS} concurrent callers, caller *i* on replica *i* mod {REPLICAS}, each POST \
          `{{\"rejected_token\": <current token>}}`. Wall time runs from the first send to the last answer.\n",
