@@ -9,8 +9,8 @@
 # Options (environment): BENCH_ONLY (a comma list of sections: hotpath, storm, memory,
 # fanout, scale; unset: all), BENCH_DURATION_SECS (10), BENCH_WARMUP_SECS (3),
 # BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_OUT (docs/benchmarks.md).
-# Each section rewrites only its own part of the report. Takes about 12 minutes (the
-# scale section about 7 of them) plus the release build (4-5 minutes cold).
+# Each section rewrites only its own part of the report. Takes about 15 minutes (the
+# scale section about 10 of them) plus the release build (4-5 minutes cold).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
