@@ -25,7 +25,8 @@
 //! (the run's context and the sections' markers). API tokens, databases and the service
 //! process come from the test kit (`valo_testkit`).
 //!
-//! Options (environment): `BENCH_ONLY` (comma list of section names; unset: all),
+//! Options (environment): `BENCH_ONLY` (comma list of section names, `main` standing for
+//! `hotpath,storm,memory`; unset: all),
 //! `BENCH_DURATION_SECS` (10), `BENCH_WARMUP_SECS` (3), `BENCH_CONNECTIONS` (64),
 //! `BENCH_THREADS` (2), `BENCH_QUIET_WAIT_SECS` (60), `BENCH_OUT` (`docs/benchmarks.md`),
 //! `BENCH_COMMAND` (the command line shown in the report), `BENCH_BINARY` (the release
@@ -105,7 +106,15 @@ async fn main() {
     let selected: Vec<&str> = if only.trim().is_empty() {
         SECTIONS.to_vec()
     } else {
-        let names: Vec<&str> = only.split(',').map(str::trim).collect();
+        // `main` is the earlier name of the first three sections together.
+        let names: Vec<&str> = only
+            .split(',')
+            .map(str::trim)
+            .flat_map(|name| match name {
+                "main" => vec!["hotpath", "storm", "memory"],
+                name => vec![name],
+            })
+            .collect();
         for name in &names {
             assert!(
                 SECTIONS.contains(name),
