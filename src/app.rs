@@ -4,7 +4,7 @@
 //! shared Salesforce client and the API verifier, and binds the listener — port 0 works,
 //! which is how the tests run many instances side by side.
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,14 +13,17 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, Clock, SystemClock};
+use crate::broker::{Broker, BrokerSettings, Clock, SystemClock};
 use crate::config::Settings;
+use crate::http::serve::{ConnectionTimeouts, serve};
 use crate::http::{self, AppState, auth::ApiAuth};
 use crate::salesforce::{ClientSettings, SalesforceClient};
 use crate::store::{Store, StoreOptions};
 
 pub struct Application {
     listener: TcpListener,
+    /// The internal API's listener, when it has its own (`VALO_OAUTH_INTERNAL_LISTEN`).
+    internal: Option<TcpListener>,
     state: AppState,
 }
 
@@ -64,20 +67,37 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let internal = match settings.internal_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (internal)"))?,
+            ),
+            None => None,
+        };
         let body_limit_bytes = settings.body_limit_bytes;
-        let broker = Broker::new(store, salesforce, clock, Arc::new(settings));
+        let protection = settings.protection.clone();
+        let broker = Broker::new(store, salesforce, clock, BrokerSettings::from(&settings));
         Ok(Self {
             listener,
+            internal,
             state: AppState {
                 broker,
                 auth: Arc::new(auth),
                 body_limit_bytes,
+                protection,
             },
         })
     }
 
+    /// The public listener's address (the only one when no internal listener is set).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The internal listener's address, when it has its own.
+    pub fn internal_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.internal.as_ref().map(TcpListener::local_addr)
     }
 
     /// The domain object, for tests that drive the broker directly.
@@ -101,20 +121,58 @@ impl Application {
         let broker = self.state.broker.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx));
-        let app = http::router(self.state);
-        tracing::info!(addr = %self.listener.local_addr()?, "listening");
         let (fired_tx, mut fired_rx) = watch::channel(false);
         let draining = broker.clone();
-        let mut server = tokio::spawn(
-            axum::serve(self.listener, app)
-                .with_graceful_shutdown(async move {
-                    shutdown.await;
-                    tracing::info!("shutting down");
-                    draining.begin_shutdown();
-                    let _ = fired_tx.send(true);
-                })
-                .into_future(),
-        );
+        // Once `shutdown` completes: no new refresh starts, and every listener stops
+        // accepting and drains its requests.
+        let fired = {
+            let fired_rx = fired_rx.clone();
+            move || {
+                let mut fired_rx = fired_rx.clone();
+                async move {
+                    let _ = fired_rx.wait_for(|fired| *fired).await;
+                }
+            }
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            draining.begin_shutdown();
+            let _ = fired_tx.send(true);
+        });
+        let timeouts = ConnectionTimeouts {
+            header_read: self.state.protection.header_read_timeout,
+            idle: self.state.protection.idle_timeout,
+        };
+        let serving: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.internal {
+                None => {
+                    tracing::info!(addr = %self.listener.local_addr()?, "listening");
+                    let app = http::router(self.state);
+                    Box::pin(serve(self.listener, app, timeouts, fired()))
+                }
+                Some(internal) => {
+                    tracing::info!(
+                        addr = %self.listener.local_addr()?,
+                        internal = %internal.local_addr()?,
+                        "listening"
+                    );
+                    let public = serve(
+                        self.listener,
+                        http::public_router(self.state.clone()),
+                        timeouts,
+                        fired(),
+                    );
+                    let internal = serve(
+                        internal,
+                        http::internal_router(self.state),
+                        timeouts,
+                        fired(),
+                    );
+                    Box::pin(async move { tokio::try_join!(public, internal).map(|_| ()) })
+                }
+            };
+        let mut server = tokio::spawn(serving);
         let early = tokio::select! {
             joined = &mut server => Some(joined),
             _ = fired_rx.wait_for(|fired| *fired) => None,

@@ -208,6 +208,40 @@ impl Keyring {
         let text = std::str::from_utf8(&plaintext).map_err(|_| KeyringError::Authentication)?;
         Ok(SecretString::from(text.to_owned()))
     }
+
+    /// Every key id of the ring, the sealing one first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.id.as_str())
+    }
+
+    /// The prefix every value sealed under the primary key starts with (`v1.<key id>.`).
+    pub fn primary_prefix(&self) -> String {
+        format!("{FORMAT_VERSION}.{}.", self.primary_key_id())
+    }
+
+    /// The value sealed again under the primary key, bound to the same place; `None` when it
+    /// already is. Fails when the value's key is not in the ring (or the value was tampered
+    /// with): such a value cannot be re-sealed by anyone.
+    pub fn reseal(
+        &self,
+        sealed: &str,
+        binding: Binding<'_>,
+    ) -> Result<Option<String>, KeyringError> {
+        if sealed.starts_with(&self.primary_prefix()) {
+            return Ok(None);
+        }
+        let plaintext = self.open(sealed, binding)?;
+        self.seal(plaintext.expose_secret(), binding).map(Some)
+    }
+}
+
+/// The id of the key a value was sealed with (`v1.<key id>.…`), without opening it.
+pub fn sealed_key_id(sealed: &str) -> Option<&str> {
+    let mut parts = sealed.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(FORMAT_VERSION), Some(key_id), Some(_)) => Some(key_id),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +262,36 @@ mod tests {
         row: "11111111-1111-1111-1111-111111111111",
         column: "refresh_token",
     };
+
+    #[test]
+    fn reseal_moves_a_value_to_the_primary_key_and_leaves_it_there() {
+        let (k1, k2) = (key("k1"), key("k2"));
+        let old = ring(&k1).seal("5Aep861secret", ROW).unwrap();
+        let both = ring(&format!("{k2},{k1}"));
+        let new = both.reseal(&old, ROW).unwrap().unwrap();
+        assert_eq!(sealed_key_id(&old), Some("k1"));
+        assert_eq!(sealed_key_id(&new), Some("k2"));
+        assert_eq!(
+            ring(&k2).open(&new, ROW).unwrap().expose_secret(),
+            "5Aep861secret",
+            "readable with the new key alone"
+        );
+        assert_eq!(both.reseal(&new, ROW).unwrap(), None, "nothing to do twice");
+        let other_row = Binding {
+            row: "other",
+            ..ROW
+        };
+        assert_eq!(
+            both.reseal(&old, other_row),
+            Err(KeyringError::Authentication),
+            "the binding still holds"
+        );
+        assert!(matches!(
+            ring(&k2).reseal(&old, ROW),
+            Err(KeyringError::UnknownKey(id)) if id == "k1"
+        ));
+        assert_eq!(sealed_key_id("garbage"), None);
+    }
 
     #[test]
     fn round_trip_and_random_nonce() {

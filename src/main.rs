@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use valo_oauth::app::Application;
+use valo_oauth::broker::rekey;
 use valo_oauth::config::{self, ApiKey, Environment, Settings};
 use valo_oauth::crypto::Keyring;
 
@@ -50,10 +51,28 @@ enum Command {
     },
     /// Exit 0 if the local service answers /healthz (for container health checks).
     Healthcheck,
+    /// Re-seal every stored secret under the first key of VALO_OAUTH_ENCRYPTION_KEYS
+    /// (safe while replicas serve: compare-and-set per value; resumable).
+    Rekey {
+        /// Rows read per statement.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        batch_size: i64,
+    },
+    /// Print how many stored values each key id still seals, per column.
+    Keys,
+    /// Print every environment variable the service reads, one per line.
+    Settings,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Settings)) {
+        // Needs no settings: it lists their names.
+        for name in config::environment_names() {
+            println!("{name}");
+        }
+        return ExitCode::SUCCESS;
+    }
     if let Some(Command::Keygen { key_id }) = cli.command {
         // Needs no settings: it is how an operator makes the first key.
         return keygen(key_id);
@@ -104,6 +123,8 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
     }
     let result = match command {
         Command::Migrate => migrate(settings).await,
+        Command::Rekey { batch_size } => rekey(settings, batch_size).await,
+        Command::Keys => keys(settings).await,
         _ => serve(settings).await,
     };
     match result {
@@ -121,28 +142,133 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let callback = settings.callback_url();
     let app = Application::build(settings).await?;
     let addr = app.local_addr()?;
+    // The API is on the internal listener when there is one.
+    let api = match app.internal_addr() {
+        Some(internal) => internal?,
+        None => addr,
+    };
     if development {
         eprintln!(
-            "\nvalo-oauth (development) listening on http://{addr}\n\
+            "\nvalo-oauth (development) listening on http://{addr} (API on http://{api})\n\
              callback URL for your External Client App: {callback}\n\
              mint an API token:  TOKEN=$(cargo run -q --release -- dev-token --scope \"apps:write connections:write connections:read tokens:read\")\n\
-             call the API:       curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/v1/tenants/acme/connections\n"
+             call the API:       curl -H \"Authorization: Bearer $TOKEN\" http://{api}/v1/tenants/acme/connections\n"
         );
     }
     app.run_until_stopped().await?;
     Ok(())
 }
 
-async fn migrate(settings: Settings) -> anyhow::Result<()> {
+/// The database of `settings`, for the one-shot commands (not the serving pool's settings).
+async fn open_store(settings: &Settings) -> anyhow::Result<valo_oauth::store::Store> {
     use anyhow::Context as _;
-    let store = valo_oauth::store::Store::connect(
+    valo_oauth::store::Store::connect(
         settings.database_url.expose_secret(),
         &valo_oauth::store::StoreOptions::default(),
     )
     .await
-    .context("cannot open the database")?;
+    .context("cannot open the database")
+}
+
+async fn migrate(settings: Settings) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let store = open_store(&settings).await?;
     store.migrate().await.context("migration failed")?;
     tracing::info!(database = store.backend_name(), "migrations applied");
+    Ok(())
+}
+
+/// `valo-oauth rekey`: counts what is left to re-seal, then re-seals it with a progress bar
+/// on a terminal (a summary line otherwise).
+async fn rekey(settings: Settings, batch: i64) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let store = open_store(&settings).await?;
+    let keyring = &settings.keyring;
+    let primary = keyring.primary_key_id().to_owned();
+    let usage = rekey::key_usage(&store, batch).await?;
+    let todo: u64 = usage
+        .iter()
+        .filter(|u| u.key_id != primary)
+        .map(|u| u.values)
+        .sum();
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(todo);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "re-sealing under {msg} [{bar:40}] {pos}/{len} ({eta})",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(primary.clone());
+        Some(bar)
+    } else {
+        None
+    };
+    let report = rekey::rekey(&store, keyring, batch, &mut |report| {
+        if let Some(bar) = &bar {
+            bar.set_position(report.examined);
+        }
+    })
+    .await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let summary = format!(
+        "rekey: {} value(s) not under key {primary}: {} re-sealed, {} rewritten by the service meanwhile, {} unreadable",
+        report.examined, report.resealed, report.changed_meanwhile, report.unreadable
+    );
+    tracing::info!(
+        key = %primary,
+        examined = report.examined,
+        resealed = report.resealed,
+        changed_meanwhile = report.changed_meanwhile,
+        unreadable = report.unreadable,
+        "rekey finished"
+    );
+    println!("{summary}");
+    if report.unreadable > 0 {
+        anyhow::bail!(
+            "{} stored value(s) cannot be opened with any configured key; add the key they were sealed with (see `valo-oauth keys`) and run rekey again",
+            report.unreadable
+        );
+    }
+    Ok(())
+}
+
+/// `valo-oauth keys`: what each key id still seals, so an operator knows when an old key
+/// may leave the ring.
+async fn keys(settings: Settings) -> anyhow::Result<()> {
+    let store = open_store(&settings).await?;
+    let configured: Vec<String> = settings.keyring.key_ids().map(str::to_owned).collect();
+    let usage = rekey::key_usage(&store, 1_000).await?;
+    println!("{:<40} {:<20} {:>12}", "column", "key id", "values");
+    for u in &usage {
+        let note = if configured.contains(&u.key_id) {
+            ""
+        } else {
+            "  (not configured)"
+        };
+        println!(
+            "{:<40} {:<20} {:>12}{note}",
+            u.field.label(),
+            u.key_id,
+            u.values
+        );
+    }
+    for id in &configured {
+        let total: u64 = usage
+            .iter()
+            .filter(|u| &u.key_id == id)
+            .map(|u| u.values)
+            .sum();
+        let role = if id == settings.keyring.primary_key_id() {
+            "first (seals)"
+        } else if total == 0 {
+            "may be removed"
+        } else {
+            "still needed"
+        };
+        println!("key {id}: {total} value(s), {role}");
+    }
     Ok(())
 }
 
@@ -206,8 +332,10 @@ fn dev_token(settings: &Settings, scope: &str, tenant: Option<String>, ttl_secs:
     }
 }
 
+/// `GET /healthz` on the internal listener when there is one (it is the one that serves the
+/// API), else on the only one.
 async fn healthcheck(settings: &Settings) -> ExitCode {
-    let mut addr = settings.listen;
+    let mut addr = settings.internal_listen.unwrap_or(settings.listen);
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

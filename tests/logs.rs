@@ -1,14 +1,18 @@
-//! No secret reaches the logs, at any level: a full flow, a refresh and a deletion run with
-//! every target at TRACE, and the captured output is searched for each secret.
+//! What reaches the logs, at TRACE, captured by the one subscriber of this binary: no secret
+//! from a full flow, a refresh and a deletion, nor a consumer secret from a registration
+//! and its credential check; and the warning for an identity id kept as sent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use fake_salesforce::{FakeOptions, FakeSalesforce};
 use serde_json::json;
 use valo_oauth::config::LogFormat;
-use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET, JWT_SECRET, TEST_KEYS, TestApp};
+use valo_testkit::app::{
+    ALL_SCOPES, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, PUBLIC_URL, TEST_KEYS, TestApp,
+};
 use valo_testkit::backend_tests;
 
 /// A log sink shared with the test.
@@ -123,5 +127,102 @@ backend_tests! {
         }
         // The raw query string of the callback never appears either.
         assert!(!logs.contains("code="), "no raw callback query in the logs");
+    }
+}
+
+/// Every line logged so far by this binary.
+fn logged() -> String {
+    String::from_utf8_lossy(&capture().0.lock().unwrap()).into_owned()
+}
+
+/// PUTs the app of `tenant` with these credentials and login URL (`query` e.g.
+/// `?verify=false`).
+async fn put_app(
+    app: &TestApp,
+    tenant: &str,
+    query: &str,
+    key: &str,
+    secret: &str,
+) -> reqwest::Response {
+    app.client
+        .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app{query}")))
+        .bearer_auth(app.token(ALL_SCOPES, None))
+        .json(&json!({"consumer_key": key, "consumer_secret": secret, "login_url": app.fake.base_url()}))
+        .send()
+        .await
+        .unwrap()
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn the_consumer_secret_is_never_in_the_put_answer_or_the_log(db) {
+        capture();
+        let secret = "Zq7Wx3Vb9Nm1Lk5Jh2Gf8Dd4Ss6Aa0PpOoIiUuYy";
+        let wrong = "Qa1Ws2Ed3Rf4Tg5Yh6Uj7Ik8Ol9Pp0MmNnBbVvCc";
+        let key = "3MVG9SecretTestKey000000000000000";
+        let app = TestApp::spawn(&db).await;
+        let b = db.backend;
+        app.fake.register_app(key, secret, &format!("{PUBLIC_URL}/oauth2/v1/callback/salesforce"));
+        let answers = [
+            put_app(&app, "sec", "", key, wrong).await,
+            put_app(&app, "sec", "", key, secret).await,
+            put_app(&app, "sec", "?verify=false", key, wrong).await,
+        ];
+        let mut statuses = Vec::new();
+        for answer in answers {
+            statuses.push(answer.status().as_u16());
+            let headers = format!("{:?}", answer.headers());
+            let text = answer.text().await.unwrap();
+            for needle in [secret, wrong, &secret[10..22], &wrong[10..22]] {
+                assert!(
+                    !text.contains(needle) && !headers.contains(needle),
+                    "{b}: answer shows {needle}: {text}"
+                );
+            }
+        }
+        assert_eq!(statuses, [422, 201, 200], "{b}");
+        app.stop().await;
+        let log = logged();
+        assert!(
+            log.contains("tenant app stored") && log.contains("credentials checked at the login host"),
+            "the PUTs and their checks ran under the capture"
+        );
+        for needle in [secret, wrong, &secret[10..22], &wrong[10..22], &secret[secret.len() - 12..]] {
+            assert!(!log.contains(needle), "the log holds {needle:?} (of a consumer secret)");
+        }
+    }
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn ids_with_a_wrong_checksum_are_kept_as_sent_with_a_warning(db) {
+        capture();
+        let b = db.backend;
+        // The org id's suffix does not match its case; the user id comes in 15 characters.
+        let fake = FakeSalesforce::start(FakeOptions {
+            org_id: "00D5g000004ABCDZZZ".into(),
+            user_id: "0055g000001XYZW".into(),
+            ..FakeOptions::default()
+        })
+        .await
+        .unwrap();
+        let app = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = app.connect("acme").await;
+        let (status, connection) = app
+            .get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read")
+            .await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(connection["org_id"], "00D5g000004ABCDZZZ", "{b}: as sent");
+        assert_eq!(connection["user_id"], "0055g000001XYZWAA4", "{b}: normalised to 18");
+        // Re-authorizing finds the same connection.
+        assert_eq!(app.connect("acme").await, id, "{b}");
+        app.stop().await;
+        let log = logged();
+        assert!(
+            log.lines().any(|line| line.contains("case-checksum suffix that does not verify")
+                && line.contains("00D5g000004ABCDZZZ")
+                && line.contains("\"level\":\"WARN\"")),
+            "the kept id is logged as a warning"
+        );
     }
 }

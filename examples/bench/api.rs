@@ -33,10 +33,14 @@ pub fn token_path(id: Uuid) -> String {
     format!("/v1/tenants/{TENANT}/connections/{id}/access-token")
 }
 
-/// PUTs [`TENANT`]'s External Client App (the test kit's credentials) with `login_url`.
-pub async fn put_app(client: &reqwest::Client, base: &str, login_url: &str) {
+/// PUTs [`TENANT`]'s External Client App (the test kit's credentials) with `login_url`;
+/// the service checks the credentials there first unless `verify` is false (a login host
+/// where nothing listens).
+pub async fn put_app(client: &reqwest::Client, base: &str, login_url: &str, verify: bool) {
     let put = client
-        .put(format!("{base}/v1/tenants/{TENANT}/salesforce-app"))
+        .put(format!(
+            "{base}/v1/tenants/{TENANT}/salesforce-app?verify={verify}"
+        ))
         .bearer_auth(jwt(ALL_SCOPES, false))
         .json(&json!({"consumer_key": CLIENT_ID, "consumer_secret": CLIENT_SECRET, "login_url": login_url}))
         .send()
@@ -99,7 +103,7 @@ pub async fn connect_user(
 
 /// Registers the app and connects the fake's current user; returns the connection id.
 pub async fn connect_org(client: &reqwest::Client, base: &str, fake: &FakeSalesforce) -> Uuid {
-    put_app(client, base, &fake.base_url()).await;
+    put_app(client, base, &fake.base_url(), true).await;
     connect_user(client, base, fake, None, &tokio::sync::Mutex::new(())).await
 }
 

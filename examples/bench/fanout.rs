@@ -34,6 +34,8 @@ pub struct FanOut {
     pub idle_read: Latencies,
     pub busy_read: Latencies,
     pub max_in_flight: usize,
+    /// Cores other processes kept busy just before the fan-out.
+    pub busy_cores: f64,
 }
 
 /// GETs one connection in a loop (one request at a time, 5 ms apart) until `stop`.
@@ -60,7 +62,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     let server = Server::start(opts, &db, &[]).await;
     fake.register_app(CLIENT_ID, CLIENT_SECRET, &Server::callback_url());
     let client = http_client();
-    put_app(&client, &server.base, &fake.base_url()).await;
+    put_app(&client, &server.base, &fake.base_url(), true).await;
 
     // Distinct Salesforce users, each connected through the real flow.
     eprintln!("  connecting {} users through the flow", CONNECTIONS + 1);
@@ -104,7 +106,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     stop_idle.send(true).unwrap();
     let idle_read = Latencies::of(idle.await.unwrap());
 
-    crate::load::wait_for_quiet("the fan-out").await;
+    let busy_cores = crate::load::wait_for_quiet("the fan-out").await;
     fake.set_latency(LATENCY);
     let before = fake.counters();
     let (stop_busy, stopped_busy) = tokio::sync::watch::channel(false);
@@ -143,6 +145,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
         idle_read,
         busy_read,
         max_in_flight: 256,
+        busy_cores,
     };
     eprintln!(
         "  wall {:.0} ms  ok {}/{}  refreshes {}  reuse {}  unrelated read p99 {:.1} ms (idle {:.1} ms)",
@@ -170,9 +173,11 @@ pub fn report(r: &FanOut, command: &str) -> String {
          release binary, default settings: a pool of 10, `VALO_OAUTH_SALESFORCE_MAX_IN_FLIGHT` \
          {}) on Postgres. An unrelated API read (`GET` of another connection, one at a time) runs \
          throughout; its idle figures come from the same replica just before. Command: `{command}` \
-         (`BENCH_ONLY=fanout` runs this section alone).\n",
+         (`BENCH_ONLY=fanout` runs this section alone). Other processes kept {:.2} of the \
+         machine's cores busy just before it started.\n",
         LATENCY.as_millis(),
-        r.max_in_flight
+        r.max_in_flight,
+        r.busy_cores
     );
     let _ = writeln!(s, "| measure | value | target | |\n|---|---|---|---|");
     let _ = writeln!(

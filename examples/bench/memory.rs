@@ -35,7 +35,7 @@ pub async fn run(opts: &Options) -> Memory {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss_start, _) = server.memory();
     // Nothing here calls Salesforce: a login URL where nothing listens.
-    put_app(&client, &server.base, "http://127.0.0.1:9").await;
+    put_app(&client, &server.base, "http://127.0.0.1:9", false).await;
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
     let mut expected = Vec::with_capacity(FETCHED);

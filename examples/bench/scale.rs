@@ -185,7 +185,7 @@ pub async fn run(opts: &Options) -> Scale {
     let client = http_client();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (rss_start, _) = server.memory();
-    put_app(&client, &server.base, &fake.base_url()).await;
+    put_app(&client, &server.base, &fake.base_url(), true).await;
 
     // The million, oldest first (row i last refreshed 30 days ago + i ms).
     let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;

@@ -81,6 +81,7 @@ pub async fn insert(
                 issued_at: now - 600_000,
                 access_expires_at: now - 600_000 + 7_200_000,
                 expiry_assumed: false,
+                username: None,
             },
             created_at: refreshed_at(i),
         });

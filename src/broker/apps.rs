@@ -2,11 +2,17 @@
 //!
 //! The consumer key and secret are both sealed before they reach the store (the setup guide
 //! treats both as secret) and are never returned: reads answer metadata and a masked hint.
+//!
+//! Before new credentials are stored they are tried at the login host's token endpoint
+//! ([`crate::salesforce::SalesforceClient::check_credentials`]), so that a mistyped key or
+//! secret is reported while the admin still has the External Client App open, not at the
+//! first connection or the next refresh.
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Broker, BrokerError, TenantId};
+use super::{Broker, BrokerError, CredentialField, TenantId};
 use crate::crypto::Binding;
+use crate::salesforce::{AppCredentials, CredentialCheck, ErrorClass, SalesforceError};
 use crate::store::{AppStatus, Millis, TenantAppRecord};
 
 /// The longest consumer key or secret accepted (Salesforce's are far shorter).
@@ -78,12 +84,18 @@ fn credential(field: &str, value: &SecretString) -> Result<SecretString, BrokerE
     Ok(SecretString::from(trimmed.to_owned()))
 }
 
+/// How long a caller waits before retrying a credential check Salesforce could not answer.
+const CHECK_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Broker {
     /// Stores (or replaces) the tenant's app. Returns its metadata and whether it is new.
+    /// With `verify`, the credentials are first tried at the login host and refused there
+    /// (422 with the field to fix) or, when the login host cannot tell, not stored at all.
     pub async fn put_app(
         &self,
         tenant: &TenantId,
         registration: AppRegistration,
+        verify: bool,
     ) -> Result<(AppMetadata, bool), BrokerError> {
         let key = credential("consumer_key", &registration.consumer_key)?;
         let secret = credential("consumer_secret", &registration.consumer_secret)?;
@@ -92,6 +104,19 @@ impl Broker {
             .login_hosts
             .validate_login_url(&registration.login_url)
             .map_err(|e| BrokerError::InvalidRequest(e.to_string()))?;
+        if verify {
+            self.check_credentials(&AppCredentials {
+                login_url: login_url.clone(),
+                client_id: key.clone(),
+                client_secret: secret.clone(),
+            })
+            .await?;
+        } else {
+            tracing::info!(
+                tenant = tenant.as_str(),
+                "tenant app credentials stored without a check (verify=false)"
+            );
+        }
         let now = self.now();
         let record = TenantAppRecord {
             tenant_id: tenant.as_str().to_owned(),
@@ -115,6 +140,53 @@ impl Broker {
         tracing::info!(tenant = tenant.as_str(), created, "tenant app stored");
         // The connections' cached tokens are still valid; only refreshes were held back.
         Ok((AppMetadata::from(&stored), created))
+    }
+
+    /// Asks the login host whether it knows the key and accepts the secret (the error
+    /// table of `docs/salesforce.md`). Nothing about the secret reaches the error or the log:
+    /// only the OAuth error code and our own words.
+    async fn check_credentials(&self, credentials: &AppCredentials) -> Result<(), BrokerError> {
+        let outcome = self
+            .salesforce
+            .check_credentials(credentials, &self.settings.callback_url)
+            .await;
+        tracing::info!(outcome = ?outcome.as_ref().map_err(SalesforceError::summary), "tenant app credentials checked at the login host");
+        match outcome {
+            Ok(CredentialCheck::Accepted) => Ok(()),
+            Ok(CredentialCheck::KeyRefused) => Err(BrokerError::InvalidCredentials {
+                field: CredentialField::ConsumerKey,
+                detail: format!(
+                    "Salesforce at {} does not know this consumer key (invalid_client_id). Copy \
+                     the Consumer Key again from the External Client App (External Client App \
+                     Manager → the app → Settings → OAuth Settings → Consumer Key and Secret), \
+                     and check that the login URL is the My Domain of the org that created the \
+                     app.",
+                    credentials.login_url
+                ),
+            }),
+            Ok(CredentialCheck::SecretRefused) => Err(BrokerError::InvalidCredentials {
+                field: CredentialField::ConsumerSecret,
+                detail: "Salesforce knows the consumer key but refused the consumer secret \
+                         (invalid_client). Copy the Consumer Secret again from the same External \
+                         Client App (External Client App Manager → the app → Settings → OAuth \
+                         Settings → Consumer Key and Secret); after a secret rotation, use the \
+                         new secret."
+                    .to_owned(),
+            }),
+            Err(e) => Err(match e.class() {
+                ErrorClass::Transient => BrokerError::UpstreamUnavailable {
+                    reason: format!(
+                        "the login host could not check the credentials, nothing was stored: {}",
+                        e.summary()
+                    ),
+                    retry_after: CHECK_RETRY_AFTER,
+                },
+                _ => BrokerError::Upstream(format!(
+                    "the login host gave an answer that is not Salesforce's, nothing was stored: {}",
+                    e.summary()
+                )),
+            }),
+        }
     }
 
     pub async fn get_app(&self, tenant: &TenantId) -> Result<AppMetadata, BrokerError> {

@@ -21,6 +21,9 @@ pub struct Connection {
     pub org_id: String,
     /// 18-character Salesforce user id (`005…`).
     pub user_id: String,
+    /// The user's Salesforce username (from introspection), when known; a reconnect passes
+    /// it as `login_hint`.
+    pub username: Option<String>,
     pub login_url: String,
     pub instance_url: String,
     pub status: ConnectionStatus,
@@ -44,6 +47,7 @@ impl From<ConnectionRecord> for Connection {
             tenant_id: c.tenant_id,
             org_id: c.org_id,
             user_id: c.user_id,
+            username: c.username,
             login_url: c.login_url,
             instance_url: c.instance_url,
             status: c.status,
@@ -111,7 +115,20 @@ impl Broker {
         if connection.status == ConnectionStatus::Revoked {
             return Ok(());
         }
-        let token = self.open_connection_secret(connection, SecretColumn::RefreshToken)?;
+        let token = match self.open_connection_secret(connection, SecretColumn::RefreshToken) {
+            Ok(token) => token,
+            // The key that sealed it has left the ring (or the value is damaged): there is
+            // nothing to revoke with. A forced delete goes on; the token stays valid at
+            // Salesforce until it expires or is revoked there.
+            Err(e) if force => {
+                tracing::warn!(connection = %connection.id, error = %e, "refresh token cannot be decrypted; nothing to revoke it with; deleting anyway (force)");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::error!(connection = %connection.id, error = %e, "refresh token cannot be decrypted, so it cannot be revoked; configure its key again, or delete with force=true");
+                return Err(e);
+            }
+        };
         match self.salesforce.revoke(&connection.login_url, &token).await {
             Ok(()) => Ok(()),
             Err(e) if force => {

@@ -61,15 +61,117 @@ pub struct CallbackOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowError {
     pub code: FlowErrorCode,
+    /// Why it failed, finer than the code: what the result page's guidance is chosen by.
+    pub reason: FailureReason,
     /// A short, sanitised description for people.
     pub description: String,
 }
 
 impl FlowError {
-    fn new(code: FlowErrorCode, description: impl Into<String>) -> Self {
+    fn new(code: FlowErrorCode, reason: FailureReason, description: impl Into<String>) -> Self {
         Self {
             code,
+            reason,
             description: description.into(),
+        }
+    }
+}
+
+/// Why a flow failed, in terms of what a customer's Salesforce admin has to change. One
+/// error code can have several reasons (`exchange_failed`: a wrong secret, a refused code)
+/// and one reason several codes (a refusal for IP or login hours at authorize or at the
+/// exchange). `crate::http::guidance` holds the words for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// `access_denied`: the person clicked Deny (or Salesforce denied for them).
+    AccessDenied,
+    /// `OAUTH_EC_APP_NOT_FOUND`: no such ECA in the org logged in to.
+    AppNotFound,
+    /// `OAUTH_APP_BLOCKED`: the ECA is blocked in the org.
+    AppBlocked,
+    /// `OAUTH_APP_ACCESS_DENIED`: the user is not among the ECA's permitted users.
+    UserNotPermitted,
+    /// `OAUTH_APPROVAL_ERROR_GENERIC`: Salesforce's catch-all approval error.
+    ApprovalError,
+    /// `invalid_scope`: the ECA does not offer a requested scope.
+    InvalidScope,
+    /// `invalid_request` (e.g. PKCE settings), `unsupported_response_type`.
+    InvalidRequest,
+    /// `redirect_uri_mismatch`: the ECA's callback URL is not ours.
+    RedirectUriMismatch,
+    /// `invalid_client_id`: the consumer key is unknown to the org.
+    UnknownConsumerKey,
+    /// `invalid_client` at the exchange: the consumer secret is wrong.
+    WrongConsumerSecret,
+    /// "IP restricted or invalid login hours": the org's or the ECA's policy refused the
+    /// login from here or now.
+    LoginRestricted,
+    /// A Salesforce code we have no words for: its own description is shown.
+    OtherSalesforceError,
+    /// No refresh token: the ECA lacks the `refresh_token, offline_access` scope.
+    NoRefreshToken,
+    /// The code was refused (expired, reused) or Salesforce sent neither code nor error.
+    CodeRefused,
+    /// The tenant's app was removed while the person was at Salesforce.
+    AppRemoved,
+    /// A reconnect completed by another Salesforce user than the connection's.
+    DifferentUser,
+    /// Salesforce's answer failed a check (signature aside): not the person's to fix.
+    UnusableAnswer,
+    /// The signature did not verify with the registered consumer secret.
+    InvalidSignature,
+    /// Salesforce unreachable, timing out or failing.
+    UpstreamUnavailable,
+    /// Our own database failed.
+    ServiceUnavailable,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 20] = [
+        Self::AccessDenied,
+        Self::AppNotFound,
+        Self::AppBlocked,
+        Self::UserNotPermitted,
+        Self::ApprovalError,
+        Self::InvalidScope,
+        Self::InvalidRequest,
+        Self::RedirectUriMismatch,
+        Self::UnknownConsumerKey,
+        Self::WrongConsumerSecret,
+        Self::LoginRestricted,
+        Self::OtherSalesforceError,
+        Self::NoRefreshToken,
+        Self::CodeRefused,
+        Self::AppRemoved,
+        Self::DifferentUser,
+        Self::UnusableAnswer,
+        Self::InvalidSignature,
+        Self::UpstreamUnavailable,
+        Self::ServiceUnavailable,
+    ];
+
+    /// The reason behind one of Salesforce's callback errors; the description decides for
+    /// refusals Salesforce words rather than codes (IP ranges, login hours).
+    fn of_salesforce_error(code: &str, description: &str) -> Self {
+        let description = description.to_ascii_lowercase();
+        if description.contains("ip restricted")
+            || description.contains("login hours")
+            || description.contains("restricted ip")
+        {
+            return Self::LoginRestricted;
+        }
+        match code {
+            "access_denied" => Self::AccessDenied,
+            "OAUTH_EC_APP_NOT_FOUND" => Self::AppNotFound,
+            "OAUTH_APP_BLOCKED" => Self::AppBlocked,
+            "OAUTH_APP_ACCESS_DENIED" => Self::UserNotPermitted,
+            "OAUTH_APPROVAL_ERROR_GENERIC" => Self::ApprovalError,
+            "invalid_scope" => Self::InvalidScope,
+            "invalid_request" | "unsupported_response_type" => Self::InvalidRequest,
+            "redirect_uri_mismatch" => Self::RedirectUriMismatch,
+            "invalid_client_id" => Self::UnknownConsumerKey,
+            "invalid_client" => Self::WrongConsumerSecret,
+            _ => Self::OtherSalesforceError,
         }
     }
 }
@@ -91,16 +193,22 @@ pub enum FlowErrorCode {
     UpstreamUnavailable,
     /// Our own database failed.
     ServiceUnavailable,
+    /// The code exchange was refused for the org's IP ranges or login hours.
+    LoginRestricted,
+    /// A reconnect was completed by another Salesforce user than the connection's.
+    DifferentUser,
 }
 
 impl FlowErrorCode {
     /// Our own codes (Salesforce's are open-ended).
-    pub const OWN: [Self; 5] = [
+    pub const OWN: [Self; 7] = [
         Self::InvalidSignature,
         Self::NoRefreshToken,
         Self::ExchangeFailed,
         Self::UpstreamUnavailable,
         Self::ServiceUnavailable,
+        Self::LoginRestricted,
+        Self::DifferentUser,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -111,6 +219,8 @@ impl FlowErrorCode {
             Self::ExchangeFailed => "exchange_failed",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::ServiceUnavailable => "service_unavailable",
+            Self::LoginRestricted => "login_restricted",
+            Self::DifferentUser => "different_user",
         }
     }
 }
@@ -160,6 +270,7 @@ fn explain_salesforce_error(code: &str, description: &str) -> String {
         "redirect_uri_mismatch" => "The External Client App's callback URL does not match this service's callback URL.".to_owned(),
         "invalid_client_id" => "Salesforce does not know the consumer key: check the registered External Client App.".to_owned(),
         "OAUTH_APP_BLOCKED" => "The External Client App is blocked in the org: ask the Salesforce admin.".to_owned(),
+        "OAUTH_APP_ACCESS_DENIED" => "The Salesforce user is not permitted to use the External Client App (its Policies tab, Permitted Users).".to_owned(),
         _ => sanitise_description(description),
     }
 }
@@ -172,6 +283,43 @@ impl Broker {
         tenant: &TenantId,
         return_to: Option<&str>,
         login_hint: Option<&str>,
+    ) -> Result<StartedAuthorization, BrokerError> {
+        self.start_flow(tenant, return_to, login_hint, None).await
+    }
+
+    /// Starts a reconnect of one of the tenant's connections: a flow whose `login_hint` is
+    /// the connection's Salesforce username (when known), so the person lands on the right
+    /// user's login, and whose completion renews that connection (same id) or, signed in as
+    /// someone else, fails with `different_user` instead of creating another connection.
+    pub async fn start_reauthorization(
+        &self,
+        tenant: &TenantId,
+        connection_id: Uuid,
+        return_to: Option<&str>,
+    ) -> Result<StartedAuthorization, BrokerError> {
+        let connection = self
+            .store
+            .get_connection(tenant.as_str(), connection_id)
+            .await?
+            .ok_or(BrokerError::NotFound("no such connection for this tenant"))?;
+        if connection.username.is_none() {
+            tracing::info!(connection = %connection_id, "reconnect without login_hint: the connection's username is not known");
+        }
+        self.start_flow(
+            tenant,
+            return_to,
+            connection.username.as_deref(),
+            Some(connection_id),
+        )
+        .await
+    }
+
+    async fn start_flow(
+        &self,
+        tenant: &TenantId,
+        return_to: Option<&str>,
+        login_hint: Option<&str>,
+        connection_id: Option<Uuid>,
     ) -> Result<StartedAuthorization, BrokerError> {
         let return_to = return_to.map(|r| self.check_return_to(r)).transpose()?;
         if let Some(hint) = login_hint
@@ -204,13 +352,14 @@ impl Broker {
             created_at: now,
             expires_at: now.saturating_add(ttl),
             consumed_at: None,
+            connection_id,
         };
         let url = self
             .salesforce
             .authorize_url(&AuthorizeRequest {
                 login_url: &app.login_url,
                 client_id: credentials.client_id.expose_secret(),
-                redirect_uri: &self.settings.callback_url(),
+                redirect_uri: &self.settings.callback_url,
                 scopes: &self.settings.salesforce.scopes,
                 state: &state,
                 code_challenge: challenge.as_str(),
@@ -223,7 +372,7 @@ impl Broker {
         if let Err(e) = self.store.delete_expired_authorization_sessions(now).await {
             tracing::warn!(error = %e, "could not delete expired authorization sessions");
         }
-        tracing::info!(tenant = tenant.as_str(), flow = %id, "authorization started");
+        tracing::info!(tenant = tenant.as_str(), flow = %id, reconnect = connection_id.is_some(), "authorization started");
         Ok(StartedAuthorization {
             authorization_url: url,
             expires_at: session.expires_at,
@@ -283,6 +432,7 @@ impl Broker {
                     return_to: None,
                     result: Err(FlowError::new(
                         FlowErrorCode::ServiceUnavailable,
+                        FailureReason::ServiceUnavailable,
                         "The service could not complete the connection. Please try again.",
                     )),
                 });
@@ -310,16 +460,19 @@ impl Broker {
     ) -> Result<Uuid, FlowError> {
         if let Some(error) = params.error.as_deref() {
             let code = sanitise_code(error);
-            let description =
-                explain_salesforce_error(&code, params.error_description.as_deref().unwrap_or(""));
+            let sent = params.error_description.as_deref().unwrap_or("");
+            let reason = FailureReason::of_salesforce_error(&code, sent);
+            let description = explain_salesforce_error(&code, sent);
             return Err(FlowError {
                 code: FlowErrorCode::Salesforce(code),
+                reason,
                 description,
             });
         }
         let code = params.code.ok_or_else(|| {
             FlowError::new(
                 FlowErrorCode::ExchangeFailed,
+                FailureReason::CodeRefused,
                 "Salesforce sent neither a code nor an error.",
             )
         })?;
@@ -329,14 +482,17 @@ impl Broker {
             match e {
                 BrokerError::Unavailable(_) => FlowError::new(
                     FlowErrorCode::ServiceUnavailable,
+                    FailureReason::ServiceUnavailable,
                     "The service could not complete the connection. Please try again.",
                 ),
                 BrokerError::NotFound(_) => FlowError::new(
                     FlowErrorCode::ExchangeFailed,
+                    FailureReason::AppRemoved,
                     "The tenant's Salesforce app was removed during the authorization.",
                 ),
                 _ => FlowError::new(
                     FlowErrorCode::ExchangeFailed,
+                    FailureReason::UnusableAnswer,
                     "The connection could not be completed.",
                 ),
             }
@@ -359,7 +515,7 @@ impl Broker {
             .salesforce
             .exchange_code(
                 &credentials,
-                &self.settings.callback_url(),
+                &self.settings.callback_url,
                 code.expose_secret(),
                 &verifier,
             )
@@ -378,14 +534,20 @@ impl Broker {
             }
             return Err(FlowError::new(
                 FlowErrorCode::NoRefreshToken,
+                FailureReason::NoRefreshToken,
                 "Salesforce issued no refresh token. In the External Client App's OAuth settings, \
                  select the scopes \"Perform requests at any time (refresh_token, offline_access)\" \
                  and \"Manage user data via APIs (api)\", then connect again.",
             ));
         };
 
-        let (access_expires_at, expiry_assumed) =
-            self.access_token_expiry(&credentials, &grant).await;
+        if let Some(renewed) = session.connection_id {
+            self.check_same_user(&tenant, renewed, &app.login_url, &grant, &refresh_token)
+                .await?;
+        }
+
+        let (access_expires_at, expiry_assumed, username) =
+            self.introspect_new_token(&credentials, &grant).await;
         let now = self.now();
         let saved = self
             .store
@@ -414,6 +576,7 @@ impl Broker {
                         issued_at: grant.issued_at_ms.unwrap_or(now),
                         access_expires_at,
                         expiry_assumed,
+                        username: username.clone(),
                     })
                 },
             )
@@ -431,32 +594,79 @@ impl Broker {
         Ok(connection_id)
     }
 
-    /// The access token's expiry: introspected (RFC 7662) when Salesforce tells, else the
-    /// configured lifetime (Salesforce's token response has no `expires_in`).
-    pub(super) async fn access_token_expiry(
+    /// A reconnect must renew its own connection: signed in as another Salesforce user, the
+    /// new grant is revoked (RFC 7009) and the flow fails, rather than leaving the broken
+    /// connection broken and adding a second one. A connection deleted meanwhile lets the
+    /// flow end as a plain authorization.
+    async fn check_same_user(
+        &self,
+        tenant: &TenantId,
+        renewed: Uuid,
+        login_url: &str,
+        grant: &TokenGrant,
+        refresh_token: &SecretString,
+    ) -> Result<(), FlowError> {
+        let existing = match self.store.get_connection(tenant.as_str(), renewed).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the connection a reconnect renews");
+                return Err(FlowError::new(
+                    FlowErrorCode::ServiceUnavailable,
+                    FailureReason::ServiceUnavailable,
+                    "The service could not complete the connection. Please try again.",
+                ));
+            }
+        };
+        let Some(existing) = existing else {
+            return Ok(());
+        };
+        if existing.org_id == grant.org_id && existing.user_id == grant.user_id {
+            return Ok(());
+        }
+        if let Err(e) = self.salesforce.revoke(login_url, refresh_token).await {
+            tracing::warn!(error = %e.summary(), "could not revoke the other user's new grant");
+        }
+        tracing::warn!(connection = %renewed, "reconnect completed by another Salesforce user: refused");
+        let who = existing.username.map_or_else(
+            || "the connection's user".to_owned(),
+            |name| sanitise_description(&name),
+        );
+        Err(FlowError::new(
+            FlowErrorCode::DifferentUser,
+            FailureReason::DifferentUser,
+            format!(
+                "You signed in to Salesforce as another user than this connection's. Log out of \
+                 Salesforce, reconnect, and sign in as {who}."
+            ),
+        ))
+    }
+
+    /// The new access token's expiry and its user's username, by introspection (RFC 7662);
+    /// without an expiry, the configured lifetime (Salesforce's token response has no
+    /// `expires_in`).
+    async fn introspect_new_token(
         &self,
         credentials: &crate::salesforce::AppCredentials,
         grant: &TokenGrant,
-    ) -> (Millis, bool) {
+    ) -> (Millis, bool, Option<String>) {
+        let assumed = || self.assumed_expiry(grant.issued_at_ms.unwrap_or_else(|| self.now()));
         match self
             .salesforce
-            .introspect_access_token_expiry(credentials, &grant.access_token)
+            .introspect_access_token(credentials, &grant.access_token)
             .await
         {
-            Ok(Some(exp)) => (exp, false),
-            Ok(None) => {
-                tracing::warn!("introspection gave no expiry; assuming the configured lifetime");
-                (
-                    self.assumed_expiry(grant.issued_at_ms.unwrap_or_else(|| self.now())),
-                    true,
-                )
-            }
+            Ok(found) => match found.expires_at {
+                Some(exp) => (exp, false, found.username),
+                None => {
+                    tracing::warn!(
+                        "introspection gave no expiry; assuming the configured lifetime"
+                    );
+                    (assumed(), true, found.username)
+                }
+            },
             Err(e) => {
                 tracing::warn!(error = %e.summary(), "introspection failed; assuming the configured lifetime");
-                (
-                    self.assumed_expiry(grant.issued_at_ms.unwrap_or_else(|| self.now())),
-                    true,
-                )
+                (assumed(), true, None)
             }
         }
     }
@@ -472,37 +682,63 @@ impl Broker {
 /// Maps a failed code exchange to the callback's error contract.
 fn exchange_error(tenant: &TenantId, e: &SalesforceError) -> FlowError {
     use crate::salesforce::ErrorClass;
-    match e {
-        SalesforceError::InvalidSignature => {
-            tracing::error!(
-                security_event = "invalid_token_signature",
-                tenant = tenant.as_str(),
-                "token response signature did not verify: response refused"
-            );
-            FlowError::new(
-                FlowErrorCode::InvalidSignature,
-                "Salesforce's answer could not be verified with the registered consumer secret.",
-            )
-        }
-        _ if e.class() == ErrorClass::Transient => FlowError::new(
-            FlowErrorCode::UpstreamUnavailable,
-            "Salesforce is unavailable right now. Please try again in a moment.",
-        ),
-        _ => {
-            let detail = match e.oauth_error() {
-                Some("invalid_client") => {
-                    "Salesforce refused the consumer secret: update the tenant's External Client App credentials."
-                }
-                Some("invalid_client_id") => {
-                    "Salesforce refused the consumer key: update the tenant's External Client App credentials."
-                }
-                _ => {
-                    "Salesforce refused the authorization code. Please start the connection again."
-                }
-            };
-            FlowError::new(FlowErrorCode::ExchangeFailed, detail)
-        }
+    if let SalesforceError::InvalidSignature = e {
+        tracing::error!(
+            security_event = "invalid_token_signature",
+            tenant = tenant.as_str(),
+            "token response signature did not verify: response refused"
+        );
+        return FlowError::new(
+            FlowErrorCode::InvalidSignature,
+            FailureReason::InvalidSignature,
+            "Salesforce's answer could not be verified with the registered consumer secret.",
+        );
     }
+    let restricted = match e {
+        SalesforceError::Refused {
+            error, description, ..
+        } => {
+            let description = description.as_deref().unwrap_or("").to_ascii_lowercase();
+            error == "invalid_grant"
+                && (description.contains("ip restricted") || description.contains("login hours"))
+        }
+        _ => false,
+    };
+    if restricted {
+        // Classified transient for refreshes (it passes with the hour or the network), but
+        // at the callback the person must learn which policy refused them.
+        return FlowError::new(
+            FlowErrorCode::LoginRestricted,
+            FailureReason::LoginRestricted,
+            "Salesforce refused the login from this network or at this time of day (IP restricted or invalid login hours).",
+        );
+    }
+    if e.class() == ErrorClass::Transient {
+        return FlowError::new(
+            FlowErrorCode::UpstreamUnavailable,
+            FailureReason::UpstreamUnavailable,
+            "Salesforce is unavailable right now. Please try again in a moment.",
+        );
+    }
+    let (reason, detail) = match e.oauth_error() {
+        Some("invalid_client") => (
+            FailureReason::WrongConsumerSecret,
+            "Salesforce refused the consumer secret: update the tenant's External Client App credentials.",
+        ),
+        Some("invalid_client_id") => (
+            FailureReason::UnknownConsumerKey,
+            "Salesforce refused the consumer key: update the tenant's External Client App credentials.",
+        ),
+        Some(_) => (
+            FailureReason::CodeRefused,
+            "Salesforce refused the authorization code. Please start the connection again.",
+        ),
+        None => (
+            FailureReason::UnusableAnswer,
+            "Salesforce's answer could not be used. Please start the connection again.",
+        ),
+    };
+    FlowError::new(FlowErrorCode::ExchangeFailed, reason, detail)
 }
 
 #[cfg(test)]

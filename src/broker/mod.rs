@@ -1,23 +1,27 @@
 //! The broker: the service's domain logic, with no HTTP-server types and no SQL.
 //!
 //! - [`apps`]: tenants' External Client App credentials (write-only secrets);
-//! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
+//! - [`eca`]: the External Client App settings of the setup guide, for the Valo UI;
+//! - [`flow`]: the authorization-code flow with PKCE, from start to callback (and reconnects);
 //! - [`connections`]: reading and deleting (revoking) connections;
 //! - [`cache`]: this replica's bounded cache of decrypted access tokens;
 //! - [`tokens`]: fresh access tokens, with exactly one refresh per connection at a time;
 //! - [`keepalive`]: the background sweeper that refreshes idle connections;
 //! - [`limiter`]: the per-replica limit on Salesforce calls in flight, fair across tenants;
-//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit.
+//! - [`lifecycle`]: shutting down without cutting a refresh between Salesforce and commit;
+//! - [`rekey`]: re-sealing stored secrets under the first key, and what each key still seals.
 //!
 //! Every operation takes the time from [`Clock`] so tests can control it.
 
 pub mod apps;
 pub mod cache;
 pub mod connections;
+pub mod eca;
 pub mod flow;
 pub mod keepalive;
 pub mod lifecycle;
 pub mod limiter;
+pub mod rekey;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -25,8 +29,9 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::Settings;
+use crate::config::{SalesforceSettings, Settings, TokenSettings};
 use crate::crypto::{Binding, Keyring, KeyringError};
+use crate::salesforce::HostPolicy;
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
 use crate::store::{ConnectionRecord, Millis, Store, StoreError, TenantAppRecord};
 
@@ -69,6 +74,23 @@ impl TenantId {
     }
 }
 
+/// Which of a tenant app's credentials Salesforce refused at registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialField {
+    ConsumerKey,
+    ConsumerSecret,
+}
+
+impl CredentialField {
+    /// The name of the field in the PUT body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConsumerKey => "consumer_key",
+            Self::ConsumerSecret => "consumer_secret",
+        }
+    }
+}
+
 /// What went wrong, in the terms a caller can act on. The HTTP layer maps each variant to
 /// one problem `code`; 5xx variants carry details for the log only.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +109,13 @@ pub enum BrokerError {
     /// `app_credentials_invalid`).
     #[error("the tenant app's credentials were refused: {reason}")]
     AppCredentialsInvalid { reason: String },
+    /// Salesforce refused a tenant app's consumer key or secret at registration (422
+    /// `invalid_credentials`, with the field to fix); nothing was stored.
+    #[error("{detail}")]
+    InvalidCredentials {
+        field: CredentialField,
+        detail: String,
+    },
     /// Salesforce answered in a way we cannot use (502 `upstream_error`).
     #[error("salesforce error: {0}")]
     Upstream(String),
@@ -137,7 +166,7 @@ pub struct Broker {
     keyring: Arc<Keyring>,
     salesforce: SalesforceClient,
     clock: Arc<dyn Clock>,
-    settings: Arc<Settings>,
+    settings: Arc<BrokerSettings>,
     tokens: Arc<cache::TokenCache>,
     /// Calls to Salesforce in flight on this replica, fair across tenants.
     limiter: Arc<limiter::FairLimiter>,
@@ -148,6 +177,43 @@ pub struct Broker {
     lifecycle: Arc<lifecycle::Lifecycle>,
     /// Who holds this replica's refresh leases (host, process, instance), for operators.
     holder: Arc<str>,
+}
+
+/// What the domain needs of the process's settings, and nothing more (no listener, no
+/// database URL, no API authentication, no logging).
+#[derive(Clone)]
+pub struct BrokerSettings {
+    /// The redirect URI every tenant's ECA is configured with.
+    pub callback_url: String,
+    /// Origins (`scheme://host[:port]`) allowed in `return_to`.
+    pub return_to_origins: Vec<String>,
+    /// Which login hosts a tenant's app may name.
+    pub login_hosts: HostPolicy,
+    /// How long a started authorization may be completed.
+    pub authorization_ttl: Duration,
+    pub salesforce: SalesforceSettings,
+    pub tokens: TokenSettings,
+    /// How long a shutdown waits for requests and refreshes in flight.
+    pub shutdown_grace: Duration,
+    pub keyring: Arc<Keyring>,
+    /// The database pool's size, of which the refresh path takes its share.
+    pub db_pool_size: u32,
+}
+
+impl From<&Settings> for BrokerSettings {
+    fn from(s: &Settings) -> Self {
+        Self {
+            callback_url: s.callback_url(),
+            return_to_origins: s.return_to_origins.clone(),
+            login_hosts: s.login_hosts.clone(),
+            authorization_ttl: s.authorization_ttl,
+            salesforce: s.salesforce.clone(),
+            tokens: s.tokens.clone(),
+            shutdown_grace: s.shutdown_grace,
+            keyring: s.keyring.clone(),
+            db_pool_size: s.db_max_connections,
+        }
+    }
 }
 
 /// How many of the pool's connections the refresh path (row reads, leases, commits) may
@@ -164,8 +230,9 @@ impl Broker {
         store: Store,
         salesforce: SalesforceClient,
         clock: Arc<dyn Clock>,
-        settings: Arc<Settings>,
+        settings: BrokerSettings,
     ) -> Self {
+        let settings = Arc::new(settings);
         Self {
             store,
             keyring: settings.keyring.clone(),
@@ -173,7 +240,7 @@ impl Broker {
             clock,
             limiter: limiter::FairLimiter::new(settings.salesforce.max_in_flight),
             refresh_db: Arc::new(tokio::sync::Semaphore::new(refresh_db_slots(
-                settings.db_max_connections,
+                settings.db_pool_size,
             ))),
             tokens: Arc::new(cache::TokenCache::new(settings.tokens.cache_capacity)),
             settings,
@@ -188,7 +255,7 @@ impl Broker {
 
     /// The redirect URI every tenant's ECA is configured with.
     pub fn callback_url(&self) -> String {
-        self.settings.callback_url()
+        self.settings.callback_url.clone()
     }
 
     /// Readiness: the database answers and every migration is applied.

@@ -15,6 +15,7 @@ use super::{ConfigError, Settings};
 const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("env", Some("development"), false),
     ("listen", Some("127.0.0.1:8080"), false),
+    ("internal_listen", None, false),
     ("public_url", None, false),
     ("database_url", Some("sqlite://data/valo-oauth.db"), true),
     ("migrate_on_start", Some("true"), false),
@@ -58,6 +59,13 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("token_cache_revalidate_secs", Some("30"), false),
     ("token_cache_capacity", Some("100000"), false),
     ("shutdown_grace_secs", Some("20"), false),
+    ("header_read_timeout_secs", Some("10"), false),
+    ("idle_timeout_secs", Some("30"), false),
+    ("request_timeout_secs", Some("20"), false),
+    ("max_concurrent_requests", Some("1024"), false),
+    ("callback_rate_limit_per_minute", Some("60"), false),
+    ("callback_rate_limit_burst", Some("20"), false),
+    ("trust_forwarded_for", Some("false"), false),
 ];
 
 /// Where a raw value came from, to name it in errors.
@@ -83,6 +91,19 @@ pub fn env_var_name(key: &str) -> String {
     } else {
         format!("VALO_OAUTH_{}", key.to_ascii_uppercase())
     }
+}
+
+/// Every environment variable the service reads (`…_FILE` for secrets, and
+/// `VALO_OAUTH_CONFIG`), for operators and for checking deployment files against.
+pub fn environment_names() -> Vec<String> {
+    let mut names = vec!["VALO_OAUTH_CONFIG".to_owned()];
+    for (key, _, secret) in SETTINGS {
+        names.push(env_var_name(key));
+        if *secret {
+            names.push(format!("{}_FILE", env_var_name(key)));
+        }
+    }
+    names
 }
 
 /// The raw settings after layering, each with its origin.

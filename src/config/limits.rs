@@ -1,4 +1,6 @@
-//! The limits section: request body size, pending-authorization lifetime and shutdown grace.
+//! The limits section: request body size, pending-authorization lifetime, shutdown grace,
+//! and the protective limits of both listeners (timeouts, concurrency, the callback's
+//! per-IP rate).
 
 use std::time::Duration;
 
@@ -10,6 +12,26 @@ pub(super) struct Limits {
     pub(super) authorization_ttl: Duration,
     /// How long in-flight refreshes get to finish and commit after SIGTERM.
     pub(super) shutdown_grace: Duration,
+    pub(super) protection: Protection,
+}
+
+/// What protects each listener from slow, idle, too many or too eager clients.
+#[derive(Clone, Debug)]
+pub struct Protection {
+    /// A request head not complete within this closes the connection.
+    pub header_read_timeout: Duration,
+    /// A connection with no byte arriving for this long is closed.
+    pub idle_timeout: Duration,
+    /// A request not answered within this gets 503 `service_unavailable`.
+    pub request_timeout: Duration,
+    /// Requests in progress per listener; beyond it, 503 with `Retry-After` at once.
+    pub max_concurrent_requests: usize,
+    /// Callback requests per minute and client IP (0: no limit), with this burst.
+    pub callback_rate_per_minute: u32,
+    pub callback_burst: u32,
+    /// Key the callback's rate limit by `X-Forwarded-For` / `X-Real-IP` / `Forwarded`
+    /// (behind a proxy that sets them) instead of the peer address.
+    pub trust_forwarded_for: bool,
 }
 
 /// `body_limit_bytes`, `authorization_ttl_secs` and `shutdown_grace_secs`.
@@ -18,5 +40,31 @@ pub(super) fn resolve(l: &Layers) -> Result<Limits, ConfigError> {
         body_limit_bytes: l.positive("body_limit_bytes", "a number of bytes")?,
         authorization_ttl: l.secs("authorization_ttl_secs")?,
         shutdown_grace: l.secs("shutdown_grace_secs")?,
+        protection: protection(l)?,
     })
+}
+
+fn protection(l: &Layers) -> Result<Protection, ConfigError> {
+    let seconds = |key: &str| -> Result<Duration, ConfigError> {
+        Ok(Duration::from_secs(
+            l.positive(key, "a whole number of seconds")?,
+        ))
+    };
+    let p = Protection {
+        header_read_timeout: seconds("header_read_timeout_secs")?,
+        idle_timeout: seconds("idle_timeout_secs")?,
+        request_timeout: seconds("request_timeout_secs")?,
+        max_concurrent_requests: l.positive("max_concurrent_requests", "a whole number")?,
+        callback_rate_per_minute: l.parse("callback_rate_limit_per_minute", "a whole number")?,
+        callback_burst: l.positive("callback_rate_limit_burst", "a whole number")?,
+        trust_forwarded_for: l.parse("trust_forwarded_for", "true or false")?,
+    };
+    // The idle timeout must not cut a request still being answered.
+    if p.idle_timeout <= p.request_timeout {
+        return Err(l.err(
+            "idle_timeout_secs",
+            format!("must be more than {}", l.name("request_timeout_secs")),
+        ));
+    }
+    Ok(p)
 }

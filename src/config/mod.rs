@@ -40,7 +40,8 @@ use url::Url;
 
 pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
 use self::layers::Layers;
-pub use self::layers::{EnvMap, env_var_name, load};
+pub use self::layers::{EnvMap, env_var_name, environment_names, load};
+pub use self::limits::Protection;
 pub use self::logging::LogFormat;
 pub use self::salesforce::SalesforceSettings;
 pub use self::tokens::TokenSettings;
@@ -61,7 +62,11 @@ pub enum Environment {
 #[derive(Clone)]
 pub struct Settings {
     pub env: Environment,
+    /// The public listener: the callback, its pages and `/healthz` (and everything else
+    /// when `internal_listen` is unset).
     pub listen: SocketAddr,
+    /// The internal listener: the API, `/metrics`, `/openapi.json`, `/readyz`, `/healthz`.
+    pub internal_listen: Option<SocketAddr>,
     /// Public base URL, no trailing slash.
     pub public_url: Url,
     pub database_url: SecretString,
@@ -86,6 +91,7 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
+    pub protection: Protection,
     pub warnings: Vec<String>,
 }
 
@@ -94,6 +100,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("env", &self.env)
             .field("listen", &self.listen)
+            .field("internal_listen", &self.internal_listen)
             .field("public_url", &self.public_url.as_str())
             .field("database_url", &"[redacted]")
             .field("keyring", &self.keyring)
@@ -143,9 +150,19 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     let tokens = tokens::resolve(l, &salesforce)?;
     let pool = database::pool(l, production, &mut warnings)?;
     let limits = limits::resolve(l)?;
+    if limits.protection.request_timeout <= tokens.refresh_wait {
+        warnings.push(format!(
+            "{} ({} s) is not more than {} ({} ms): a caller waiting for a refresh gets the request timeout's 503 first",
+            l.name("request_timeout_secs"),
+            limits.protection.request_timeout.as_secs(),
+            l.name("refresh_wait_ms"),
+            tokens.refresh_wait.as_millis()
+        ));
+    }
     Ok(Settings {
         env: server.env,
         listen: server.listen,
+        internal_listen: server.internal_listen,
         public_url: server.public_url,
         database_url,
         migrate_on_start: pool.migrate_on_start,
@@ -164,6 +181,7 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         authorization_ttl: limits.authorization_ttl,
         tokens,
         shutdown_grace: limits.shutdown_grace,
+        protection: limits.protection,
         warnings,
     })
 }

@@ -1,4 +1,4 @@
-//! The server section: environment, listen address, public URL and data folder.
+//! The server section: environment, listen addresses, public URL and data folder.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +12,8 @@ use super::{ConfigError, Environment};
 pub(super) struct Server {
     pub(super) env: Environment,
     pub(super) listen: SocketAddr,
+    /// The internal API's own listener; None: `listen` serves everything.
+    pub(super) internal_listen: Option<SocketAddr>,
     /// Public base URL, no trailing slash.
     pub(super) public_url: Url,
     pub(super) data_dir: PathBuf,
@@ -28,11 +30,26 @@ impl Server {
 pub(super) fn resolve(l: &Layers) -> Result<Server, ConfigError> {
     let env = environment(l)?;
     let listen: SocketAddr = l.parse("listen", "a socket address like 127.0.0.1:8080")?;
+    let internal_listen = match l.get("internal_listen").map(str::trim) {
+        None | Some("") => None,
+        Some(_) => {
+            let internal: SocketAddr =
+                l.parse("internal_listen", "a socket address like 0.0.0.0:8081")?;
+            if internal == listen && listen.port() != 0 {
+                return Err(l.err(
+                    "internal_listen",
+                    format!("must differ from {}", l.name("listen")),
+                ));
+            }
+            Some(internal)
+        }
+    };
     let data_dir = PathBuf::from(l.get("data_dir").unwrap_or("data"));
     let public_url = public_url(l, env == Environment::Production, listen)?;
     Ok(Server {
         env,
         listen,
+        internal_listen,
         public_url,
         data_dir,
     })

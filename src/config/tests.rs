@@ -155,3 +155,22 @@ fn layers_file_then_env_and_secret_files() {
     let err = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap_err();
     assert!(err.problem.contains("unknown setting \"lisen\""), "{err}");
 }
+
+#[test]
+fn the_internal_listener_is_optional_and_checked() {
+    let one = load_env(&[]).unwrap();
+    assert_eq!(one.internal_listen, None, "one listener by default");
+    let two = load_env(&[("VALO_OAUTH_INTERNAL_LISTEN", "127.0.0.1:8081")]).unwrap();
+    assert_eq!(two.internal_listen.unwrap().to_string(), "127.0.0.1:8081");
+    let same = load_env(&[("VALO_OAUTH_INTERNAL_LISTEN", "127.0.0.1:8080")]).unwrap_err();
+    assert!(
+        same.to_string().contains("VALO_OAUTH_INTERNAL_LISTEN")
+            && same.to_string().contains("VALO_OAUTH_LISTEN"),
+        "{same}"
+    );
+    let bad = load_env(&[("VALO_OAUTH_INTERNAL_LISTEN", "8081")]).unwrap_err();
+    assert!(
+        bad.to_string().contains("VALO_OAUTH_INTERNAL_LISTEN"),
+        "{bad}"
+    );
+}

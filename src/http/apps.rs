@@ -1,5 +1,6 @@
 //! `/v1/tenants/{tenant}/salesforce-app`: a tenant's External Client App credentials.
 //! Write-only secrets: responses carry metadata and a masked key hint, never the secret.
+//! A PUT checks the credentials at the login host first unless `?verify=false`.
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{JsonBody, Target, force_flag, rfc3339};
+use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::apps::{AppMetadata, AppRegistration};
 
@@ -44,10 +46,31 @@ struct AppView {
     status_reason: Option<String>,
     created_at: String,
     updated_at: String,
+    /// PUT only: whether Salesforce accepted the credentials before they were stored
+    /// (`false` after `?verify=false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credentials_verified: Option<bool>,
+}
+
+/// `?verify=false` skips the credential check; absent or `true` keeps it. Anything else is
+/// a mistake worth a 400 rather than a silent default.
+fn verify_flag(query: Option<&str>) -> Result<bool, Problem> {
+    let mut verify = true;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if name == "verify" {
+            verify = match value.as_ref() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(Problem::invalid_request("verify must be true or false")),
+            };
+        }
+    }
+    Ok(verify)
 }
 
 fn view(state: &AppState, m: AppMetadata) -> AppView {
     AppView {
+        credentials_verified: None,
         tenant_id: m.tenant_id,
         login_url: m.login_url,
         consumer_key_hint: m.consumer_key_hint,
@@ -63,9 +86,11 @@ async fn put_app(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     target: Target,
+    RawQuery(query): RawQuery,
     JsonBody(body): JsonBody<PutApp>,
 ) -> ApiResult {
     caller.require(SCOPE, &target.tenant)?;
+    let verify = verify_flag(query.as_deref())?;
     let (metadata, created) = state
         .broker
         .put_app(
@@ -75,6 +100,7 @@ async fn put_app(
                 consumer_secret: body.consumer_secret,
                 login_url: body.login_url,
             },
+            verify,
         )
         .await?;
     let status = if created {
@@ -82,7 +108,9 @@ async fn put_app(
     } else {
         StatusCode::OK
     };
-    Ok(no_store_json(status, view(&state, metadata)))
+    let mut view = view(&state, metadata);
+    view.credentials_verified = Some(verify);
+    Ok(no_store_json(status, view))
 }
 
 async fn get_app(

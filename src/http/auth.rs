@@ -79,12 +79,7 @@ pub struct Caller {
 impl Caller {
     /// 403 unless the token grants `scope` and, if confined to a tenant, this tenant.
     pub fn require(&self, scope: Scope, tenant: &TenantId) -> Result<(), Problem> {
-        let scope = scope.as_str();
-        if !self.scopes.iter().any(|s| s == scope) {
-            return Err(Problem::forbidden(format!(
-                "the token lacks the scope {scope}"
-            )));
-        }
+        self.require_scope(scope)?;
         if let Some(own) = &self.tenant
             && own != tenant.as_str()
         {
@@ -93,6 +88,19 @@ impl Caller {
             ));
         }
         Ok(())
+    }
+
+    /// 403 unless the token grants `scope`; for resources that belong to no tenant (a
+    /// tenant-confined token may read them too).
+    pub fn require_scope(&self, scope: Scope) -> Result<(), Problem> {
+        let scope = scope.as_str();
+        if self.scopes.iter().any(|s| s == scope) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "the token lacks the scope {scope}"
+            )))
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, Target, rfc3339};
 use super::{ApiResult, AppState, no_store_json};
+use crate::broker::flow::StartedAuthorization;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/tenants/{tenant}/authorizations", post(start))
@@ -35,7 +36,7 @@ async fn start(
     OptionalJsonBody(body): OptionalJsonBody<StartBody>,
 ) -> ApiResult {
     caller.require(Scope::ConnectionsWrite, &target.tenant)?;
-    let started = state
+    let started_flow = state
         .broker
         .start_authorization(
             &target.tenant,
@@ -43,11 +44,16 @@ async fn start(
             body.login_hint.as_deref(),
         )
         .await?;
-    Ok(no_store_json(
+    Ok(started(started_flow))
+}
+
+/// The 201 answer of a started flow (also a reconnect's).
+pub(super) fn started(flow: StartedAuthorization) -> axum::response::Response {
+    no_store_json(
         StatusCode::CREATED,
         Started {
-            authorization_url: started.authorization_url.to_string(),
-            expires_at: rfc3339(started.expires_at),
+            authorization_url: flow.authorization_url.to_string(),
+            expires_at: rfc3339(flow.expires_at),
         },
-    ))
+    )
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use secrecy::SecretString;
@@ -25,12 +25,20 @@ pub fn router() -> Router<AppState> {
 
 async fn callback(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
+    // Set by the request-id layer before any handler runs; shown on the pages as the
+    // support reference.
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     // Query decodes percent-encoding exactly once: Salesforce's codes end in "%3D%3D".
     let Ok(Query(mut query)) = query else {
         crate::metrics::CALLBACK_INVALID_STATE.inc();
-        return pages::invalid_state(StateProblem::Malformed);
+        return pages::invalid_state(StateProblem::Malformed, &request_id);
     };
     let params = CallbackParams {
         state: query.remove("state"),
@@ -43,7 +51,7 @@ async fn callback(
         Err(problem) => {
             tracing::warn!(problem = ?problem, "callback with an unusable state");
             crate::metrics::CALLBACK_INVALID_STATE.inc();
-            return pages::invalid_state(problem);
+            return pages::invalid_state(problem, &request_id);
         }
     };
     match &outcome.result {
@@ -75,18 +83,18 @@ async fn callback(
                     }
                 }
             }
-            redirect(&url)
+            redirect(&url, &request_id)
         }
         None => match &outcome.result {
-            Ok(id) => pages::connected(*id),
-            Err(e) => pages::flow_failed(e),
+            Ok(id) => pages::connected(*id, &request_id),
+            Err(e) => pages::flow_failed(e, &state.broker.callback_url(), &request_id),
         },
     }
 }
 
-fn redirect(url: &Url) -> Response {
+fn redirect(url: &Url, request_id: &str) -> Response {
     let Ok(location) = HeaderValue::from_str(url.as_str()) else {
-        return pages::internal_error();
+        return pages::internal_error(request_id);
     };
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();

@@ -31,6 +31,33 @@ pub fn router() -> Router<AppState> {
             "/v1/tenants/{tenant}/connections/{id}/access-token",
             post(access_token),
         )
+        .route(
+            "/v1/tenants/{tenant}/connections/{id}/reauthorize",
+            post(reauthorize),
+        )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReauthorizeBody {
+    return_to: Option<String>,
+}
+
+/// `POST …/connections/{id}/reauthorize`: a flow that renews this connection, with its
+/// Salesforce username as `login_hint`; answered like `POST …/authorizations`.
+async fn reauthorize(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    target: Target,
+    OptionalJsonBody(body): OptionalJsonBody<ReauthorizeBody>,
+) -> ApiResult {
+    caller.require(Scope::ConnectionsWrite, &target.tenant)?;
+    let id = target.connection_id()?;
+    let started = state
+        .broker
+        .start_reauthorization(&target.tenant, id, body.return_to.as_deref())
+        .await?;
+    Ok(super::authorizations::started(started))
 }
 
 /// A connection as the API shows it: no token material.
@@ -40,6 +67,8 @@ struct ConnectionView {
     tenant_id: String,
     org_id: String,
     user_id: String,
+    /// The Salesforce username, when introspection told it (null otherwise).
+    username: Option<String>,
     login_url: String,
     instance_url: String,
     status: &'static str,
@@ -60,6 +89,7 @@ impl From<Connection> for ConnectionView {
             tenant_id: c.tenant_id,
             org_id: c.org_id,
             user_id: c.user_id,
+            username: c.username,
             login_url: c.login_url,
             instance_url: c.instance_url,
             status: c.status.as_str(),

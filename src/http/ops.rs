@@ -14,9 +14,15 @@ use super::problem::Problem;
 /// The OpenAPI 3.1 description of the API, kept beside the code it describes.
 const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
+/// `/healthz`, served on every listener (a load balancer's probe and the container's
+/// health check each reach one).
+pub fn health_router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz))
+}
+
+/// What operators and the Valo backend read: readiness, metrics, the API contract.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))

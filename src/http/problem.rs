@@ -24,6 +24,8 @@ pub enum ProblemCode {
     AppCredentialsInvalid,
     PayloadTooLarge,
     UnsupportedMediaType,
+    InvalidCredentials,
+    RateLimited,
     UpstreamError,
     UpstreamUnavailable,
     ServiceUnavailable,
@@ -31,7 +33,7 @@ pub enum ProblemCode {
 }
 
 impl ProblemCode {
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 15] = [
         Self::InvalidRequest,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -41,6 +43,8 @@ impl ProblemCode {
         Self::AppCredentialsInvalid,
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
+        Self::InvalidCredentials,
+        Self::RateLimited,
         Self::UpstreamError,
         Self::UpstreamUnavailable,
         Self::ServiceUnavailable,
@@ -58,6 +62,8 @@ impl ProblemCode {
             Self::AppCredentialsInvalid => "app_credentials_invalid",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::RateLimited => "rate_limited",
             Self::UpstreamError => "upstream_error",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::ServiceUnavailable => "service_unavailable",
@@ -75,6 +81,8 @@ impl ProblemCode {
             Self::NeedsReauthorization | Self::AppCredentialsInvalid => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidCredentials => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
             Self::UpstreamUnavailable | Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,6 +100,8 @@ impl ProblemCode {
             Self::AppCredentialsInvalid => "The tenant's app credentials were refused",
             Self::PayloadTooLarge => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
+            Self::InvalidCredentials => "Salesforce refused the consumer key or secret",
+            Self::RateLimited => "Too many requests",
             Self::UpstreamError => "Salesforce error",
             Self::UpstreamUnavailable => "Salesforce is unavailable",
             Self::ServiceUnavailable => "Service unavailable",
@@ -107,6 +117,9 @@ pub struct Problem {
     code: &'static str,
     title: &'static str,
     detail: Option<String>,
+    /// The request field the problem is about (`invalid_credentials`: `consumer_key` or
+    /// `consumer_secret`), an RFC 9457 §3.2 extension member.
+    field: Option<&'static str>,
     retry_after: Option<Duration>,
     www_authenticate: Option<&'static str>,
 }
@@ -120,6 +133,8 @@ struct Body<'a> {
     code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl Problem {
@@ -129,6 +144,7 @@ impl Problem {
             code: code.as_str(),
             title: code.title(),
             detail: None,
+            field: None,
             retry_after: None,
             www_authenticate: None,
         }
@@ -184,6 +200,21 @@ impl Problem {
         p
     }
 
+    /// Our own limits answered for us (request timeout, load shedding): retry shortly.
+    pub fn busy(detail: impl Into<String>) -> Self {
+        let mut p = Self::new(ProblemCode::ServiceUnavailable).with_detail(detail);
+        p.retry_after = Some(Duration::from_secs(1));
+        p
+    }
+
+    /// Too many requests from one client (the callback's per-IP limit).
+    pub fn rate_limited(retry_after: Duration) -> Self {
+        let mut p = Self::new(ProblemCode::RateLimited)
+            .with_detail("too many requests from this address; retry later");
+        p.retry_after = Some(retry_after.max(Duration::from_secs(1)));
+        p
+    }
+
     pub fn internal() -> Self {
         Self::new(ProblemCode::InternalError)
     }
@@ -208,6 +239,11 @@ impl From<BrokerError> for Problem {
                  intact: PUT the External Client App's correct credentials and it serves \
                  again with no reauthorization ({reason})"
             )),
+            BrokerError::InvalidCredentials { field, detail } => {
+                let mut p = Self::new(ProblemCode::InvalidCredentials).with_detail(detail);
+                p.field = Some(field.as_str());
+                p
+            }
             BrokerError::Upstream(reason) => {
                 tracing::warn!(error = %reason, "salesforce error");
                 Self::new(ProblemCode::UpstreamError)
@@ -249,6 +285,7 @@ impl IntoResponse for Problem {
             status: self.status.as_u16(),
             code: self.code,
             detail: self.detail.as_deref(),
+            field: self.field,
         };
         let mut response = (self.status, Json(body)).into_response();
         let headers = response.headers_mut();

@@ -5,6 +5,11 @@
 //! case-insensitive 18-character form whose last three characters encode the case of the
 //! first fifteen (Salesforce Help "What are Salesforce IDs composed of?"). We always store
 //! the 18-character form so that both spellings of one id compare equal.
+//!
+//! Salesforce's own 18-character ids always carry a valid suffix. One that does not (a peer
+//! speaking Salesforce's protocol, a future id format) is kept exactly as sent, with a
+//! warning: refusing a working token response over a cosmetic checksum would fail the whole
+//! connection for nothing.
 
 use url::Url;
 
@@ -15,8 +20,8 @@ const SUFFIX_ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ012345";
 
 /// Parses the `id` URL `https://host/id/{orgId}/{userId}`: the last two path segments, each
 /// 15 or 18 alphanumeric chars, org id starting "00D", user id starting "005"; 15-char ids
-/// are converted to their 18-char form (Salesforce's case-safe checksum suffix).
-/// Returns (org_id, user_id).
+/// are converted to their 18-char form (Salesforce's case-safe checksum suffix); 18-char ids
+/// whose suffix does not verify are kept as sent (with a warning). Returns (org_id, user_id).
 pub fn parse_identity_url(id: &str) -> Result<(String, String), SalesforceError> {
     let invalid = |why: &str| SalesforceError::InvalidResponse(format!("identity URL {why}"));
     let url = Url::parse(id).map_err(|_| invalid("is not a URL"))?;
@@ -35,8 +40,9 @@ pub fn parse_identity_url(id: &str) -> Result<(String, String), SalesforceError>
     Ok((org, user))
 }
 
-/// Checks prefix and length and returns the 18-character form (verifying the checksum of an
-/// 18-character id).
+/// Checks prefix and length and returns the 18-character form. An 18-character id whose
+/// checksum suffix does not match its first fifteen characters is returned as sent, with a
+/// warning (see the module docs for why it is not refused).
 fn normalise_id(id: &str, prefix: &str) -> Option<String> {
     if !id.starts_with(prefix) || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return None;
@@ -45,9 +51,17 @@ fn normalise_id(id: &str, prefix: &str) -> Option<String> {
         15 => to_18_char_id(id),
         18 => {
             let expected = to_18_char_id(&id[..15])?;
-            expected[15..]
-                .eq_ignore_ascii_case(&id[15..])
-                .then_some(expected)
+            if expected[15..].eq_ignore_ascii_case(&id[15..]) {
+                Some(expected)
+            } else {
+                // Ids are not secret (they appear in every identity URL and API path).
+                tracing::warn!(
+                    id,
+                    expected_suffix = &expected[15..],
+                    "Salesforce id with a case-checksum suffix that does not verify; kept as sent"
+                );
+                Some(id.to_owned())
+            }
         }
         _ => None,
     }
@@ -157,6 +171,23 @@ mod tests {
     }
 
     #[test]
+    fn ids_with_a_wrong_checksum_are_kept_as_sent() {
+        let (org, user) = parse_identity_url(
+            "https://login.salesforce.com/id/00D000000000000EAB/005D0000001az5dAAA",
+        )
+        .unwrap();
+        assert_eq!(org, "00D000000000000EAB");
+        assert_eq!(user, "005D0000001az5dAAA");
+        // 15-character ids are still normalised next to a kept 18-character one.
+        let (org, user) = parse_identity_url(
+            "https://login.salesforce.com/id/00D000000000000/005D0000001az5dzzz",
+        )
+        .unwrap();
+        assert_eq!(org, "00D000000000000EAA");
+        assert_eq!(user, "005D0000001az5dzzz");
+    }
+
+    #[test]
     fn bad_identity_urls() {
         for bad in [
             "not a url",
@@ -165,7 +196,6 @@ mod tests {
             "https://login.salesforce.com/id/00D000000000000/003D0000001az5d", // not 005
             "https://login.salesforce.com/id/00D00000000000/005D0000001az5d",  // 14 chars
             "https://login.salesforce.com/id/00D000000000000/005D0000001az5dIA", // 17 chars
-            "https://login.salesforce.com/id/00D000000000000/005D0000001az5dAAA", // bad checksum
             "https://login.salesforce.com/id/00D000000000000/005D0000001az5%21", // not alnum
             "https://login.salesforce.com/005D0000001az5d",
             "ftp://login.salesforce.com/id/00D000000000000/005D0000001az5d",

@@ -17,7 +17,8 @@ mod identity;
 mod signature;
 
 pub use client::{
-    AppCredentials, AuthorizeRequest, ClientSettings, RefreshAnswer, SalesforceClient, TokenGrant,
+    AppCredentials, AuthorizeRequest, ClientSettings, CredentialCheck, Introspection,
+    RefreshAnswer, SalesforceClient, TokenGrant,
 };
 pub use error::{ErrorClass, SalesforceError};
 pub use hosts::{HostPolicy, UrlField, UrlPolicyError};

@@ -23,7 +23,16 @@ pub trait Backend: sqlx::Database {
 
     fn id_param(id: Uuid) -> Self::Id;
 
+    /// How an id that may be absent is bound (sqlx implements `Encode` for `Option` per
+    /// database, so the generic store cannot bind `Option<Self::Id>` itself).
+    type OptionalId: for<'q> sqlx::Encode<'q, Self> + sqlx::Type<Self> + Send + Sync;
+
+    fn optional_id_param(id: Option<Uuid>) -> Self::OptionalId;
+
     fn read_id(row: &Self::Row, column: &str) -> Result<Uuid, sqlx::Error>;
+
+    /// An id column that may be NULL.
+    fn read_optional_id(row: &Self::Row, column: &str) -> Result<Option<Uuid>, sqlx::Error>;
 
     /// How many rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;

@@ -17,6 +17,7 @@
 
 mod backend;
 mod postgres;
+mod sealed;
 mod sql;
 mod sql_store;
 mod sqlite;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use backend::Backend;
+pub use sealed::{RowKey, SealedField, SealedValue};
 pub use sql_store::SqlStore;
 
 /// Runs the same call on whichever backend this store is.
@@ -101,6 +103,8 @@ pub struct AuthorizationSession {
     pub created_at: Millis,
     pub expires_at: Millis,
     pub consumed_at: Option<Millis>,
+    /// The connection this flow re-authorizes (a reconnect), if any.
+    pub connection_id: Option<Uuid>,
 }
 
 /// What consuming a state found. Consumption is atomic: of two concurrent callers with the
@@ -177,6 +181,8 @@ pub struct ConnectionRecord {
     pub lease_id: Option<String>,
     /// When that lease ends, in the database's clock.
     pub lease_expires_at: Option<Millis>,
+    /// The Salesforce username of the connection's user (from introspection), when known.
+    pub username: Option<String>,
 }
 
 /// The token material and metadata of a freshly authorized connection.
@@ -189,6 +195,9 @@ pub struct AuthorizedConnection {
     pub issued_at: Millis,
     pub access_expires_at: Millis,
     pub expiry_assumed: bool,
+    /// The user's Salesforce username, when introspection told it (`None` keeps the one
+    /// stored before).
+    pub username: Option<String>,
 }
 
 /// A connection for [`Store::insert_connections`]: its id is chosen by the caller, who has
@@ -442,6 +451,33 @@ impl Store {
         before: Millis,
     ) -> Result<u64, StoreError> {
         dispatch!(self, s => s.delete_expired_authorization_sessions(before).await)
+    }
+
+    // --- sealed values (key rotation) ------------------------------------------------------
+
+    /// Up to `limit` values of `field` in rows after `after` (from the first row when
+    /// `None`), in key order, skipping those that start with `skip_prefix` (the values
+    /// already sealed under the primary key).
+    pub async fn sealed_page(
+        &self,
+        field: SealedField,
+        after: Option<&RowKey>,
+        skip_prefix: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SealedValue>, StoreError> {
+        dispatch!(self, s => s.sealed_page(field, after, skip_prefix, limit).await)
+    }
+
+    /// Replaces a sealed value if it is still `old` (a refresh or a re-registration may
+    /// have written a new one meanwhile). Returns whether it was replaced.
+    pub async fn replace_sealed(
+        &self,
+        field: SealedField,
+        key: &RowKey,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.replace_sealed(field, key, old, new).await)
     }
 
     // --- connections ---------------------------------------------------------------------

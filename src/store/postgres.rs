@@ -27,6 +27,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refresh lease",
         include_str!("../../migrations/postgres/0002_refresh_lease.sql"),
     ),
+    (
+        3,
+        "salesforce username",
+        include_str!("../../migrations/postgres/0003_salesforce_username.sql"),
+    ),
 ];
 
 /// SQLSTATE `lock_not_available`: a `lock_timeout` ran out.
@@ -49,7 +54,17 @@ impl Backend for Postgres {
         id
     }
 
+    type OptionalId = Option<Uuid>;
+
+    fn optional_id_param(id: Option<Uuid>) -> Option<Uuid> {
+        id
+    }
+
     fn read_id(row: &PgRow, column: &str) -> Result<Uuid, sqlx::Error> {
+        row.try_get(column)
+    }
+
+    fn read_optional_id(row: &PgRow, column: &str) -> Result<Option<Uuid>, sqlx::Error> {
         row.try_get(column)
     }
 

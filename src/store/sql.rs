@@ -18,7 +18,7 @@ macro_rules! connection_columns {
         "id, tenant_id, org_id, user_id, login_url, instance_url, scopes, access_token_enc, \
          refresh_token_enc, issued_at, access_expires_at, expiry_assumed, status, last_error, \
          failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version, \
-         lease_id, lease_expires_at"
+         lease_id, lease_expires_at, username"
     };
 }
 
@@ -32,7 +32,7 @@ macro_rules! tenant_app_columns {
 macro_rules! session_columns {
     () => {
         "state_hash, id, tenant_id, pkce_verifier_enc, return_to, created_at, expires_at, \
-         consumed_at"
+         consumed_at, connection_id"
     };
 }
 
@@ -81,7 +81,7 @@ pub(super) const DELETE_TENANT_APP: &str = "DELETE FROM tenant_apps WHERE tenant
 pub(super) const INSERT_SESSION: &str = concat!(
     "INSERT INTO authorization_sessions (",
     session_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 );
 
 /// Single use: of concurrent callers, only the first finds `consumed_at IS NULL` (the row is
@@ -97,6 +97,56 @@ pub(super) const SELECT_SESSION_CONSUMED_AT: &str =
 
 pub(super) const DELETE_EXPIRED_SESSIONS: &str =
     "DELETE FROM authorization_sessions WHERE expires_at < $1";
+
+// --- sealed values (key rotation) ----------------------------------------------------------
+
+/// The page and compare-and-set statements of one sealed column, keyed by `$key`. The page
+/// reads rows after `$1` whose value does not start with the `$2`-character prefix `$3`
+/// (`$2 = 0`: every row), in key order, at most `$4`.
+macro_rules! sealed_sql {
+    ($table:literal, $key:literal, $column:literal) => {
+        (
+            concat!(
+                "SELECT ",
+                $key,
+                " AS row_key, ",
+                $column,
+                " AS sealed FROM ",
+                $table,
+                " WHERE ",
+                $key,
+                " > $1 AND ($2 = 0 OR substr(",
+                $column,
+                ", 1, CAST($2 AS INTEGER)) <> $3) ORDER BY ",
+                $key,
+                " LIMIT $4"
+            ),
+            concat!(
+                "UPDATE ",
+                $table,
+                " SET ",
+                $column,
+                " = $3 WHERE ",
+                $key,
+                " = $1 AND ",
+                $column,
+                " = $2"
+            ),
+        )
+    };
+}
+
+/// (page, compare-and-set) for each [`super::SealedField`].
+pub(super) const SEALED_APP_CONSUMER_KEY: (&str, &str) =
+    sealed_sql!("tenant_apps", "tenant_id", "consumer_key_enc");
+pub(super) const SEALED_APP_CONSUMER_SECRET: (&str, &str) =
+    sealed_sql!("tenant_apps", "tenant_id", "consumer_secret_enc");
+pub(super) const SEALED_CONNECTION_ACCESS_TOKEN: (&str, &str) =
+    sealed_sql!("connections", "id", "access_token_enc");
+pub(super) const SEALED_CONNECTION_REFRESH_TOKEN: (&str, &str) =
+    sealed_sql!("connections", "id", "refresh_token_enc");
+pub(super) const SEALED_SESSION_PKCE_VERIFIER: (&str, &str) =
+    sealed_sql!("authorization_sessions", "id", "pkce_verifier_enc");
 
 // --- connections ---------------------------------------------------------------------------
 
@@ -117,39 +167,42 @@ pub(super) const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str = concat!(
 pub(super) const INSERT_AUTHORIZED_CONNECTION: &str = concat!(
     "INSERT INTO connections (id, tenant_id, org_id, user_id, login_url, instance_url, scopes, \
      access_token_enc, refresh_token_enc, issued_at, access_expires_at, expiry_assumed, status, \
-     failure_count, version, created_at, updated_at, last_refreshed_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', 0, 1, $13, $13, $13) \
+     failure_count, version, created_at, updated_at, last_refreshed_at, username) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'active', 0, 1, $13, $13, $13, \
+     $14) \
      RETURNING ",
     connection_columns!()
 );
 
 /// A re-authorization: new tokens, failure state cleared, `created_at` kept. A refresh
 /// lease in flight is cleared: its holder presented the replaced family's token, and its
-/// compare-and-set commit must not overwrite the new tokens.
+/// compare-and-set commit must not overwrite the new tokens. A username the new
+/// authorization did not learn keeps the one known before.
 pub(super) const UPDATE_AUTHORIZED_CONNECTION: &str = concat!(
     "UPDATE connections SET login_url = $2, instance_url = $3, scopes = $4, \
      access_token_enc = $5, refresh_token_enc = $6, issued_at = $7, access_expires_at = $8, \
      expiry_assumed = $9, status = 'active', last_error = NULL, failure_count = 0, \
      next_attempt_at = NULL, updated_at = $10, last_refreshed_at = $10, version = version + 1, \
-     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL \
+     lease_id = NULL, lease_holder = NULL, lease_expires_at = NULL, \
+     username = COALESCE($11, username) \
      WHERE id = $1 RETURNING ",
     connection_columns!()
 );
 
-/// How many rows one statement of a bulk insert carries: at 13 parameters a row, 500 rows
+/// How many rows one statement of a bulk insert carries: at 14 parameters a row, 500 rows
 /// stay well under SQLite's 32,766 and Postgres' 65,535 bound parameters per statement.
 pub(super) const INSERT_CONNECTIONS_BATCH: usize = 500;
 
 /// A bulk insert of `rows` new connections: the columns of [`INSERT_AUTHORIZED_CONNECTION`],
-/// 13 parameters a row (`created_at` also stands for `updated_at` and `last_refreshed_at`).
+/// 14 parameters a row (`created_at` also stands for `updated_at` and `last_refreshed_at`).
 /// The text is made of constants and numbers only.
 pub(super) fn insert_connections_sql(rows: usize) -> String {
-    const PER_ROW: usize = 13;
+    const PER_ROW: usize = 14;
     let mut sql = String::from(
         "INSERT INTO connections (id, tenant_id, org_id, user_id, login_url, instance_url, \
          scopes, access_token_enc, refresh_token_enc, issued_at, access_expires_at, \
          expiry_assumed, status, failure_count, version, created_at, updated_at, \
-         last_refreshed_at) VALUES ",
+         last_refreshed_at, username) VALUES ",
     );
     for row in 0..rows {
         let p = |column: usize| row * PER_ROW + column;
@@ -160,8 +213,10 @@ pub(super) fn insert_connections_sql(rows: usize) -> String {
         for column in 1..=12 {
             sql.push_str(&format!("${}, ", p(column)));
         }
-        let at = p(13);
-        sql.push_str(&format!("'active', 0, 1, ${at}, ${at}, ${at})"));
+        let (at, username) = (p(13), p(14));
+        sql.push_str(&format!(
+            "'active', 0, 1, ${at}, ${at}, ${at}, ${username})"
+        ));
     }
     sql
 }

@@ -14,9 +14,25 @@ use super::backend::Backend;
 use super::sql;
 use super::{
     AppStatus, AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus,
-    ConsumeOutcome, Millis, NewConnection, RefreshFailure, RefreshedTokens, SavedConnection,
-    StoreError, StoreOptions, TenantAppRecord,
+    ConsumeOutcome, Millis, NewConnection, RefreshFailure, RefreshedTokens, RowKey,
+    SavedConnection, SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
 };
+
+/// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
+/// in a transaction of its own (see the module's documentation).
+macro_rules! run_statement {
+    ($store:ident, $query:ident . $method:ident) => {{
+        let map = sql::map_err::<DB>;
+        if $store.transaction_pooler {
+            let mut tx = $store.pool.begin().await.map_err(map)?;
+            let out = $query.$method(&mut *tx).await.map_err(map)?;
+            tx.commit().await.map_err(map)?;
+            Ok(out)
+        } else {
+            $query.$method(&$store.pool).await.map_err(map)
+        }
+    }};
+}
 
 /// The store over one database.
 pub struct SqlStore<DB: Database> {
@@ -70,53 +86,17 @@ where
     }
 
     async fn fetch_optional(&self, query: Q<DB>) -> Result<Option<DB::Row>, StoreError> {
-        if self.transaction_pooler {
-            let mut tx = self.pool.begin().await.map_err(sql::map_err::<DB>)?;
-            let row = query
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(sql::map_err::<DB>)?;
-            tx.commit().await.map_err(sql::map_err::<DB>)?;
-            Ok(row)
-        } else {
-            query
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(sql::map_err::<DB>)
-        }
+        run_statement!(self, query.fetch_optional)
     }
 
     async fn fetch_all(&self, query: Q<DB>) -> Result<Vec<DB::Row>, StoreError> {
-        if self.transaction_pooler {
-            let mut tx = self.pool.begin().await.map_err(sql::map_err::<DB>)?;
-            let rows = query
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(sql::map_err::<DB>)?;
-            tx.commit().await.map_err(sql::map_err::<DB>)?;
-            Ok(rows)
-        } else {
-            query
-                .fetch_all(&self.pool)
-                .await
-                .map_err(sql::map_err::<DB>)
-        }
+        run_statement!(self, query.fetch_all)
     }
 
     /// Runs a statement; returns the rows it affected.
     async fn execute(&self, query: Q<DB>) -> Result<u64, StoreError> {
-        if self.transaction_pooler {
-            let mut tx = self.pool.begin().await.map_err(sql::map_err::<DB>)?;
-            let done = query.execute(&mut *tx).await.map_err(sql::map_err::<DB>)?;
-            tx.commit().await.map_err(sql::map_err::<DB>)?;
-            Ok(DB::rows_affected(&done))
-        } else {
-            let done = query
-                .execute(&self.pool)
-                .await
-                .map_err(sql::map_err::<DB>)?;
-            Ok(DB::rows_affected(&done))
-        }
+        let done = run_statement!(self, query.execute)?;
+        Ok(DB::rows_affected(&done))
     }
 
     // --- rows ------------------------------------------------------------------------------
@@ -151,6 +131,7 @@ where
             created_at: row.try_get("created_at").map_err(map)?,
             expires_at: row.try_get("expires_at").map_err(map)?,
             consumed_at: row.try_get("consumed_at").map_err(map)?,
+            connection_id: DB::read_optional_id(row, "connection_id").map_err(map)?,
         })
     }
 
@@ -182,6 +163,7 @@ where
             version: row.try_get("version").map_err(map)?,
             lease_id: row.try_get("lease_id").map_err(map)?,
             lease_expires_at: row.try_get("lease_expires_at").map_err(map)?,
+            username: row.try_get("username").map_err(map)?,
         })
     }
 
@@ -325,7 +307,8 @@ where
                 .bind(session.return_to.as_deref())
                 .bind(session.created_at)
                 .bind(session.expires_at)
-                .bind(session.consumed_at),
+                .bind(session.consumed_at)
+                .bind(DB::optional_id_param(session.connection_id)),
         )
         .await?;
         Ok(())
@@ -373,6 +356,76 @@ where
     ) -> Result<u64, StoreError> {
         self.execute(self.query(sql::DELETE_EXPIRED_SESSIONS).bind(before))
             .await
+    }
+
+    // --- sealed values (key rotation) --------------------------------------------------------
+
+    fn sealed_statements(field: SealedField) -> (&'static str, &'static str) {
+        match field {
+            SealedField::AppConsumerKey => sql::SEALED_APP_CONSUMER_KEY,
+            SealedField::AppConsumerSecret => sql::SEALED_APP_CONSUMER_SECRET,
+            SealedField::ConnectionAccessToken => sql::SEALED_CONNECTION_ACCESS_TOKEN,
+            SealedField::ConnectionRefreshToken => sql::SEALED_CONNECTION_REFRESH_TOKEN,
+            SealedField::SessionPkceVerifier => sql::SEALED_SESSION_PKCE_VERIFIER,
+        }
+    }
+
+    /// Binds a row key as its column's type.
+    fn bind_key(query: Q<DB>, key: &RowKey) -> Q<DB> {
+        match key {
+            RowKey::Tenant(tenant) => query.bind(tenant.clone()),
+            RowKey::Id(id) => query.bind(DB::id_param(*id)),
+        }
+    }
+
+    pub async fn sealed_page(
+        &self,
+        field: SealedField,
+        after: Option<&RowKey>,
+        skip_prefix: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SealedValue>, StoreError> {
+        let map = sql::map_err::<DB>;
+        let first = if field.keyed_by_tenant() {
+            RowKey::Tenant(String::new())
+        } else {
+            RowKey::Id(Uuid::nil())
+        };
+        let prefix = skip_prefix.unwrap_or_default();
+        let query = Self::bind_key(
+            self.query(Self::sealed_statements(field).0),
+            after.unwrap_or(&first),
+        )
+        .bind(i64::try_from(prefix.len()).unwrap_or(i64::MAX))
+        .bind(prefix.to_owned())
+        .bind(limit);
+        let rows = self.fetch_all(query).await?;
+        rows.iter()
+            .map(|row| {
+                let key = if field.keyed_by_tenant() {
+                    RowKey::Tenant(row.try_get("row_key").map_err(map)?)
+                } else {
+                    RowKey::Id(DB::read_id(row, "row_key").map_err(map)?)
+                };
+                Ok(SealedValue {
+                    key,
+                    sealed: row.try_get("sealed").map_err(map)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn replace_sealed(
+        &self,
+        field: SealedField,
+        key: &RowKey,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let query = Self::bind_key(self.query(Self::sealed_statements(field).1), key)
+            .bind(old.to_owned())
+            .bind(new.to_owned());
+        Ok(self.execute(query).await? == 1)
     }
 
     // --- connections -------------------------------------------------------------------------
@@ -425,6 +478,7 @@ where
                 .bind(new.access_expires_at)
                 .bind(new.expiry_assumed)
                 .bind(now)
+                .bind(new.username.as_deref())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map)?
@@ -443,6 +497,7 @@ where
                 .bind(new.access_expires_at)
                 .bind(new.expiry_assumed)
                 .bind(now)
+                .bind(new.username.as_deref())
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(map)?
@@ -478,7 +533,8 @@ where
                     .bind(tokens.issued_at)
                     .bind(tokens.access_expires_at)
                     .bind(tokens.expiry_assumed)
-                    .bind(row.created_at);
+                    .bind(row.created_at)
+                    .bind(tokens.username.as_deref());
             }
             let done = query.execute(&mut *tx).await.map_err(map)?;
             inserted += DB::rows_affected(&done);

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refresh lease",
         include_str!("../../migrations/sqlite/0002_refresh_lease.sql"),
     ),
+    (
+        3,
+        "salesforce username",
+        include_str!("../../migrations/sqlite/0003_salesforce_username.sql"),
+    ),
 ];
 
 /// How long a statement waits for the write lock. Writers hold it for one short statement
@@ -57,8 +62,19 @@ impl Backend for Sqlite {
         id.hyphenated()
     }
 
+    type OptionalId = Option<Hyphenated>;
+
+    fn optional_id_param(id: Option<Uuid>) -> Option<Hyphenated> {
+        id.map(Uuid::hyphenated)
+    }
+
     fn read_id(row: &SqliteRow, column: &str) -> Result<Uuid, sqlx::Error> {
         row.try_get::<Hyphenated, _>(column).map(Uuid::from)
+    }
+
+    fn read_optional_id(row: &SqliteRow, column: &str) -> Result<Option<Uuid>, sqlx::Error> {
+        row.try_get::<Option<Hyphenated>, _>(column)
+            .map(|id| id.map(Uuid::from))
     }
 
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {

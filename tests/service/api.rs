@@ -29,6 +29,64 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// With `VALO_OAUTH_INTERNAL_LISTEN` set, the public listener serves only the callback and
+/// `/healthz`; the API, metrics, the OpenAPI document and readiness are internal.
+#[tokio::test]
+async fn split_listeners_keep_the_api_off_the_public_port() {
+    let db = valo_testkit::db::TestDatabase::sqlite().await;
+    let fake = fake_salesforce::FakeSalesforce::start(Default::default())
+        .await
+        .unwrap();
+    let app =
+        TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_INTERNAL_LISTEN", "127.0.0.1:0")]).await;
+    let internal = app.internal_base.clone().expect("an internal listener");
+    assert_ne!(internal, app.base);
+    let token = app.token(ALL_SCOPES, None);
+    let get = |base: &str, path: &str| {
+        app.client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let internal_only = [
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/v1/tenants/acme/connections",
+    ];
+    for path in internal_only {
+        let public = get(&app.base, path).await.unwrap();
+        assert_problem(public, StatusCode::NOT_FOUND, "not_found").await;
+        let answer = get(&internal, path).await.unwrap();
+        assert_eq!(
+            answer.status(),
+            StatusCode::OK,
+            "{path} on the internal listener"
+        );
+    }
+    for base in [&app.base, &internal] {
+        let health = get(base, "/healthz").await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK, "{base}/healthz");
+    }
+    // The callback answers on the public listener (a page about the missing parameters) and
+    // is absent from the internal one.
+    let callback = get(&app.base, "/oauth2/v1/callback/salesforce")
+        .await
+        .unwrap();
+    assert_eq!(callback.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        callback.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let callback = get(&internal, "/oauth2/v1/callback/salesforce")
+        .await
+        .unwrap();
+    assert_problem(callback, StatusCode::NOT_FOUND, "not_found").await;
+    app.stop().await;
+}
+
 backend_tests! {
     #[tokio::test]
     async fn health_readiness_request_ids_and_route_problems(db) {
@@ -367,7 +425,8 @@ backend_tests! {
         let token = app.token(ALL_SCOPES, None);
         let put = |tenant: &str, body: Value| {
             app.client
-                .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app")))
+                // The login URLs here are not reachable: only the validation is under test.
+                .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app?verify=false")))
                 .bearer_auth(&token)
                 .json(&body)
                 .send()
@@ -513,6 +572,8 @@ backend_tests! {
         let app = TestApp::spawn(&db).await;
         let secret = "ZxQ9v8W7u6T5s4R3q2P1o0NnMmLlKkJj";
         let key = "3MVG9UniqueConsumerKeyForThisTest0000";
+        app.fake
+            .register_app(key, secret, &app.broker.callback_url());
         let response = app.put_app_with("acme", key, secret).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         let dump = db.dump().await;

@@ -3,6 +3,8 @@
 //! (see `valo_testkit::backend_tests!`); the Postgres cases need `TEST_DATABASE_URL` and are
 //! reported as ignored without it (a failure under `CI=true`).
 //!
+//! - [`admin_path`]: the Salesforce admin's path: credential check, ECA settings, result
+//!   pages, reconnect;
 //! - [`api`]: the HTTP API's contract: authentication, scopes, tenants, problems;
 //! - [`flow`]: the authorization-code flow with PKCE, from start to callback;
 //! - [`tokens`]: access tokens, refreshing, rotation, the cache, keep-alive;
@@ -10,6 +12,8 @@
 //! - [`store`]: the storage layer on both backends;
 //! - [`openapi`]: the OpenAPI document against the code;
 //! - [`interop`]: the flow against an independent OAuth server (Authlib);
+//! - [`keys`]: key rotation to completion (`rekey`, `keys`, forced deletes);
+//! - [`limits`]: the listeners' protective limits (timeouts, concurrency, the callback's rate);
 //! - [`harness`]: the test kit's own parts (PgBouncer, the fault proxy, the process).
 //!
 //! `tests/logs.rs` is a binary of its own: it installs the process-wide log subscriber.
@@ -19,10 +23,13 @@
 #[macro_use]
 extern crate valo_testkit;
 
+mod admin_path;
 mod api;
 mod flow;
 mod harness;
 mod interop;
+mod keys;
+mod limits;
 mod openapi;
 mod resilience;
 mod store;

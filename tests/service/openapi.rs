@@ -56,6 +56,12 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
         "post",
         Some("tokens:read"),
     ),
+    (
+        "/v1/tenants/{tenant}/connections/{id}/reauthorize",
+        "post",
+        Some("connections:write"),
+    ),
+    ("/v1/salesforce/eca-settings", "get", Some("apps:write")),
     ("/oauth2/v1/callback/salesforce", "get", None),
     ("/healthz", "get", None),
     ("/readyz", "get", None),
@@ -351,7 +357,7 @@ fn the_checks_catch_wrong_documents() {
     doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]
         .as_array_mut()
         .unwrap()
-        .push("invalid_credentials".into());
+        .push("never_emitted_code".into());
     assert!(
         check_problem_codes(&doc).is_err(),
         "a never-emitted problem code accepted"

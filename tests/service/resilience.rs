@@ -15,7 +15,7 @@ use valo_testkit::db::TestDatabase;
 use valo_testkit::pgbouncer::PgBouncer;
 use valo_testkit::proxy::FaultProxy;
 
-async fn token_of(response: reqwest::Response) -> String {
+pub(crate) async fn token_of(response: reqwest::Response) -> String {
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -42,7 +42,7 @@ async fn fake() -> FakeSalesforce {
     FakeSalesforce::start(FakeOptions::default()).await.unwrap()
 }
 
-fn rejecting(token: &str) -> Option<Value> {
+pub(crate) fn rejecting(token: &str) -> Option<Value> {
     Some(json!({ "rejected_token": token }))
 }
 

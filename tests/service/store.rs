@@ -53,6 +53,7 @@ fn session(tenant: &str, state: &[u8], created_at: i64, expires_at: i64) -> Auth
         created_at,
         expires_at,
         consumed_at: None,
+        connection_id: None,
     }
 }
 
@@ -68,6 +69,7 @@ fn authorized(id: Uuid, tag: &str, now: i64) -> AuthorizedConnection {
         issued_at: now,
         access_expires_at: now + 7_200_000,
         expiry_assumed: true,
+        username: None,
     }
 }
 
@@ -152,7 +154,7 @@ backend_tests! {
         assert_eq!(
             db.execute("UPDATE _sqlx_migrations SET success = false")
                 .await,
-            2
+            3
         );
         let failed = store.check_ready().await;
         assert!(
@@ -161,7 +163,7 @@ backend_tests! {
             failed.err()
         );
 
-        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 2);
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 3);
         let missing = store.check_ready().await;
         assert!(
             matches!(missing, Err(StoreError::Migration(_))),
@@ -1196,7 +1198,10 @@ backend_tests! {
                 tenant_id: "acme".into(),
                 org_id: "00D000000000001AAA".into(),
                 user_id: format!("005{i:015}"),
-                tokens: authorized(id, &format!("bulk{i}"), T0),
+                tokens: AuthorizedConnection {
+                    username: Some(format!("bulk{i}@example.com")),
+                    ..authorized(id, &format!("bulk{i}"), T0)
+                },
                 created_at: T0 + i64::try_from(i).unwrap(),
             }
         };
@@ -1214,6 +1219,7 @@ backend_tests! {
         assert_eq!(last.status, ConnectionStatus::Active, "{b}");
         assert_eq!((last.version, last.failure_count), (1, 0), "{b}");
         assert_eq!(last.created_at, T0 + 1_202, "{b}");
+        assert_eq!(last.username.as_deref(), Some("bulk1202@example.com"), "{b}");
         assert_eq!(last.last_refreshed_at, T0 + 1_202, "{b}");
         assert!(last.lease_id.is_none(), "{b}");
 

@@ -165,9 +165,22 @@ impl FakeSalesforce {
         addr: SocketAddr,
         options: FakeOptions,
     ) -> std::io::Result<FakeSalesforce> {
+        Self::start_public(addr, None, options).await
+    }
+
+    /// Starts the fake on `addr`, naming itself `public_url` (in the identity URL and
+    /// `instance_url` it issues) when it is reached under another name than its listen
+    /// address — in a container network, say.
+    pub async fn start_public(
+        addr: SocketAddr,
+        public_url: Option<String>,
+        options: FakeOptions,
+    ) -> std::io::Result<FakeSalesforce> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
-        let base_url = format!("http://{local}");
+        let base_url = public_url
+            .map(|url| url.trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| format!("http://{local}"));
         let shared = Arc::new(Shared {
             base_url,
             state: Mutex::new(State::new(options)),

@@ -40,6 +40,10 @@ struct Args {
     /// Approve authorize requests at once instead of showing an Allow / Deny page.
     #[arg(long)]
     auto_approve: bool,
+    /// The URL the fake is reached at, when not its listen address (e.g.
+    /// `http://fake-salesforce:9999` in a container network).
+    #[arg(long)]
+    public_url: Option<String>,
 }
 
 #[tokio::main]
@@ -57,7 +61,7 @@ async fn main() -> std::io::Result<()> {
         ..FakeOptions::default()
     };
     let username = options.username.clone();
-    let fake = FakeSalesforce::start_on(args.listen, options).await?;
+    let fake = FakeSalesforce::start_public(args.listen, args.public_url, options).await?;
     fake.register_app(&args.client_id, &args.client_secret, &args.redirect_uri);
     let base = fake.base_url();
     println!("Fake Salesforce listening on {base}");

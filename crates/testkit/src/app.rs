@@ -38,6 +38,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub fake: FakeSalesforce,
     pub broker: Broker,
+    /// The internal listener's base URL, when the app has one
+    /// (`VALO_OAUTH_INTERNAL_LISTEN`); `base` is then the public listener.
+    pub internal_base: Option<String>,
     pub encryption_keys: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -102,6 +105,9 @@ impl TestApp {
             .await
             .expect("app builds");
         let addr = app.local_addr().unwrap();
+        let internal_base = app
+            .internal_addr()
+            .map(|internal| format!("http://{}", internal.unwrap()));
         let broker = app.broker().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -121,6 +127,7 @@ impl TestApp {
             client,
             fake: fake.clone(),
             broker,
+            internal_base,
             encryption_keys: keys,
             stop: Some(stop),
             task: Some(task),

@@ -38,7 +38,8 @@ use tracing::Span;
 use crate::salesforce::{HostPolicy, SalesforceError};
 
 pub use authorize::AuthorizeRequest;
-pub use token::{RefreshAnswer, TokenGrant};
+pub use introspect::Introspection;
+pub use token::{CredentialCheck, RefreshAnswer, TokenGrant};
 
 /// Timeouts and limits of the shared HTTP client.
 #[derive(Clone, Debug)]

@@ -88,6 +88,24 @@ impl fmt::Debug for RefreshAnswer {
     }
 }
 
+/// What the token endpoint said about a tenant app's consumer key and secret, asked with a
+/// deliberately invalid authorization code ([`SalesforceClient::check_credentials`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CredentialCheck {
+    /// The client authenticated; only the made-up code was refused (`invalid_grant`).
+    Accepted,
+    /// `invalid_client_id`: Salesforce knows no app with this consumer key.
+    KeyRefused,
+    /// `invalid_client`: the key is known, the consumer secret is wrong.
+    SecretRefused,
+}
+
+/// The authorization code the credential check presents: no real code looks like it, and a
+/// code is single-use anyway, so the check can never consume anything.
+const CHECK_CODE: &str = "valo-oauth-credential-check";
+/// The PKCE verifier sent with it (RFC 7636 §4.1: 43-128 unreserved characters).
+const CHECK_VERIFIER: &str = "valo-oauth-credential-check-verifier-000000000";
+
 /// The `refresh_token` member of a JSON body, if it has a non-empty one.
 fn refresh_token_in(body: &[u8]) -> Option<SecretString> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -177,6 +195,20 @@ impl SalesforceClient {
         code: &str,
         pkce_verifier: &SecretString,
     ) -> Result<TokenGrant, SalesforceError> {
+        self.request_code_grant(app, redirect_uri, code, pkce_verifier, true)
+            .await
+    }
+
+    /// The code exchange; `log_failures` off for the credential check, whose refusal
+    /// (`invalid_grant`) is the expected answer and no failure to warn operators about.
+    async fn request_code_grant(
+        &self,
+        app: &AppCredentials,
+        redirect_uri: &str,
+        code: &str,
+        pkce_verifier: &SecretString,
+        log_failures: bool,
+    ) -> Result<TokenGrant, SalesforceError> {
         let origin = self.login_origin(&app.login_url)?;
         let redirect = RedirectUrl::new(redirect_uri.to_owned())
             .map_err(|_| SalesforceError::Request("redirect_uri is not a valid URL".into()))?;
@@ -194,7 +226,41 @@ impl SalesforceClient {
             .request_async(&http)
             .await;
         let status = status.load(Ordering::Relaxed);
-        self.finish_grant(result, status, app)
+        self.finish_grant(result, status, app, log_failures)
+    }
+
+    /// Checks a tenant app's consumer key and secret before they are stored: a code exchange
+    /// with a deliberately invalid code. The token endpoint authenticates the client before
+    /// it looks at the grant (RFC 6749 §5.2 lists `invalid_client` before `invalid_grant`), so
+    /// Salesforce answers `invalid_client_id` for an unknown key, `invalid_client` for a wrong
+    /// secret, and `invalid_grant` when both are right (Salesforce Help, "OAuth flow
+    /// errors"). Tolerant: any other OAuth refusal also means the client passed
+    /// authentication. `Err` when no OAuth answer came (unreachable, not JSON) or the
+    /// endpoint accepted the made-up code (not a Salesforce token endpoint).
+    #[instrument(skip_all, fields(login_host = tracing::field::Empty, grant = "credential_check"))]
+    pub async fn check_credentials(
+        &self,
+        app: &AppCredentials,
+        redirect_uri: &str,
+    ) -> Result<CredentialCheck, SalesforceError> {
+        let verifier = SecretString::from(CHECK_VERIFIER.to_owned());
+        let answer = self
+            .request_code_grant(app, redirect_uri, CHECK_CODE, &verifier, false)
+            .await;
+        match answer {
+            Err(SalesforceError::Refused { error, .. }) => {
+                debug!(error = %error, "credential check: the token endpoint answered");
+                Ok(match error.as_str() {
+                    "invalid_client_id" => CredentialCheck::KeyRefused,
+                    "invalid_client" => CredentialCheck::SecretRefused,
+                    _ => CredentialCheck::Accepted,
+                })
+            }
+            Err(other) => Err(other),
+            Ok(_) => Err(SalesforceError::InvalidResponse(
+                "the token endpoint accepted a made-up authorization code".into(),
+            )),
+        }
     }
 
     /// grant_type=refresh_token (RFC 6749 §6), client_secret_post, through the `oauth2`
@@ -234,7 +300,7 @@ impl SalesforceClient {
             }
             Err(_) => None,
         };
-        let checked = self.finish_grant(result, status, app);
+        let checked = self.finish_grant(result, status, app, true);
         match (checked, rotated_refresh_token) {
             (Err(e), None) => Err(e),
             (checked, rotated_refresh_token) => Ok(RefreshAnswer {
@@ -250,6 +316,7 @@ impl SalesforceClient {
         result: Result<SalesforceToken, RequestTokenError<Transport, BasicErrorResponse>>,
         status: u16,
         app: &AppCredentials,
+        log_failures: bool,
     ) -> Result<TokenGrant, SalesforceError> {
         let outcome = match result {
             Ok(token) => self.grant_from(&token, app),
@@ -262,7 +329,8 @@ impl SalesforceClient {
                 rotated = grant.refresh_token.is_some(),
                 "token grant received"
             ),
-            Err(e) => log_failure(e),
+            Err(e) if log_failures => log_failure(e),
+            Err(_) => {}
         }
         outcome
     }
@@ -346,6 +414,52 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
     use crate::salesforce::{ErrorClass, to_18_char_id};
+
+    #[tokio::test]
+    async fn the_credential_check_reads_the_client_errors_and_tolerates_the_rest() {
+        for (error, expected) in [
+            ("invalid_client_id", CredentialCheck::KeyRefused),
+            ("invalid_client", CredentialCheck::SecretRefused),
+            ("invalid_grant", CredentialCheck::Accepted),
+            // Any other refusal came after the client authenticated.
+            ("invalid_request", CredentialCheck::Accepted),
+        ] {
+            let (base, seen) = server("/services/oauth2/token", move |_| {
+                json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": error, "error_description": "x"}),
+                )
+            })
+            .await;
+            let check = client().check_credentials(&app(&base), REDIRECT).await;
+            assert_eq!(check.unwrap(), expected, "{error}");
+            let pairs = form(&seen.lock().unwrap()[0]);
+            assert_eq!(get(&pairs, "grant_type"), Some("authorization_code"));
+            assert_eq!(get(&pairs, "code"), Some(CHECK_CODE));
+            assert_eq!(get(&pairs, "client_id"), Some(CLIENT_ID));
+            assert_eq!(get(&pairs, "client_secret"), Some(CLIENT_SECRET));
+        }
+        // A made-up code accepted: not a Salesforce token endpoint.
+        let (base, _) = server("/services/oauth2/token", |_| {
+            json(StatusCode::OK, token_body(true))
+        })
+        .await;
+        let check = client().check_credentials(&app(&base), REDIRECT).await;
+        assert!(
+            matches!(check, Err(SalesforceError::InvalidResponse(_))),
+            "{check:?}"
+        );
+        // An outage is an outage.
+        let (base, _) = server("/services/oauth2/token", |_| {
+            json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({}))
+        })
+        .await;
+        let check = client().check_credentials(&app(&base), REDIRECT).await;
+        assert!(
+            matches!(&check, Err(e) if e.class() == ErrorClass::Transient),
+            "{check:?}"
+        );
+    }
 
     #[tokio::test]
     async fn exchange_code_sends_the_right_form_and_parses_the_grant() {
