@@ -25,8 +25,9 @@ pub struct Server {
 impl Server {
     /// Starts `valo-oauth serve` on `db` with the test kit's environment (its keys, API
     /// secret, public URL, login hosts) minus the tests' shortened Salesforce timeout and
-    /// refresh wait, so that the replica runs with the defaults; `extra` overrides. Logs
-    /// warnings only (and the `listening` line the start waits for).
+    /// refresh wait, so that the replica runs with the defaults, except the callback's rate
+    /// limit, which is off; `extra` overrides. Logs warnings only (and the `listening` line
+    /// the start waits for).
     pub async fn start(opts: &Options, db: &TestDatabase, extra: &[(&str, &str)]) -> Self {
         assert!(
             opts.binary.exists(),
@@ -37,6 +38,12 @@ impl Server {
         env.remove("VALO_OAUTH_SALESFORCE_TIMEOUT_MS");
         env.remove("VALO_OAUTH_REFRESH_WAIT_MS");
         env.insert("VALO_OAUTH_LOG".into(), "warn,valo_oauth::app=info".into());
+        // The harness plays every browser from one address (the fan-out alone completes
+        // 1,001 flows): the callback's per-address rate limit would rightly refuse it.
+        env.insert(
+            "VALO_OAUTH_CALLBACK_RATE_LIMIT_PER_MINUTE".into(),
+            "0".into(),
+        );
         for (k, v) in extra {
             env.insert((*k).to_owned(), (*v).to_owned());
         }
