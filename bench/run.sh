@@ -6,9 +6,11 @@
 # Needs: a Rust toolchain, Postgres reachable at BENCH_DATABASE_URL (default
 # postgres://postgres@127.0.0.1:5432/postgres; the harness creates and drops its own
 # throw-away databases there), and wrk (installed with apt-get when missing).
-# Options (environment): BENCH_DURATION_SECS (10), BENCH_WARMUP_SECS (3),
+# Options (environment): BENCH_ONLY (a comma list of sections: hotpath, storm, memory,
+# fanout, scale; unset: all), BENCH_DURATION_SECS (10), BENCH_WARMUP_SECS (3),
 # BENCH_CONNECTIONS (64), BENCH_THREADS (2), BENCH_OUT (docs/benchmarks.md).
-# Takes about 3 minutes plus the release build (4-5 minutes cold).
+# Each section rewrites only its own part of the report. Takes about 15 minutes (the
+# scale section about 10 of them) plus the release build (4-5 minutes cold).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -22,7 +24,9 @@ fi
 echo "bench: building the release binary and the harness" >&2
 cargo build --release --bin valo-oauth --example bench
 
+target="${CARGO_TARGET_DIR:-target}"
 export BENCH_COMMAND="bash bench/run.sh"
-./target/release/examples/bench
+export BENCH_BINARY="$target/release/valo-oauth"
+"$target/release/examples/bench"
 
 echo "bench: figures written to ${BENCH_OUT:-docs/benchmarks.md}" >&2

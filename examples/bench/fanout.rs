@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use super::{
-    CLIENT_ID, CLIENT_SECRET, FakeSalesforce, Options, PgDb, Server, TENANT, connect_user,
-    fake_options, fetch_token, http_client, mint, put_app, token_path,
-};
+use fake_salesforce::{FakeOptions, FakeSalesforce};
+use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET};
+
+use crate::Options;
+use crate::api::{TENANT, connect_user, fetch_token, http_client, jwt, put_app, token_path};
+use crate::load::Latencies;
+use crate::server::{self, Server};
 
 pub const CONNECTIONS: usize = 1_000;
 pub const LATENCY: Duration = Duration::from_millis(500);
@@ -33,27 +36,6 @@ pub struct FanOut {
     pub max_in_flight: usize,
     /// Cores other processes kept busy just before the fan-out.
     pub busy_cores: f64,
-}
-
-#[derive(Default)]
-pub struct Latencies {
-    pub samples: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub max_ms: f64,
-}
-
-impl Latencies {
-    fn of(mut ms: Vec<f64>) -> Self {
-        ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
-        Self {
-            samples: ms.len(),
-            p50_ms: at(0.50),
-            p99_ms: at(0.99),
-            max_ms: *ms.last().unwrap(),
-        }
-    }
 }
 
 /// GETs one connection in a loop (one request at a time, 5 ms apart) until `stop`.
@@ -75,12 +57,12 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     eprintln!(
         "== refresh fan-out: {CONNECTIONS} connections, {LATENCY:?} Salesforce latency, one replica"
     );
-    let db = PgDb::create(&opts.admin_url).await;
-    let fake = FakeSalesforce::start(fake_options()).await.unwrap();
-    let server = Server::start(opts, &db.url, "fanout", &[]).await;
-    fake.register_app(CLIENT_ID, CLIENT_SECRET, &server.callback_url());
+    let db = server::database(opts).await;
+    let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
+    let server = Server::start(opts, &db, &[]).await;
+    fake.register_app(CLIENT_ID, CLIENT_SECRET, &Server::callback_url());
     let client = http_client();
-    put_app(&client, &server.base, TENANT, &fake).await;
+    put_app(&client, &server.base, &fake.base_url(), true).await;
 
     // Distinct Salesforce users, each connected through the real flow.
     eprintln!("  connecting {} users through the flow", CONNECTIONS + 1);
@@ -91,15 +73,13 @@ pub async fn fan_out(opts: &Options) -> FanOut {
             (user, format!("fanout{i}@bench.example"))
         })
         .collect();
-    let org = fake_options().org_id;
+    let org = FakeOptions::default().org_id;
     let mut ids = Vec::with_capacity(users.len());
     for (user, name) in &users {
         let flow = connect_user(
             &client,
             &server.base,
-            &server.public_url,
             &fake,
-            TENANT,
             Some((&org, user, name)),
             &approvals,
         );
@@ -108,7 +88,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     let (reader, refreshed) = ids.split_first().unwrap();
 
     // Every connection's current token, as the backend would hold it.
-    let jwt = mint("tokens:read", Some(TENANT), 3600);
+    let jwt = jwt("tokens:read", true);
     let mut current = Vec::with_capacity(refreshed.len());
     for id in refreshed {
         let url = format!("{}{}", server.base, token_path(*id));
@@ -118,7 +98,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     }
 
     let read_url = server.url(&format!("/v1/tenants/{TENANT}/connections/{reader}"));
-    let read_jwt = mint("connections:read", Some(TENANT), 3600);
+    let read_jwt = crate::api::jwt("connections:read", true);
     // The unrelated read on the idle replica: the baseline.
     let (stop_idle, stopped_idle) = tokio::sync::watch::channel(false);
     let idle = tokio::spawn(read_loop(read_url.clone(), read_jwt.clone(), stopped_idle));
@@ -126,7 +106,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     stop_idle.send(true).unwrap();
     let idle_read = Latencies::of(idle.await.unwrap());
 
-    let busy_cores = super::wait_for_quiet("the fan-out").await;
+    let busy_cores = crate::load::wait_for_quiet("the fan-out").await;
     fake.set_latency(LATENCY);
     let before = fake.counters();
     let (stop_busy, stopped_busy) = tokio::sync::watch::channel(false);
@@ -153,7 +133,7 @@ pub async fn fan_out(opts: &Options) -> FanOut {
     let busy_read = Latencies::of(busy.await.unwrap());
     let after = fake.counters();
     server.stop().await;
-    db.drop_db().await;
+    drop(db);
 
     let ok = statuses.remove(&200).unwrap_or(0);
     let result = FanOut {
@@ -204,7 +184,7 @@ pub fn report(r: &FanOut, command: &str) -> String {
         s,
         "| callers answered 200 | {}/{CONNECTIONS} | all | {} |",
         r.ok,
-        super::met(r.ok == CONNECTIONS)
+        crate::report::met(r.ok == CONNECTIONS)
     );
     if !r.other_statuses.is_empty() {
         let others: Vec<String> = r
@@ -219,14 +199,14 @@ pub fn report(r: &FanOut, command: &str) -> String {
         "| wall time, first call to last answer | {:.0} ms | ≤ {} ms | {} |",
         r.wall_ms,
         TARGET_WALL.as_millis(),
-        super::met(r.wall_ms <= TARGET_WALL.as_secs_f64() * 1000.0)
+        crate::report::met(r.wall_ms <= TARGET_WALL.as_secs_f64() * 1000.0)
     );
     let _ = writeln!(
         s,
         "| refreshes at Salesforce / reuse attempts | {} / {} | {CONNECTIONS} / 0 | {} |",
         r.refreshes,
         r.reuse_attempts,
-        super::met(r.refreshes == CONNECTIONS as u64 && r.reuse_attempts == 0)
+        crate::report::met(r.refreshes == CONNECTIONS as u64 && r.reuse_attempts == 0)
     );
     let _ = writeln!(
         s,
@@ -240,7 +220,7 @@ pub fn report(r: &FanOut, command: &str) -> String {
         r.busy_read.samples,
         r.busy_read.p50_ms,
         r.busy_read.max_ms,
-        super::met(r.busy_read.p99_ms < TARGET_READ_P99_MS)
+        crate::report::met(r.busy_read.p99_ms < TARGET_READ_P99_MS)
     );
     let _ = writeln!(
         s,

@@ -3,8 +3,14 @@
 //! The cache is bounded and concurrent (moka, a TinyLFU cache after Java's Caffeine): at
 //! most `token_cache_capacity` entries (least valuable go first), each gone no later than
 //! its token's expiry, lookups without a global lock. A connection that is not cached is
-//! simply read from the database again. An evicted entry's token is a `SecretString`, wiped
-//! from memory when the last reference to it drops.
+//! simply read from the database again. An evicted entry's token is wiped from memory when
+//! the last reference to it drops.
+//!
+//! An entry is compact (`docs/scaling.md`, memory per cached entry): its strings — the
+//! token, the instance URL and the tenant id — share one zeroised allocation, and its
+//! lifetime is derived from its timestamps rather than stored. A million connections over
+//! a few replicas means hundreds of thousands of entries per replica, and moka adds its own
+//! few hundred bytes to each.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use uuid::Uuid;
 
 use super::tokens::AccessToken;
@@ -19,12 +26,72 @@ use crate::store::Millis;
 
 /// One cached token and when this replica last checked it against the database.
 pub(super) struct CachedToken {
-    pub tenant_id: String,
-    pub token: AccessToken,
+    /// The access token, the instance URL and the tenant id, one after the other in one
+    /// allocation, wiped on drop.
+    text: SecretBox<str>,
+    token_len: u32,
+    url_len: u32,
+    issued_at: Millis,
+    expires_at: Millis,
     /// When the row was last read (or written) by this replica.
     pub checked_at: Millis,
-    /// How long the entry may live: until the token expires.
-    ttl: Duration,
+}
+
+impl CachedToken {
+    /// `None` when a part is too long to index with a `u32` (then it is simply not cached).
+    fn new(tenant_id: &str, token: &AccessToken, now: Millis) -> Option<Self> {
+        let secret = token.access_token.expose_secret();
+        let mut text =
+            String::with_capacity(secret.len() + token.instance_url.len() + tenant_id.len());
+        text.push_str(secret);
+        text.push_str(&token.instance_url);
+        text.push_str(tenant_id);
+        Some(Self {
+            text: SecretBox::from(text.into_boxed_str()),
+            token_len: u32::try_from(secret.len()).ok()?,
+            url_len: u32::try_from(token.instance_url.len()).ok()?,
+            issued_at: token.issued_at,
+            expires_at: token.expires_at,
+            checked_at: now,
+        })
+    }
+
+    fn parts(&self) -> (&str, &str, &str) {
+        let text = self.text.expose_secret();
+        let token_end = self.token_len as usize;
+        let url_end = token_end + self.url_len as usize;
+        // The offsets were taken from the same strings at char boundaries: `get` cannot miss.
+        (
+            text.get(..token_end).unwrap_or_default(),
+            text.get(token_end..url_end).unwrap_or_default(),
+            text.get(url_end..).unwrap_or_default(),
+        )
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        self.parts().2
+    }
+
+    pub fn expires_at(&self) -> Millis {
+        self.expires_at
+    }
+
+    /// The token as handed out (a copy: the entry keeps its own).
+    pub fn token(&self) -> AccessToken {
+        let (token, instance_url, _) = self.parts();
+        AccessToken {
+            access_token: SecretString::from(token.to_owned()),
+            instance_url: instance_url.to_owned(),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+        }
+    }
+
+    /// How long the entry may live: until the token expires (`put` caches only tokens that
+    /// have not).
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.expires_at - self.checked_at).unwrap_or(0))
+    }
 }
 
 /// Each entry lives until its token expires (counted from when it was cached).
@@ -37,7 +104,7 @@ impl moka::Expiry<Uuid, Arc<CachedToken>> for UntilTokenExpiry {
         entry: &Arc<CachedToken>,
         _created_at: Instant,
     ) -> Option<Duration> {
-        Some(entry.ttl)
+        Some(entry.ttl())
     }
 
     fn expire_after_update(
@@ -47,7 +114,7 @@ impl moka::Expiry<Uuid, Arc<CachedToken>> for UntilTokenExpiry {
         _updated_at: Instant,
         _left: Option<Duration>,
     ) -> Option<Duration> {
-        Some(entry.ttl)
+        Some(entry.ttl())
     }
 }
 
@@ -81,18 +148,12 @@ impl TokenCache {
 
     /// Caches `token` as checked at `now`, until it expires.
     pub(super) fn put(&self, id: Uuid, tenant_id: &str, token: AccessToken, now: Millis) {
-        let left = u64::try_from(token.expires_at.saturating_sub(now)).unwrap_or(0);
-        if left == 0 {
-            self.forget(id);
-            return;
+        match CachedToken::new(tenant_id, &token, now) {
+            Some(entry) if token.expires_at > now => {
+                self.entries.insert(id, Arc::new(entry));
+            }
+            _ => self.forget(id),
         }
-        let entry = CachedToken {
-            tenant_id: tenant_id.to_owned(),
-            token,
-            checked_at: now,
-            ttl: Duration::from_millis(left),
-        };
-        self.entries.insert(id, Arc::new(entry));
     }
 
     /// Drops the connection's cached token (deleted, reauthorized, needs reauthorization).
@@ -167,6 +228,21 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_gives_back_what_was_cached() {
+        let cache = TokenCache::new(10);
+        let id = Uuid::new_v4();
+        cache.put(id, "acme-é", token(3_600_000), 1_000);
+        let hit = cache.get(id).unwrap();
+        assert_eq!(hit.tenant_id(), "acme-é");
+        assert_eq!(hit.checked_at, 1_000);
+        assert_eq!(hit.expires_at(), 3_600_000);
+        let copy = hit.token();
+        assert_eq!(copy.access_token.expose_secret(), "00Dx!token");
+        assert_eq!(copy.instance_url, "https://x.my.salesforce.com");
+        assert_eq!((copy.issued_at, copy.expires_at), (0, 3_600_000));
+    }
+
+    #[test]
     fn an_entry_is_gone_when_its_token_expires() {
         let cache = TokenCache::new(100);
         let short = Uuid::new_v4();
@@ -185,5 +261,81 @@ mod tests {
         assert!(cache.get(long).is_some());
         cache.forget(long);
         assert!(cache.get(long).is_none());
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn rss() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+
+    fn token(i: u64) -> AccessToken {
+        AccessToken {
+            access_token: SecretString::from(format!("00D5g000004ABCD!AR{i:0>94}")),
+            instance_url: "https://bench.my.salesforce.com".into(),
+            issued_at: 0,
+            expires_at: 7_200_000,
+        }
+    }
+
+    /// Resident bytes per entry of a full cache (100,000 entries), filled on `threads`
+    /// threads; with `requests`, each insert comes with the short-lived allocations of a
+    /// request (a row of about 1 KiB in ten strings, 32 requests alive at a time), as in
+    /// the server.
+    fn measure(threads: u64, requests: bool) -> u64 {
+        let cache = Arc::new(TokenCache::new(100_000));
+        let before = rss();
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                let cache = cache.clone();
+                std::thread::spawn(move || {
+                    let mut alive = std::collections::VecDeque::new();
+                    for i in 0..100_000 / threads {
+                        if requests {
+                            let row: Vec<String> =
+                                (0..10).map(|k| "x".repeat(40 + 20 * k)).collect();
+                            alive.push_back(row);
+                            if alive.len() > 32 {
+                                alive.pop_front();
+                            }
+                        }
+                        cache.put(Uuid::new_v4(), "bench", token(t * 1_000_000 + i), 1_000);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        cache.run_pending_tasks();
+        (rss() - before) / cache.len() as u64
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib footprint -- --ignored --nocapture --test-threads 1"]
+    fn bytes_per_entry() {
+        println!("one thread: {} bytes an entry", measure(1, false));
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test --release --lib footprint -- --ignored --nocapture --test-threads 1"]
+    fn bytes_per_entry_among_requests() {
+        println!(
+            "two threads, with requests' allocations: {} bytes an entry",
+            measure(2, true)
+        );
     }
 }

@@ -233,10 +233,12 @@ impl Broker {
         let hit = self.tokens.get(id)?;
         let revalidate =
             i64::try_from(self.settings.tokens.cache_revalidate.as_millis()).unwrap_or(0);
-        (hit.tenant_id == tenant.as_str()
-            && now.saturating_sub(hit.checked_at) < revalidate
-            && want.served_by(&hit.token.access_token, hit.token.expires_at, now))
-        .then(|| hit.token.clone())
+        if hit.tenant_id() != tenant.as_str() || now.saturating_sub(hit.checked_at) >= revalidate {
+            return None;
+        }
+        let token = hit.token();
+        want.served_by(&token.access_token, hit.expires_at(), now)
+            .then_some(token)
     }
 
     async fn access_token_slow(

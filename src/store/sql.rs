@@ -189,6 +189,38 @@ pub(super) const UPDATE_AUTHORIZED_CONNECTION: &str = concat!(
     connection_columns!()
 );
 
+/// How many rows one statement of a bulk insert carries: at 14 parameters a row, 500 rows
+/// stay well under SQLite's 32,766 and Postgres' 65,535 bound parameters per statement.
+pub(super) const INSERT_CONNECTIONS_BATCH: usize = 500;
+
+/// A bulk insert of `rows` new connections: the columns of [`INSERT_AUTHORIZED_CONNECTION`],
+/// 14 parameters a row (`created_at` also stands for `updated_at` and `last_refreshed_at`).
+/// The text is made of constants and numbers only.
+pub(super) fn insert_connections_sql(rows: usize) -> String {
+    const PER_ROW: usize = 14;
+    let mut sql = String::from(
+        "INSERT INTO connections (id, tenant_id, org_id, user_id, login_url, instance_url, \
+         scopes, access_token_enc, refresh_token_enc, issued_at, access_expires_at, \
+         expiry_assumed, status, failure_count, version, created_at, updated_at, \
+         last_refreshed_at, username) VALUES ",
+    );
+    for row in 0..rows {
+        let p = |column: usize| row * PER_ROW + column;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for column in 1..=12 {
+            sql.push_str(&format!("${}, ", p(column)));
+        }
+        let (at, username) = (p(13), p(14));
+        sql.push_str(&format!(
+            "'active', 0, 1, ${at}, ${at}, ${at}, ${username})"
+        ));
+    }
+    sql
+}
+
 pub(super) const LIST_CONNECTIONS: &str = concat!(
     "SELECT ",
     connection_columns!(),

@@ -15,8 +15,8 @@ use super::sql;
 use super::{
     AppStatus, AuditEntry, AuditQuery, AuditRecord, AuthorizationSession, AuthorizedConnection,
     ClaimedEvent, ConnectionRecord, ConnectionStatus, ConsumeOutcome, DeliveryOutcome, Millis,
-    NewEvent, OutboxStats, RefreshFailure, RefreshedTokens, RowKey, SavedConnection, SealedField,
-    SealedValue, StoreError, StoreOptions, TenantAppRecord,
+    NewConnection, NewEvent, OutboxStats, RefreshFailure, RefreshedTokens, RowKey, SavedConnection,
+    SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
 };
 
 /// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
@@ -554,6 +554,39 @@ where
             connection,
             replaced: existing,
         }))
+    }
+
+    pub async fn insert_connections(&self, rows: &[NewConnection]) -> Result<u64, StoreError> {
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        let mut inserted = 0;
+        for chunk in rows.chunks(sql::INSERT_CONNECTIONS_BATCH) {
+            let text = sqlx::AssertSqlSafe(sql::insert_connections_sql(chunk.len()));
+            // A few distinct texts at most (full batches and one remainder): cacheable.
+            let mut query = sqlx::query(text).persistent(!self.transaction_pooler);
+            for row in chunk {
+                let tokens = &row.tokens;
+                query = query
+                    .bind(DB::id_param(row.id))
+                    .bind(row.tenant_id.as_str())
+                    .bind(row.org_id.as_str())
+                    .bind(row.user_id.as_str())
+                    .bind(tokens.login_url.as_str())
+                    .bind(tokens.instance_url.as_str())
+                    .bind(tokens.scopes.as_str())
+                    .bind(tokens.access_token_enc.as_str())
+                    .bind(tokens.refresh_token_enc.as_str())
+                    .bind(tokens.issued_at)
+                    .bind(tokens.access_expires_at)
+                    .bind(tokens.expiry_assumed)
+                    .bind(row.created_at)
+                    .bind(tokens.username.as_deref());
+            }
+            let done = query.execute(&mut *tx).await.map_err(map)?;
+            inserted += DB::rows_affected(&done);
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(inserted)
     }
 
     pub async fn list_connections(

@@ -14,8 +14,8 @@ use std::time::Duration;
 use uuid::Uuid;
 use valo_oauth::store::{
     AppStatus, AuthorizationSession, AuthorizedConnection, ConnectionRecord, ConnectionStatus,
-    ConsumeOutcome, LeaseAttempt, RefreshFailure, RefreshLease, RefreshedTokens, SavedConnection,
-    Store, StoreError, StoreOptions, TenantAppRecord,
+    ConsumeOutcome, LeaseAttempt, NewConnection, RefreshFailure, RefreshLease, RefreshedTokens,
+    SavedConnection, Store, StoreError, StoreOptions, TenantAppRecord,
 };
 use valo_testkit::db::test_options;
 
@@ -1183,6 +1183,56 @@ backend_tests! {
         assert_eq!(limited, due[..2].to_vec(), "{b}: limit");
         store.close().await;
         }
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn insert_connections_in_bulk_all_or_none(db) {
+        let b = db.backend;
+        let store = db.store().await;
+        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let new = |i: usize| {
+            let id = Uuid::new_v4();
+            NewConnection {
+                id,
+                tenant_id: "acme".into(),
+                org_id: "00D000000000001AAA".into(),
+                user_id: format!("005{i:015}"),
+                tokens: AuthorizedConnection {
+                    username: Some(format!("bulk{i}@example.com")),
+                    ..authorized(id, &format!("bulk{i}"), T0)
+                },
+                created_at: T0 + i64::try_from(i).unwrap(),
+            }
+        };
+        assert_eq!(store.insert_connections(&[]).await.unwrap(), 0, "{b}");
+        // Two full statements and a remainder.
+        let rows: Vec<NewConnection> = (0..1_203).map(new).collect();
+        assert_eq!(store.insert_connections(&rows).await.unwrap(), 1_203, "{b}");
+        let listed = store.list_connections("acme").await.unwrap();
+        assert_eq!(listed.len(), 1_203, "{b}");
+        let last = get(&store, "acme", rows[1_202].id).await;
+        assert_eq!(last.user_id, rows[1_202].user_id, "{b}");
+        assert_eq!(last.access_token_enc, rows[1_202].tokens.access_token_enc, "{b}");
+        assert_eq!(last.refresh_token_enc, rows[1_202].tokens.refresh_token_enc, "{b}");
+        assert_eq!(last.access_expires_at, T0 + 7_200_000, "{b}");
+        assert_eq!(last.status, ConnectionStatus::Active, "{b}");
+        assert_eq!((last.version, last.failure_count), (1, 0), "{b}");
+        assert_eq!(last.created_at, T0 + 1_202, "{b}");
+        assert_eq!(last.username.as_deref(), Some("bulk1202@example.com"), "{b}");
+        assert_eq!(last.last_refreshed_at, T0 + 1_202, "{b}");
+        assert!(last.lease_id.is_none(), "{b}");
+
+        // An identity that exists fails the whole call, including the rows before it.
+        let again = vec![new(5_000), new(5_001), new(7)];
+        assert!(store.insert_connections(&again).await.is_err(), "{b}");
+        assert!(
+            store.get_connection("acme", again[0].id).await.unwrap().is_none(),
+            "{b}: nothing of a failed call stays"
+        );
+        assert_eq!(store.list_connections("acme").await.unwrap().len(), 1_203, "{b}");
+        store.close().await;
+    }
 }
 
 // --- failures --------------------------------------------------------------------------

@@ -216,6 +216,25 @@ impl FakeSalesforce {
         };
     }
 
+    /// Issues an access and a refresh token to a user of `client_id`'s app as if the user
+    /// had just approved it, without the browser flow: for seeding many stored connections
+    /// at once (the scale benchmark inserts them through the store, then lets keep-alive
+    /// refresh them here). Returns `(access_token, refresh_token)`.
+    pub fn grant(
+        &self,
+        client_id: &str,
+        org_id: &str,
+        user_id: &str,
+        username: &str,
+    ) -> (String, String) {
+        let user = User {
+            org_id: org_id.to_owned(),
+            user_id: user_id.to_owned(),
+            username: username.to_owned(),
+        };
+        self.shared.lock().grant(client_id, user)
+    }
+
     /// What the next authorize requests answer.
     pub fn set_approval(&self, approval: Approval) {
         self.shared.lock().approval = approval;

@@ -323,6 +323,27 @@ async fn revoke_access_then_refresh_token() {
 }
 
 #[tokio::test]
+async fn a_granted_family_refreshes_and_rotates_like_an_exchanged_one() {
+    let fake = start(FakeOptions::default()).await;
+    let (access, refresh_token) = fake.grant(
+        CLIENT_ID,
+        "00D5g000004ABCDEA4",
+        "005000000000042AAA",
+        "bulk@example.com",
+    );
+    assert!(fake.is_access_token_active(&access));
+    assert!(fake.is_refresh_token_active(&refresh_token));
+    assert_eq!(fake.counters().code_exchanges, 0, "a grant is no exchange");
+    let (status, body) = refresh(&fake, &refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = json(&body);
+    assert!(s(&answer, "id").ends_with("/00D5g000004ABCDEA4/005000000000042AAA"));
+    assert!(verify_signature(&answer, SECRET));
+    assert!(!fake.is_refresh_token_active(&refresh_token), "rotated out");
+    assert!(fake.is_refresh_token_active(&s(&answer, "refresh_token")));
+}
+
+#[tokio::test]
 async fn wrong_verifier_is_refused() {
     let fake = start(FakeOptions::default()).await;
     let code = get_code(&fake).await;

@@ -224,14 +224,7 @@ impl TestApp {
     pub async fn connect(&self, tenant: &str) -> Uuid {
         let put = self.put_app(tenant).await;
         assert!(put.status().is_success(), "put app: {}", put.status());
-        let location = self.authorize(tenant).await;
-        let pairs: BTreeMap<String, String> = location.query_pairs().into_owned().collect();
-        assert_eq!(
-            pairs.get("status").map(String::as_str),
-            Some("connected"),
-            "{location}"
-        );
-        Uuid::parse_str(&pairs["connection_id"]).unwrap()
+        connected_id(&self.authorize(tenant).await)
     }
 
     pub async fn access_token(&self, tenant: &str, id: Uuid, body: Option<Value>) -> Response {
@@ -278,6 +271,18 @@ impl Clock for FakeTime {
         let offset = i64::try_from(self.0.time_offset().as_millis()).unwrap_or(i64::MAX);
         SystemClock.now_ms().saturating_add(offset)
     }
+}
+
+/// The connection id of a callback's redirect (`status=connected&connection_id=…`);
+/// panics on any other outcome.
+pub fn connected_id(location: &reqwest::Url) -> Uuid {
+    let pairs: BTreeMap<String, String> = location.query_pairs().into_owned().collect();
+    assert_eq!(
+        pairs.get("status").map(String::as_str),
+        Some("connected"),
+        "{location}"
+    );
+    Uuid::parse_str(&pairs["connection_id"]).unwrap()
 }
 
 /// An HS256 API token.

@@ -82,22 +82,31 @@ impl TestDatabase {
                 return None;
             }
         };
+        Some(Self::postgres_at(&admin_url).await)
+    }
+
+    /// A fresh Postgres database `valo_test_<uuid>` on the server of `admin_url` (the
+    /// benchmark passes its own `BENCH_DATABASE_URL`).
+    pub async fn postgres_at(admin_url: &str) -> Self {
         let name = format!("valo_test_{}", Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url)
+        let mut admin = PgConnection::connect(admin_url)
             .await
-            .expect("connect to TEST_DATABASE_URL");
+            .unwrap_or_else(|e| panic!("cannot connect to {admin_url}: {e}"));
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
             .execute(&mut admin)
             .await
             .expect("create the test database");
         admin.close().await.ok();
-        let mut url = url::Url::parse(&admin_url).expect("TEST_DATABASE_URL is a URL");
+        let mut url = url::Url::parse(admin_url).expect("the admin URL is a URL");
         url.set_path(&format!("/{name}"));
-        Some(Self {
+        Self {
             backend: "postgres",
             url: url.to_string(),
-            cleanup: Cleanup::Postgres { admin_url, name },
-        })
+            cleanup: Cleanup::Postgres {
+                admin_url: admin_url.to_owned(),
+                name,
+            },
+        }
     }
 
     /// SQLite, and Postgres when configured.

@@ -1,0 +1,260 @@
+//! `hotpath`: the access-token endpoint against `/healthz` of the same process. The release
+//! binary serves; one org is connected through the real flow against the in-process fake
+//! Salesforce; wrk (a separate process) loads `GET /healthz` and then `POST …/access-token`
+//! (cached token, HS256 JWT, JSON body) with the same settings, twice, back to back. A
+//! second process with the verified-JWT cache off (`VALO_OAUTH_API_JWT_CACHE_CAPACITY=0`)
+//! is measured the same way, as a variant.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use fake_salesforce::{FakeOptions, FakeSalesforce};
+use serde_json::json;
+use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET};
+
+use crate::Options;
+use crate::api::{TENANT, connect_org, fetch_token, http_client, jwt, token_path};
+use crate::load::{WrkResult, wait_for_quiet, write_token_script, wrk};
+use crate::report::{TARGETS, met};
+use crate::server::{self, Server};
+
+struct HotPathRound {
+    healthz: WrkResult,
+    token: WrkResult,
+}
+
+pub struct HotPath {
+    rounds: Vec<HotPathRound>,
+    no_jwt_cache: HotPathRound,
+    token_bytes: usize,
+    jwt_bytes: usize,
+}
+
+async fn measure_pair(
+    opts: &Options,
+    server: &Server,
+    script: &Path,
+    path: &str,
+    label: &str,
+) -> HotPathRound {
+    wait_for_quiet(label).await;
+    let healthz = wrk(
+        opts,
+        server.pid(),
+        &server.url("/healthz"),
+        None,
+        opts.duration_secs,
+        &format!("{label}-healthz"),
+    )
+    .await;
+    let token = wrk(
+        opts,
+        server.pid(),
+        &server.url(path),
+        Some(script),
+        opts.duration_secs,
+        &format!("{label}-token"),
+    )
+    .await;
+    HotPathRound { healthz, token }
+}
+
+pub async fn run(opts: &Options) -> HotPath {
+    eprintln!(
+        "== hot path: /healthz vs access-token, wrk -t{} -c{} -d{}s",
+        opts.threads, opts.connections, opts.duration_secs
+    );
+    let db = server::database(opts).await;
+    let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
+    let server = Server::start(opts, &db, &[]).await;
+    fake.register_app(CLIENT_ID, CLIENT_SECRET, &Server::callback_url());
+    let client = http_client();
+    let id = connect_org(&client, &server.base, &fake).await;
+    let jwt = jwt("tokens:read", true);
+    let path = token_path(id);
+    let (status, token) = fetch_token(
+        &client,
+        &server.url(&path),
+        &jwt,
+        &json!({"min_ttl_seconds": 60}),
+    )
+    .await;
+    assert_eq!(status, 200, "access-token check request");
+    let token = token.unwrap();
+    let script = write_token_script(opts, "access_token", &jwt, &[]);
+
+    wait_for_quiet("the warm-up").await;
+    // Warm-ups, then two rounds back to back against the same process.
+    wrk(
+        opts,
+        server.pid(),
+        &server.url("/healthz"),
+        None,
+        opts.warmup_secs,
+        "warmup-healthz",
+    )
+    .await;
+    wrk(
+        opts,
+        server.pid(),
+        &server.url(&path),
+        Some(&script),
+        opts.warmup_secs,
+        "warmup-token",
+    )
+    .await;
+    let mut rounds = Vec::new();
+    for round in 1..=2 {
+        rounds.push(measure_pair(opts, &server, &script, &path, &format!("round{round}")).await);
+    }
+    // The cached token must not have changed under load (no refresh, no revalidation
+    // surprise): the fake saw one code exchange and no refresh.
+    let counters = fake.counters();
+    assert_eq!(
+        counters.refreshes, 0,
+        "no refresh expected during the hot-path runs"
+    );
+    server.stop().await;
+
+    // Variant: the same binary with the verified-JWT cache off (signature checked on
+    // every request), same database, same connection.
+    eprintln!("== variant: VALO_OAUTH_API_JWT_CACHE_CAPACITY=0");
+    let variant = Server::start(opts, &db, &[("VALO_OAUTH_API_JWT_CACHE_CAPACITY", "0")]).await;
+    let (status, _) = fetch_token(
+        &client,
+        &variant.url(&path),
+        &jwt,
+        &json!({"min_ttl_seconds": 60}),
+    )
+    .await;
+    assert_eq!(status, 200, "access-token check request (variant)");
+    wrk(
+        opts,
+        variant.pid(),
+        &variant.url("/healthz"),
+        None,
+        opts.warmup_secs,
+        "warmup-nojwtcache-healthz",
+    )
+    .await;
+    wrk(
+        opts,
+        variant.pid(),
+        &variant.url(&path),
+        Some(&script),
+        opts.warmup_secs,
+        "warmup-nojwtcache-token",
+    )
+    .await;
+    let no_jwt_cache = measure_pair(opts, &variant, &script, &path, "nojwtcache").await;
+    variant.stop().await;
+    drop(db);
+    HotPath {
+        rounds,
+        no_jwt_cache,
+        token_bytes: token.len(),
+        jwt_bytes: jwt.len(),
+    }
+}
+
+/// The `hotpath` section of `docs/benchmarks.md`.
+pub fn report(opts: &Options, hot: &HotPath) -> String {
+    let mut s = String::new();
+    let mean = |f: &dyn Fn(&HotPathRound) -> f64| {
+        hot.rounds.iter().map(f).sum::<f64>() / hot.rounds.len() as f64
+    };
+    let ratio = mean(&|r| r.token.requests_per_sec / r.healthz.requests_per_sec);
+    let worst_p99 = hot
+        .rounds
+        .iter()
+        .map(|r| r.token.p99_ms)
+        .fold(0.0, f64::max);
+    let _ = writeln!(s, "### 1. Access-token endpoint vs `/healthz`\n");
+    let _ = writeln!(
+        s,
+        "One server process (the release binary, `wrk -t{} -c{} -d{}s --latency`, {} s warm-up per endpoint, \
+         on the same cores as the server); one org connected through the real flow; the access-token request is \
+         `POST /v1/tenants/{TENANT}/connections/{{id}}/access-token` with `Authorization: Bearer <HS256 JWT, {} bytes>` \
+         and body `{{\"min_ttl_seconds\":60}}`, answered from the in-memory token cache ({}-byte token). \
+         Rounds run back to back: `/healthz` then access-token, twice. Every response was checked for non-2xx.\n",
+        opts.threads,
+        opts.connections,
+        opts.duration_secs,
+        opts.warmup_secs,
+        hot.jwt_bytes,
+        hot.token_bytes
+    );
+    let _ = writeln!(s, "{TARGETS}");
+    let _ = writeln!(
+        s,
+        "| access-token req/s vs `/healthz` | {:.0} req/s (`/healthz`, mean of {} rounds) | {:.0} req/s | {:.2} | ≥ 0.70 | {} |",
+        mean(&|r| r.healthz.requests_per_sec),
+        hot.rounds.len(),
+        mean(&|r| r.token.requests_per_sec),
+        ratio,
+        met(ratio >= 0.7)
+    );
+    let _ = writeln!(
+        s,
+        "| access-token p99 at {} connections | {:.2} ms (`/healthz` p99, worst round) | {:.2} ms (worst round) | {:.2} of 5 ms | < 5 ms | {} |\n",
+        opts.connections,
+        hot.rounds
+            .iter()
+            .map(|r| r.healthz.p99_ms)
+            .fold(0.0, f64::max),
+        worst_p99,
+        worst_p99 / 5.0,
+        met(worst_p99 < 5.0)
+    );
+    let _ = writeln!(
+        s,
+        "| run | endpoint | requests/s | p50 | p99 | non-2xx | token / healthz req/s | CPU cores: server / wrk / other processes | server CPU per request |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    let mut row = |label: &str, r: &HotPathRound| {
+        let _ = writeln!(s, "{}", row_of(label, "`/healthz`", &r.healthz, None));
+        let _ = writeln!(
+            s,
+            "{}",
+            row_of(label, "access-token", &r.token, Some(&r.healthz))
+        );
+    };
+    for (i, round) in hot.rounds.iter().enumerate() {
+        row(&format!("round {}", i + 1), round);
+    }
+    row("variant: JWT cache off", &hot.no_jwt_cache);
+    let _ = writeln!(
+        s,
+        "\nThe variant is a second process of the same binary with `VALO_OAUTH_API_JWT_CACHE_CAPACITY=0`: \
+         the HS256 signature is checked on every request. Its ratio against the cached-JWT rounds \
+         shows what the verified-token cache buys. The CPU column splits the machine's busy time during \
+         each run: the server process, wrk, and every other process (other work on a shared machine \
+         distorts throughput and, above all, p99; the harness waits for a quiet machine before each \
+         round, bounded by `BENCH_QUIET_WAIT_SECS`). Server CPU per request (CPU time of the server \
+         process / requests served) does not depend on how the two cores were shared, so it is the \
+         steadier figure when the machine is not quiet."
+    );
+    s
+}
+
+/// One table row of a wrk run; with `baseline`, the ratio and CPU-per-request comparison.
+pub fn row_of(label: &str, endpoint: &str, r: &WrkResult, baseline: Option<&WrkResult>) -> String {
+    let per_request = r.cpu_server / r.requests_per_sec * 1e6;
+    match baseline {
+        None => format!(
+            "| {label} | {endpoint} | {:.0} | {:.3} ms | {:.3} ms | {} | | {:.2} / {:.2} / {:.2} | {per_request:.1} µs |",
+            r.requests_per_sec, r.p50_ms, r.p99_ms, r.non_2xx, r.cpu_server, r.cpu_wrk, r.cpu_other
+        ),
+        Some(b) => format!(
+            "| {label} | {endpoint} | {:.0} | {:.3} ms | {:.3} ms | {} | **{:.2}** | {:.2} / {:.2} / {:.2} | {per_request:.1} µs ({:.2}× baseline) |",
+            r.requests_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.non_2xx,
+            r.requests_per_sec / b.requests_per_sec,
+            r.cpu_server,
+            r.cpu_wrk,
+            r.cpu_other,
+            per_request / (b.cpu_server / b.requests_per_sec * 1e6)
+        ),
+    }
+}
