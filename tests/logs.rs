@@ -192,9 +192,7 @@ backend_tests! {
             assert!(!log.contains(needle), "the log holds {needle:?} (of a consumer secret)");
         }
     }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn ids_with_a_wrong_checksum_are_kept_as_sent_with_a_warning(db) {
         capture();

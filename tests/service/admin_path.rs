@@ -191,9 +191,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn registration_with_the_login_host_away_or_odd_stores_nothing(db) {
         let app = TestApp::spawn(&db).await;
@@ -277,9 +275,7 @@ backend_tests! {
         assert_eq!(status, StatusCode::CREATED, "{b}");
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn a_corrected_put_still_clears_credentials_invalid(db) {
         let app = TestApp::spawn(&db).await;
@@ -602,9 +598,7 @@ backend_tests! {
             app.stop().await;
         }
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn the_return_to_redirect_keeps_its_contract(db) {
         let b = db.backend;
@@ -642,11 +636,9 @@ backend_tests! {
             app.stop().await;
         }
         }
-}
 
-// --- 4. reconnect ------------------------------------------------------------------------------
+    // --- 4. reconnect ------------------------------------------------------------------------------
 
-backend_tests! {
     #[tokio::test]
     async fn reconnect_renews_the_same_connection(db) {
         let app = TestApp::spawn(&db).await;
@@ -729,9 +721,7 @@ backend_tests! {
         assert_eq!(token.status(), StatusCode::OK, "{b}: it serves again");
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn reconnect_as_another_user_is_refused_and_leaves_no_second_connection(db) {
         let app = TestApp::spawn(&db).await;
@@ -769,9 +759,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn reconnect_of_an_unknown_or_foreign_connection_is_404(db) {
         let app = TestApp::spawn(&db).await;

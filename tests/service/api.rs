@@ -142,9 +142,7 @@ backend_tests! {
         assert!(openapi["paths"]["/v1/tenants/{tenant}/connections/{id}/access-token"].is_object());
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn readiness_fails_when_the_database_is_gone(db) {
         let app = TestApp::spawn(&db).await;
@@ -158,9 +156,7 @@ backend_tests! {
         .await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn bearer_tokens_that_must_be_refused_get_401(db) {
         let app = TestApp::spawn(&db).await;
@@ -333,9 +329,7 @@ backend_tests! {
         assert_problem(hs, StatusCode::UNAUTHORIZED, "unauthenticated").await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn scopes_and_tenant_confinement_get_403(db) {
         let app = TestApp::spawn(&db).await;
@@ -366,9 +360,7 @@ backend_tests! {
         assert_eq!(own.status(), StatusCode::NOT_FOUND, "own tenant passes");
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn tenant_app_lifecycle_never_returns_the_secret(db) {
         let app = TestApp::spawn(&db).await;
@@ -416,9 +408,7 @@ backend_tests! {
         assert_problem(again, StatusCode::NOT_FOUND, "not_found").await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn tenant_app_validation_gives_clear_400s(db) {
         let app = TestApp::spawn(&db).await;
@@ -564,9 +554,7 @@ backend_tests! {
         assert_problem(huge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn consumer_secrets_are_not_stored_in_plaintext(db) {
         let app = TestApp::spawn(&db).await;

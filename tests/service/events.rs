@@ -400,9 +400,7 @@ backend_tests! {
         assert_no_secret_in_bodies(&receiver, &fake);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn refused_app_credentials_and_their_fix_are_reported(db) {
         let b = db.backend;
@@ -462,9 +460,7 @@ backend_tests! {
         receiver.assert_all_valid();
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn a_failing_receiver_gets_retries_with_the_same_id(db) {
         let b = db.backend;
@@ -515,9 +511,7 @@ backend_tests! {
         }
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart(db) {
         let b = db.backend;
@@ -648,9 +642,7 @@ backend_tests! {
         one.stop().await;
         two.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn without_a_webhook_url_no_event_is_written(db) {
         let app = TestApp::spawn(&db).await;
@@ -668,9 +660,7 @@ backend_tests! {
             db.backend
         );
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn finished_events_and_old_audit_entries_are_pruned(db) {
         let b = db.backend;
@@ -874,9 +864,7 @@ backend_tests! {
         }
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn another_tenants_token_cannot_read_the_trail(db) {
         let b = db.backend;

@@ -155,9 +155,7 @@ backend_tests! {
         assert_eq!(app.fake.counters().code_exchanges, 1);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn success_page_without_return_to(db) {
         let app = TestApp::spawn(&db).await;
@@ -172,9 +170,7 @@ backend_tests! {
         assert_eq!(connections(&app, "acme").await.len(), 1);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn reauthorization_updates_the_connection_and_revokes_the_old_refresh_token(db) {
         let app = TestApp::spawn(&db).await;
@@ -209,9 +205,7 @@ backend_tests! {
         assert_eq!(connections(&app, "acme").await.len(), 2);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn states_that_tie_to_no_flow_get_an_error_page(db) {
         let app = TestApp::spawn(&db).await;
@@ -244,9 +238,7 @@ backend_tests! {
         assert_eq!(app.fake.counters().code_exchanges, 1);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn expired_states_are_refused(db) {
         let fake = FakeSalesforce::start(Default::default()).await.unwrap();
@@ -265,9 +257,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn concurrent_callbacks_with_one_state_proceed_once(db) {
         let app = TestApp::spawn(&db).await;
@@ -337,9 +327,7 @@ backend_tests! {
         assert!(connections(&app, "acme").await.is_empty());
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn bad_signature_and_missing_refresh_token_are_refused(db) {
         let app = TestApp::spawn(&db).await;
@@ -368,9 +356,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn transient_failures_during_the_exchange(db) {
         let app = TestApp::spawn(&db).await;
@@ -408,9 +394,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn expiry_is_introspected_or_assumed(db) {
         let fake = FakeSalesforce::start(fake_salesforce::FakeOptions {
@@ -445,9 +429,7 @@ backend_tests! {
         assert!((3580..=3600).contains(&expiry_in(c)), "assumed: {c}");
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn start_validation(db) {
         let app = TestApp::spawn(&db).await;
@@ -499,9 +481,7 @@ backend_tests! {
         assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn no_token_state_or_verifier_in_plaintext_in_the_database(db) {
         let app = TestApp::spawn(&db).await;

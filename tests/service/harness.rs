@@ -32,67 +32,62 @@ fn server_addr() -> SocketAddr {
         .unwrap()
 }
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test]
-async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let Some(bouncer) = PgBouncer::start(&admin_url()).await else {
-        eprintln!("skipped: no pgbouncer binary");
-        return;
-    };
-    let url = bouncer.url_for(&db.url);
-    assert!(url.contains(&bouncer.addr().port().to_string()), "{url}");
+postgres_tests! {
+    #[tokio::test]
+    async fn pgbouncer_runs_a_transaction_pool_in_front_of_postgres(db) {
+        let Some(bouncer) = PgBouncer::start(&admin_url()).await else {
+            eprintln!("skipped: no pgbouncer binary");
+            return;
+        };
+        let url = bouncer.url_for(&db.url);
+        assert!(url.contains(&bouncer.addr().port().to_string()), "{url}");
 
-    // Through a transaction pooler, statements with parameters run unnamed
-    // (`persistent(false)`) inside explicit transactions: see
-    // `pgbouncer_moves_transactions_between_server_connections`.
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("connect through pgbouncer: {e}\n{}", bouncer.log()));
+        // Through a transaction pooler, statements with parameters run unnamed
+        // (`persistent(false)`) inside explicit transactions: see
+        // `pgbouncer_moves_transactions_between_server_connections`.
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connect through pgbouncer: {e}\n{}", bouncer.log()));
 
-    sqlx::raw_sql("CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    for id in 1..=20_i64 {
+        sqlx::raw_sql("CREATE TABLE items (id BIGINT PRIMARY KEY, name TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        for id in 1..=20_i64 {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
+                .bind(id)
+                .bind(format!("item {id}"))
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+        }
         let mut tx = pool.begin().await.unwrap();
-        sqlx::query("INSERT INTO items (id, name) VALUES ($1, $2)")
-            .bind(id)
-            .bind(format!("item {id}"))
-            .persistent(false)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
+        let (count, name): (i64, String) =
+            sqlx::query_as("SELECT count(*), max(name) FROM items WHERE id <= $1")
+                .bind(20_i64)
+                .persistent(false)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
         tx.commit().await.unwrap();
-    }
-    let mut tx = pool.begin().await.unwrap();
-    let (count, name): (i64, String) =
-        sqlx::query_as("SELECT count(*), max(name) FROM items WHERE id <= $1")
-            .bind(20_i64)
-            .persistent(false)
-            .fetch_one(&mut *tx)
+        assert_eq!((count, name.as_str()), (20, "item 9"));
+        let database: String = sqlx::raw_sql("SELECT current_database()")
+            .fetch_one(&pool)
             .await
+            .map(|row| {
+                use sqlx::Row;
+                row.get(0)
+            })
             .unwrap();
-    tx.commit().await.unwrap();
-    assert_eq!((count, name.as_str()), (20, "item 9"));
-    let database: String = sqlx::raw_sql("SELECT current_database()")
-        .fetch_one(&pool)
-        .await
-        .map(|row| {
-            use sqlx::Row;
-            row.get(0)
-        })
-        .unwrap();
-    assert_eq!(db.url.rsplit('/').next(), Some(database.as_str()));
-    pool.close().await;
+        assert_eq!(db.url.rsplit('/').next(), Some(database.as_str()));
+        pool.close().await;
+    }
 }
 
 #[cfg_attr(
@@ -138,64 +133,59 @@ async fn pgbouncer_shares_one_server_connection_between_clients() {
     second.close().await.ok();
 }
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test]
-async fn fault_proxy_cuts_and_restores_the_database() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let proxy = FaultProxy::start(server_addr()).await;
-    let url = proxy.url_for(&db.url);
-    assert!(url.contains(&proxy.addr().to_string()), "{url}");
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&url)
-        .await
-        .unwrap();
-    let one = || sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool);
-    assert_eq!(one().await.unwrap(), 1);
-    assert!(
-        proxy.connections() >= 1,
-        "the pool's connection goes through the proxy"
-    );
+postgres_tests! {
+    #[tokio::test]
+    async fn fault_proxy_cuts_and_restores_the_database(db) {
+        let proxy = FaultProxy::start(server_addr()).await;
+        let url = proxy.url_for(&db.url);
+        assert!(url.contains(&proxy.addr().to_string()), "{url}");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .unwrap();
+        let one = || sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&pool);
+        assert_eq!(one().await.unwrap(), 1);
+        assert!(
+            proxy.connections() >= 1,
+            "the pool's connection goes through the proxy"
+        );
 
-    // Cut: the pooled connection dies, and new ones fail fast (not after the pool's
-    // 10 s acquire timeout: an accepted-then-reset connection is not retried, a refused
-    // one would be).
-    proxy.cut();
-    assert!(proxy.is_cut());
-    let started = Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(1), one())
-        .await
-        .expect("a query fails within 1 s of the cut");
-    assert!(result.is_err(), "a query after the cut fails: {result:?}");
-    eprintln!(
-        "after the cut: {:?} in {:?}",
-        result.unwrap_err(),
-        started.elapsed()
-    );
-    let started = Instant::now();
-    let connect = tokio::time::timeout(Duration::from_secs(1), PgConnection::connect(&url))
-        .await
-        .expect("a new connection fails within 1 s while cut");
-    assert!(connect.is_err());
-    eprintln!(
-        "connect while cut: {:?} in {:?}",
-        connect.err(),
-        started.elapsed()
-    );
-    wait_for(|| proxy.connections() == 0, "the proxied connections close").await;
+        // Cut: the pooled connection dies, and new ones fail fast (not after the pool's
+        // 10 s acquire timeout: an accepted-then-reset connection is not retried, a refused
+        // one would be).
+        proxy.cut();
+        assert!(proxy.is_cut());
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(1), one())
+            .await
+            .expect("a query fails within 1 s of the cut");
+        assert!(result.is_err(), "a query after the cut fails: {result:?}");
+        eprintln!(
+            "after the cut: {:?} in {:?}",
+            result.unwrap_err(),
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let connect = tokio::time::timeout(Duration::from_secs(1), PgConnection::connect(&url))
+            .await
+            .expect("a new connection fails within 1 s while cut");
+        assert!(connect.is_err());
+        eprintln!(
+            "connect while cut: {:?} in {:?}",
+            connect.err(),
+            started.elapsed()
+        );
+        wait_for(|| proxy.connections() == 0, "the proxied connections close").await;
 
-    // Restore: the pool reconnects.
-    proxy.restore();
-    assert_eq!(one().await.unwrap(), 1);
-    assert!(proxy.connections() >= 1);
-    pool.close().await;
-    wait_for(|| proxy.connections() == 0, "the pool's connections close").await;
+        // Restore: the pool reconnects.
+        proxy.restore();
+        assert_eq!(one().await.unwrap(), 1);
+        assert!(proxy.connections() >= 1);
+        pool.close().await;
+        wait_for(|| proxy.connections() == 0, "the pool's connections close").await;
+    }
 }
 
 #[tokio::test]
@@ -259,73 +249,68 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// What sqlx needs behind a transaction pooler, checked where it matters: 20 tasks over a
-/// pool of 10 client connections, through a bouncer with 2 server connections, so that
-/// consecutive transactions of a client connection run on different servers.
-///
-/// sqlx's default named statements (`sqlx_s_1`, … per client connection, cached or not)
-/// outlive the transaction on the server, so another client connection fails with
-/// "prepared statement \"sqlx_s_1\" already exists" and the client whose cache names them
-/// fails elsewhere with "… does not exist" — inside explicit transactions too. Unnamed
-/// statements (`persistent(false)`) *outside* a transaction race: the Parse and the Bind
-/// are separate round trips, the bouncer may hand the server to another client in between,
-/// and the Bind then runs that client's statement (wrong answers, or "unnamed prepared
-/// statement does not exist"). Unnamed statements inside explicit transactions are safe:
-/// the two statement texts below with the same parameter would expose a mix-up.
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test]
-async fn pgbouncer_moves_transactions_between_server_connections() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let Some(bouncer) = PgBouncer::start_with(&admin_url(), 2).await else {
-        eprintln!("skipped: no pgbouncer binary");
-        return;
-    };
-    let pool = PgPoolOptions::new()
-        .max_connections(10)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(&bouncer.url_for(&db.url))
-        .await
-        .unwrap();
-    let mut tasks = Vec::new();
-    for task in 0..20_i64 {
-        let pool = pool.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            for i in 0..10_i64 {
-                let n = task * 100 + i;
-                let (sql, expected) = if n % 2 == 1 {
-                    ("SELECT -$1::bigint", -n)
-                } else {
-                    ("SELECT $1::bigint", n)
-                };
-                let mut tx = pool.begin().await.unwrap();
-                let got = sqlx::query_scalar::<_, i64>(sql)
-                    .bind(n)
-                    .persistent(false)
-                    .fetch_one(&mut *tx)
-                    .await;
-                tx.commit().await.unwrap();
-                match got {
-                    Ok(got) if got == expected => {}
-                    other => failures.push(format!("{sql} with {n}: {other:?}")),
+postgres_tests! {
+    /// What sqlx needs behind a transaction pooler, checked where it matters: 20 tasks over a
+    /// pool of 10 client connections, through a bouncer with 2 server connections, so that
+    /// consecutive transactions of a client connection run on different servers.
+    ///
+    /// sqlx's default named statements (`sqlx_s_1`, … per client connection, cached or not)
+    /// outlive the transaction on the server, so another client connection fails with
+    /// "prepared statement \"sqlx_s_1\" already exists" and the client whose cache names them
+    /// fails elsewhere with "… does not exist" — inside explicit transactions too. Unnamed
+    /// statements (`persistent(false)`) *outside* a transaction race: the Parse and the Bind
+    /// are separate round trips, the bouncer may hand the server to another client in between,
+    /// and the Bind then runs that client's statement (wrong answers, or "unnamed prepared
+    /// statement does not exist"). Unnamed statements inside explicit transactions are safe:
+    /// the two statement texts below with the same parameter would expose a mix-up.
+    #[tokio::test]
+    async fn pgbouncer_moves_transactions_between_server_connections(db) {
+        let Some(bouncer) = PgBouncer::start_with(&admin_url(), 2).await else {
+            eprintln!("skipped: no pgbouncer binary");
+            return;
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&bouncer.url_for(&db.url))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for task in 0..20_i64 {
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut failures = Vec::new();
+                for i in 0..10_i64 {
+                    let n = task * 100 + i;
+                    let (sql, expected) = if n % 2 == 1 {
+                        ("SELECT -$1::bigint", -n)
+                    } else {
+                        ("SELECT $1::bigint", n)
+                    };
+                    let mut tx = pool.begin().await.unwrap();
+                    let got = sqlx::query_scalar::<_, i64>(sql)
+                        .bind(n)
+                        .persistent(false)
+                        .fetch_one(&mut *tx)
+                        .await;
+                    tx.commit().await.unwrap();
+                    match got {
+                        Ok(got) if got == expected => {}
+                        other => failures.push(format!("{sql} with {n}: {other:?}")),
+                    }
                 }
-            }
-            failures
-        }));
+                failures
+            }));
+        }
+        let mut failures = Vec::new();
+        for task in tasks {
+            failures.extend(task.await.unwrap());
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of 200 failed: {failures:#?}",
+            failures.len()
+        );
+        pool.close().await;
     }
-    let mut failures = Vec::new();
-    for task in tasks {
-        failures.extend(task.await.unwrap());
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of 200 failed: {failures:#?}",
-        failures.len()
-    );
-    pool.close().await;
 }

@@ -85,9 +85,7 @@ backend_tests! {
         assert_eq!(fake.counters().revocations, revocations + 1, "revoked first");
         new.stop().await;
     }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn a_connection_whose_key_is_gone_is_deleted_with_force(db) {
         let fake = FakeSalesforce::start(Default::default()).await.unwrap();

@@ -125,9 +125,7 @@ backend_tests! {
         assert_eq!(shown["status"], "active", "{b}");
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends(db) {
         let b = db.backend;
@@ -158,9 +156,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline(db) {
         let b = db.backend;
@@ -195,9 +191,7 @@ backend_tests! {
         fake.set_latency(Duration::ZERO);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token(db) {
         let b = db.backend;
@@ -227,115 +221,103 @@ backend_tests! {
 
 // --- database faults (Postgres) ---------------------------------------------------------------
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_database_session_killed_mid_refresh_lets_nobody_present_the_token_twice() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let fake = fake().await;
-    let a = TestApp::spawn_with(&db, &fake, &[]).await;
-    let b = TestApp::spawn_with(&db, &fake, &[]).await;
-    let id = a.connect("acme").await;
-    let current = token_of(a.access_token("acme", id, None).await).await;
-    fake.set_latency(Duration::from_millis(1_200));
-    let first = {
-        let request = a
-            .client
-            .post(a.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
-            .bearer_auth(a.token("tokens:read", Some("acme")))
-            .json(&json!({ "rejected_token": current }));
-        tokio::spawn(async move { request.send().await.unwrap() })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // A failover, a pooler restart, an idle limit: every session of both replicas dies
-    // while the first replica's refresh is at Salesforce.
-    let name = url::Url::parse(&db.url)
-        .unwrap()
-        .path()
-        .trim_start_matches('/')
-        .to_owned();
-    db.execute(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    ))
-    .await;
-    let second = b.access_token("acme", id, rejecting(&current)).await;
-    for response in [first.await.unwrap(), second] {
+postgres_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_database_session_killed_mid_refresh_lets_nobody_present_the_token_twice(db) {
+        let fake = fake().await;
+        let a = TestApp::spawn_with(&db, &fake, &[]).await;
+        let b = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = a.connect("acme").await;
+        let current = token_of(a.access_token("acme", id, None).await).await;
+        fake.set_latency(Duration::from_millis(1_200));
+        let first = {
+            let request = a
+                .client
+                .post(a.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+                .bearer_auth(a.token("tokens:read", Some("acme")))
+                .json(&json!({ "rejected_token": current }));
+            tokio::spawn(async move { request.send().await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A failover, a pooler restart, an idle limit: every session of both replicas dies
+        // while the first replica's refresh is at Salesforce.
+        let name = url::Url::parse(&db.url)
+            .unwrap()
+            .path()
+            .trim_start_matches('/')
+            .to_owned();
+        db.execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await;
+        let second = b.access_token("acme", id, rejecting(&current)).await;
+        for response in [first.await.unwrap(), second] {
+            let status = response.status();
+            assert!(
+                status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                "a token or a 503, never a 500: {status} {:?}",
+                response.text().await
+            );
+        }
+        assert_eq!(
+            fake.counters().refreshes,
+            1,
+            "the refresh token was presented once"
+        );
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        fake.set_latency(Duration::ZERO);
+        // The connection works afterwards, on both replicas, and refreshes again.
+        let new = token_of(b.access_token("acme", id, rejecting(&current)).await).await;
+        assert_ne!(new, current);
+        let newer = token_of(a.access_token("acme", id, rejecting(&new)).await).await;
+        assert_ne!(newer, new);
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_gone_while_the_answer_is_on_its_way_the_rotated_token_is_still_saved(db) {
+        let proxy = FaultProxy::start(postgres_addr(&db)).await;
+        let through = proxy.url_for(&db.url);
+        let fake = fake().await;
+        let app = TestApp::spawn_with(&db, &fake, &[("DATABASE_URL", &through)]).await;
+        let id = app.connect("acme").await;
+        let current = token_of(app.access_token("acme", id, None).await).await;
+        fake.set_latency(Duration::from_millis(1_000));
+        let request = app.access_token("acme", id, rejecting(&current));
+        let outage = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            proxy.cut();
+            // Down from before Salesforce answers until seconds after.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            proxy.restore();
+        };
+        let (response, ()) = tokio::join!(request, outage);
         let status = response.status();
         assert!(
             status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
-            "a token or a 503, never a 500: {status} {:?}",
+            "{status}: {:?}",
             response.text().await
         );
+        assert_eq!(fake.counters().refreshes, 1);
+        fake.set_latency(Duration::ZERO);
+        // The rotated token was committed once the database came back: the next refresh
+        // presents it, and Salesforce sees no reuse.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stored = connection(&app, id).await;
+        assert_eq!(stored["status"], "active", "{stored}");
+        let new = token_of(app.access_token("acme", id, rejecting(&current)).await).await;
+        let newer = token_of(app.access_token("acme", id, rejecting(&new)).await).await;
+        assert_ne!(newer, new);
+        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+        assert!(
+            fake.is_refresh_token_active(&active_refresh_token(&fake)),
+            "the connection's refresh token is live"
+        );
+        app.stop().await;
     }
-    assert_eq!(
-        fake.counters().refreshes,
-        1,
-        "the refresh token was presented once"
-    );
-    assert_eq!(fake.counters().refresh_reuse_attempts, 0);
-    fake.set_latency(Duration::ZERO);
-    // The connection works afterwards, on both replicas, and refreshes again.
-    let new = token_of(b.access_token("acme", id, rejecting(&current)).await).await;
-    assert_ne!(new, current);
-    let newer = token_of(a.access_token("acme", id, rejecting(&new)).await).await;
-    assert_ne!(newer, new);
-    assert_eq!(fake.counters().refresh_reuse_attempts, 0);
-    a.stop().await;
-    b.stop().await;
-}
-
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_gone_while_the_answer_is_on_its_way_the_rotated_token_is_still_saved() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let proxy = FaultProxy::start(postgres_addr(&db)).await;
-    let through = proxy.url_for(&db.url);
-    let fake = fake().await;
-    let app = TestApp::spawn_with(&db, &fake, &[("DATABASE_URL", &through)]).await;
-    let id = app.connect("acme").await;
-    let current = token_of(app.access_token("acme", id, None).await).await;
-    fake.set_latency(Duration::from_millis(1_000));
-    let request = app.access_token("acme", id, rejecting(&current));
-    let outage = async {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        proxy.cut();
-        // Down from before Salesforce answers until seconds after.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        proxy.restore();
-    };
-    let (response, ()) = tokio::join!(request, outage);
-    let status = response.status();
-    assert!(
-        status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
-        "{status}: {:?}",
-        response.text().await
-    );
-    assert_eq!(fake.counters().refreshes, 1);
-    fake.set_latency(Duration::ZERO);
-    // The rotated token was committed once the database came back: the next refresh
-    // presents it, and Salesforce sees no reuse.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stored = connection(&app, id).await;
-    assert_eq!(stored["status"], "active", "{stored}");
-    let new = token_of(app.access_token("acme", id, rejecting(&current)).await).await;
-    let newer = token_of(app.access_token("acme", id, rejecting(&new)).await).await;
-    assert_ne!(newer, new);
-    assert_eq!(fake.counters().refresh_reuse_attempts, 0);
-    assert!(
-        fake.is_refresh_token_active(&active_refresh_token(&fake)),
-        "the connection's refresh token is live"
-    );
-    app.stop().await;
 }
 
 fn active_refresh_token(fake: &FakeSalesforce) -> String {
@@ -348,132 +330,120 @@ fn active_refresh_token(fake: &FakeSalesforce) -> String {
     active[0].clone()
 }
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn with_postgres_down_readiness_and_reads_fail_fast_and_cached_tokens_are_served() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let proxy = FaultProxy::start(postgres_addr(&db)).await;
-    let through = proxy.url_for(&db.url);
-    let fake = fake().await;
-    // The shipped default acquire timeout, not the tests' relaxed one.
-    let app = TestApp::spawn_with(&db, &fake, &[("DATABASE_URL", &through)]).await;
-    let id = app.connect("acme").await;
-    let cached = token_of(app.access_token("acme", id, None).await).await;
-    proxy.cut();
-    for _ in 0..2 {
-        let started = Instant::now();
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
+postgres_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn with_postgres_down_readiness_and_reads_fail_fast_and_cached_tokens_are_served(db) {
+        let proxy = FaultProxy::start(postgres_addr(&db)).await;
+        let through = proxy.url_for(&db.url);
+        let fake = fake().await;
+        // The shipped default acquire timeout, not the tests' relaxed one.
+        let app = TestApp::spawn_with(&db, &fake, &[("DATABASE_URL", &through)]).await;
+        let id = app.connect("acme").await;
+        let cached = token_of(app.access_token("acme", id, None).await).await;
+        proxy.cut();
+        for _ in 0..2 {
+            let started = Instant::now();
+            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
 
-        let started = Instant::now();
-        let (status, body) = app
+            let started = Instant::now();
+            let (status, body) = app
+                .get_json("/v1/tenants/acme/connections", "connections:read")
+                .await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert_eq!(body["code"], "service_unavailable");
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+
+            assert_eq!(
+                token_of(app.access_token("acme", id, None).await).await,
+                cached
+            );
+        }
+        // Recovery needs no restart.
+        proxy.restore();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            if ready.status() == StatusCode::OK {
+                break;
+            }
+            assert!(Instant::now() < deadline, "ready again after the outage");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, _) = app
             .get_json("/v1/tenants/acme/connections", "connections:read")
             .await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-        assert_eq!(body["code"], "service_unavailable");
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
-
-        assert_eq!(
-            token_of(app.access_token("acme", id, None).await).await,
-            cached
-        );
-    }
-    // Recovery needs no restart.
-    proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        if ready.status() == StatusCode::OK {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ready again after the outage");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (status, _) = app
-        .get_json("/v1/tenants/acme/connections", "connections:read")
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    app.stop().await;
-}
-
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn through_pgbouncer_in_transaction_mode_three_replicas_refresh_once() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let admin = std::env::var("TEST_DATABASE_URL").unwrap();
-    let Some(bouncer) = PgBouncer::start(&admin).await else {
-        eprintln!("pgbouncer is not installed: skipping");
-        return;
-    };
-    let through = bouncer.url_for(&db.url);
-    // Migrations take a session-level advisory lock: they run on a direct connection
-    // (`valo-oauth migrate`), the replicas behind the pooler do not migrate.
-    db.store().await.close().await;
-    let fake = fake().await;
-    let env = [
-        ("DATABASE_URL", through.as_str()),
-        ("VALO_OAUTH_DB_TRANSACTION_POOLER", "true"),
-        ("VALO_OAUTH_MIGRATE_ON_START", "false"),
-    ];
-    let replicas = [
-        TestApp::spawn_with(&db, &fake, &env).await,
-        TestApp::spawn_with(&db, &fake, &env).await,
-        TestApp::spawn_with(&db, &fake, &env).await,
-    ];
-    let id = replicas[0].connect("acme").await;
-    let mut current = token_of(replicas[0].access_token("acme", id, None).await).await;
-    fake.set_latency(Duration::from_millis(300));
-    for round in 1..=2u64 {
-        let tasks: Vec<_> = (0..300)
-            .map(|i| {
-                let app = &replicas[i % replicas.len()];
-                let request = app
-                    .client
-                    .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
-                    .bearer_auth(app.token("tokens:read", Some("acme")))
-                    .json(&json!({ "rejected_token": current }));
-                tokio::spawn(async move { token_of(request.send().await.unwrap()).await })
-            })
-            .collect();
-        let mut tokens = Vec::new();
-        for task in tasks {
-            tokens.push(task.await.unwrap());
-        }
-        assert!(
-            tokens.iter().all(|t| *t == tokens[0] && *t != current),
-            "round {round}: every caller got the one new token"
-        );
-        assert_eq!(
-            fake.counters().refreshes,
-            round,
-            "exactly one refresh per storm"
-        );
-        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
-        current = tokens[0].clone();
-    }
-    for app in replicas {
+        assert_eq!(status, StatusCode::OK);
         app.stop().await;
     }
-    drop(bouncer);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn through_pgbouncer_in_transaction_mode_three_replicas_refresh_once(db) {
+        let admin = std::env::var("TEST_DATABASE_URL").unwrap();
+        let Some(bouncer) = PgBouncer::start(&admin).await else {
+            eprintln!("pgbouncer is not installed: skipping");
+            return;
+        };
+        let through = bouncer.url_for(&db.url);
+        // Migrations take a session-level advisory lock: they run on a direct connection
+        // (`valo-oauth migrate`), the replicas behind the pooler do not migrate.
+        db.store().await.close().await;
+        let fake = fake().await;
+        let env = [
+            ("DATABASE_URL", through.as_str()),
+            ("VALO_OAUTH_DB_TRANSACTION_POOLER", "true"),
+            ("VALO_OAUTH_MIGRATE_ON_START", "false"),
+        ];
+        let replicas = [
+            TestApp::spawn_with(&db, &fake, &env).await,
+            TestApp::spawn_with(&db, &fake, &env).await,
+            TestApp::spawn_with(&db, &fake, &env).await,
+        ];
+        let id = replicas[0].connect("acme").await;
+        let mut current = token_of(replicas[0].access_token("acme", id, None).await).await;
+        fake.set_latency(Duration::from_millis(300));
+        for round in 1..=2u64 {
+            let tasks: Vec<_> = (0..300)
+                .map(|i| {
+                    let app = &replicas[i % replicas.len()];
+                    let request = app
+                        .client
+                        .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+                        .bearer_auth(app.token("tokens:read", Some("acme")))
+                        .json(&json!({ "rejected_token": current }));
+                    tokio::spawn(async move { token_of(request.send().await.unwrap()).await })
+                })
+                .collect();
+            let mut tokens = Vec::new();
+            for task in tasks {
+                tokens.push(task.await.unwrap());
+            }
+            assert!(
+                tokens.iter().all(|t| *t == tokens[0] && *t != current),
+                "round {round}: every caller got the one new token"
+            );
+            assert_eq!(
+                fake.counters().refreshes,
+                round,
+                "exactly one refresh per storm"
+            );
+            assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+            current = tokens[0].clone();
+        }
+        for app in replicas {
+            app.stop().await;
+        }
+        drop(bouncer);
+    }
 }
 
 // --- process faults: SIGKILL and SIGTERM -------------------------------------------------------
@@ -589,92 +559,87 @@ backend_tests! {
         }
 }
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_killed_while_holding_a_lease_blocks_the_connection_only_until_it_ends() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let fake = fake().await;
-    let survivor = TestApp::spawn_with(&db, &fake, &[]).await;
-    let victim_connection = connect_users(&survivor, 1).await[0];
-    let current = token_of(survivor.access_token("acme", victim_connection, None).await).await;
+postgres_tests! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_replica_killed_while_holding_a_lease_blocks_the_connection_only_until_it_ends(db) {
+        let fake = fake().await;
+        let survivor = TestApp::spawn_with(&db, &fake, &[]).await;
+        let victim_connection = connect_users(&survivor, 1).await[0];
+        let current = token_of(survivor.access_token("acme", victim_connection, None).await).await;
 
-    // The doomed replica: a 1 s Salesforce timeout, so a 21 s lease.
-    let mut doomed = valo_testkit::process::ServiceProcess::spawn(
-        crate::SERVICE_BINARY,
-        &process_env(
-            &db,
-            &[
-                ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "1000"),
-                ("VALO_OAUTH_REFRESH_WAIT_MS", "5000"),
-            ],
-        ),
-    )
-    .await;
-    // Its refresh of the victim takes the lease and sends the call, which is lost on the
-    // way: Salesforce never sees it, so the refresh token is still good — the one case in
-    // which a replica dying under its lease must cost nothing.
-    fake.inject(Endpoint::Token, Fault::Lost(Duration::from_secs(60)));
-    let base = doomed.base();
-    let leased_at = Instant::now();
-    let victim = tokio::spawn({
-        let base = base.clone();
-        let current = current.clone();
-        async move { post_token(&base, victim_connection, json!({"rejected_token": current})).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    doomed.kill9();
-    let _ = victim.await;
-    let leased = connection(&survivor, victim_connection).await;
-    assert_eq!(leased["status"], "active", "{leased}");
+        // The doomed replica: a 1 s Salesforce timeout, so a 21 s lease.
+        let mut doomed = valo_testkit::process::ServiceProcess::spawn(
+            crate::SERVICE_BINARY,
+            &process_env(
+                &db,
+                &[
+                    ("VALO_OAUTH_SALESFORCE_TIMEOUT_MS", "1000"),
+                    ("VALO_OAUTH_REFRESH_WAIT_MS", "5000"),
+                ],
+            ),
+        )
+        .await;
+        // Its refresh of the victim takes the lease and sends the call, which is lost on the
+        // way: Salesforce never sees it, so the refresh token is still good — the one case in
+        // which a replica dying under its lease must cost nothing.
+        fake.inject(Endpoint::Token, Fault::Lost(Duration::from_secs(60)));
+        let base = doomed.base();
+        let leased_at = Instant::now();
+        let victim = tokio::spawn({
+            let base = base.clone();
+            let current = current.clone();
+            async move { post_token(&base, victim_connection, json!({"rejected_token": current})).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        doomed.kill9();
+        let _ = victim.await;
+        let leased = connection(&survivor, victim_connection).await;
+        assert_eq!(leased["status"], "active", "{leased}");
 
-    // The survivor cannot refresh while the dead replica's lease lives: a clear 503.
-    let (status, body) = problem(
-        survivor
-            .access_token("acme", victim_connection, rejecting(&current))
-            .await,
-    )
-    .await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["code"], "service_unavailable", "{body}");
-    assert!(
-        leased_at.elapsed() < Duration::from_secs(21),
-        "still within the lease"
-    );
-
-    // Once the lease ends, the survivor serves the connection.
-    let token = loop {
-        let response = survivor
-            .access_token("acme", victim_connection, rejecting(&current))
-            .await;
-        if response.status() == StatusCode::OK {
-            break token_of(response).await;
-        }
-        let (status, body) = problem(response).await;
-        assert_eq!(
-            status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "never a 500: {body}"
-        );
+        // The survivor cannot refresh while the dead replica's lease lives: a clear 503.
+        let (status, body) = problem(
+            survivor
+                .access_token("acme", victim_connection, rejecting(&current))
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["code"], "service_unavailable", "{body}");
         assert!(
-            leased_at.elapsed() < Duration::from_secs(40),
-            "the lease never ended"
+            leased_at.elapsed() < Duration::from_secs(21),
+            "still within the lease"
         );
-    };
-    let waited = leased_at.elapsed();
-    assert!(
-        waited >= Duration::from_secs(20),
-        "not before the lease ended: {waited:?}"
-    );
-    assert_ne!(token, current);
-    assert_eq!(
-        fake.counters().refresh_reuse_attempts,
-        0,
-        "the victim's refresh token was never presented twice"
-    );
-    survivor.stop().await;
+
+        // Once the lease ends, the survivor serves the connection.
+        let token = loop {
+            let response = survivor
+                .access_token("acme", victim_connection, rejecting(&current))
+                .await;
+            if response.status() == StatusCode::OK {
+                break token_of(response).await;
+            }
+            let (status, body) = problem(response).await;
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "never a 500: {body}"
+            );
+            assert!(
+                leased_at.elapsed() < Duration::from_secs(40),
+                "the lease never ended"
+            );
+        };
+        let waited = leased_at.elapsed();
+        assert!(
+            waited >= Duration::from_secs(20),
+            "not before the lease ended: {waited:?}"
+        );
+        assert_ne!(token, current);
+        assert_eq!(
+            fake.counters().refresh_reuse_attempts,
+            0,
+            "the victim's refresh token was never presented twice"
+        );
+        survivor.stop().await;
+    }
 }

@@ -17,7 +17,7 @@ use valo_oauth::store::{
     ConsumeOutcome, LeaseAttempt, NewConnection, RefreshFailure, RefreshLease, RefreshedTokens,
     SavedConnection, Store, StoreError, StoreOptions, TenantAppRecord,
 };
-use valo_testkit::db::test_options;
+use valo_testkit::db::{TestDatabase, test_options};
 
 const T0: i64 = 1_700_000_000_000;
 const LONG: Duration = Duration::from_secs(20);
@@ -88,6 +88,25 @@ async fn save(store: &Store, tenant: &str, user: &str, now: i64, tag: &str) -> S
         .unwrap()
 }
 
+/// Saves a connection of tenant `acme` whose token material fails to build.
+async fn save_failing(
+    store: &Store,
+    user: &str,
+    now: i64,
+) -> Result<SavedConnection, &'static str> {
+    store
+        .save_authorized_connection(
+            "acme",
+            "00D000000000001AAA",
+            user,
+            Uuid::new_v4(),
+            now,
+            |_| Err::<AuthorizedConnection, _>("encryption failed"),
+        )
+        .await
+        .unwrap()
+}
+
 /// Takes the connection's refresh lease (it must be free).
 async fn lock(store: &Store, tenant: &str, id: Uuid) -> RefreshLease {
     match store.acquire_lease(tenant, id, "test", LONG).await.unwrap() {
@@ -108,6 +127,102 @@ fn refreshed(tag: &str, now: i64, scopes: Option<&str>) -> RefreshedTokens {
         expiry_assumed: false,
         now,
     }
+}
+
+/// The migrated store of `db` with the app of tenant `acme` in it.
+async fn acme_store(db: &TestDatabase) -> Store {
+    let store = db.store().await;
+    store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    store
+}
+
+/// Saves an authorized connection (see [`save`]) and returns its row.
+async fn connection(
+    store: &Store,
+    tenant: &str,
+    user: &str,
+    now: i64,
+    tag: &str,
+) -> ConnectionRecord {
+    save(store, tenant, user, now, tag).await.connection
+}
+
+/// Inserts the session of state `state_hash(n)` for `tenant`, created at `T0`.
+async fn open_session(store: &Store, tenant: &str, n: u8, expires_at: i64) {
+    store
+        .insert_authorization_session(&session(tenant, &state_hash(n), T0, expires_at))
+        .await
+        .unwrap();
+}
+
+/// Consumes the session of state `state_hash(n)` at `now`.
+async fn consume(store: &Store, n: u8, now: i64) -> ConsumeOutcome {
+    store
+        .consume_authorization_session(&state_hash(n), now)
+        .await
+        .unwrap()
+}
+
+fn transient(reason: &str, failure_count: i32, next_attempt_at: i64, now: i64) -> RefreshFailure {
+    RefreshFailure::Transient {
+        reason: reason.into(),
+        failure_count,
+        next_attempt_at,
+        now,
+    }
+}
+
+fn needs_reauthorization(reason: &str, now: i64) -> RefreshFailure {
+    RefreshFailure::NeedsReauthorization {
+        reason: reason.into(),
+        now,
+    }
+}
+
+/// Takes the connection's lease and commits `failure` with it.
+async fn fail(store: &Store, tenant: &str, id: Uuid, failure: RefreshFailure) -> ConnectionRecord {
+    lock(store, tenant, id)
+        .await
+        .commit_failure(&failure)
+        .await
+        .unwrap()
+}
+
+/// Takes the connection's lease and commits `tokens` with it.
+async fn refresh(
+    store: &Store,
+    tenant: &str,
+    id: Uuid,
+    tokens: &RefreshedTokens,
+) -> ConnectionRecord {
+    lock(store, tenant, id)
+        .await
+        .commit_refreshed(tokens)
+        .await
+        .unwrap()
+}
+
+/// Whether a commit was refused because the lease was lost.
+fn lease_lost<T>(result: &Result<T, StoreError>) -> bool {
+    matches!(result, Err(StoreError::LeaseLost))
+}
+
+/// [`backend_tests!`] for a test of the store alone: the body sees `$b`, the backend's name,
+/// and `$store`, migrated and holding tenant `acme`'s app, which is closed after the body.
+macro_rules! store_tests {
+    ($($(#[$attr:meta])* async fn $name:ident($db:ident, $b:ident, $store:ident) $body:block)+) => {
+        backend_tests! {
+            $(
+                $(#[$attr])*
+                async fn $name($db) {
+                    let $b = $db.backend;
+                    let $store = acme_store(&$db).await;
+                    $body
+                    $store.close().await;
+                }
+            )+
+        }
+    };
 }
 
 async fn get(store: &Store, tenant: &str, id: Uuid) -> ConnectionRecord {
@@ -142,9 +257,7 @@ backend_tests! {
         other.close().await;
         store.close().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn readiness_fails_when_a_migration_is_missing_or_failed(db) {
         let b = db.backend;
@@ -229,33 +342,18 @@ backend_tests! {
         }
 }
 
-backend_tests! {
+store_tests! {
     #[tokio::test]
-    async fn deleting_a_tenant_app_cascades_to_sessions_and_connections(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn deleting_a_tenant_app_cascades_to_sessions_and_connections(db, b, store) {
         store.put_tenant_app(&app("other", T0, "k")).await.unwrap();
-        store
-            .insert_authorization_session(&session("acme", &state_hash(1), T0, T0 + 600_000))
-            .await
-            .unwrap();
-        store
-            .insert_authorization_session(&session("other", &state_hash(2), T0, T0 + 600_000))
-            .await
-            .unwrap();
+        open_session(&store, "acme", 1, T0 + 600_000).await;
+        open_session(&store, "other", 2, T0 + 600_000).await;
         let acme = save(&store, "acme", "005000000000001AAA", T0, "a").await;
         let other = save(&store, "other", "005000000000001AAA", T0, "o").await;
 
         assert!(store.delete_tenant_app("acme").await.unwrap());
         assert!(
-            matches!(
-                store
-                    .consume_authorization_session(&state_hash(1), T0)
-                    .await
-                    .unwrap(),
-                ConsumeOutcome::Unknown
-            ),
+            matches!(consume(&store, 1, T0).await, ConsumeOutcome::Unknown),
             "{b}: the tenant's session is gone"
         );
         assert!(
@@ -271,13 +369,7 @@ backend_tests! {
             "{b}"
         );
         // The other tenant keeps its rows.
-        assert!(matches!(
-            store
-                .consume_authorization_session(&state_hash(2), T0)
-                .await
-                .unwrap(),
-            ConsumeOutcome::Consumed(_)
-        ));
+        assert!(matches!(consume(&store, 2, T0).await, ConsumeOutcome::Consumed(_)));
         assert!(
             store
                 .get_connection("other", other.connection.id)
@@ -295,26 +387,17 @@ backend_tests! {
             "{b}: {:?}",
             orphan.err()
         );
-        store.close().await;
-        }
-}
+    }
 
-// --- authorization sessions ------------------------------------------------------------
+    // --- authorization sessions ------------------------------------------------------------
 
-backend_tests! {
     #[tokio::test]
-    async fn consume_is_single_use_and_tells_unknown_and_expired(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn consume_is_single_use_and_tells_unknown_and_expired(db, b, store) {
         let live = session("acme", &state_hash(1), T0, T0 + 600_000);
         store.insert_authorization_session(&live).await.unwrap();
 
         let now = T0 + 1_000;
-        match store
-            .consume_authorization_session(&state_hash(1), now)
-            .await
-            .unwrap()
+        match consume(&store, 1, now).await
         {
             ConsumeOutcome::Consumed(s) => {
                 assert_eq!(s.id, live.id, "{b}");
@@ -328,23 +411,11 @@ backend_tests! {
             _ => panic!("{b}: first consume must succeed"),
         }
         assert!(
-            matches!(
-                store
-                    .consume_authorization_session(&state_hash(1), now)
-                    .await
-                    .unwrap(),
-                ConsumeOutcome::AlreadyConsumed
-            ),
+            matches!(consume(&store, 1, now).await, ConsumeOutcome::AlreadyConsumed),
             "{b}: replay"
         );
         assert!(
-            matches!(
-                store
-                    .consume_authorization_session(&state_hash(9), now)
-                    .await
-                    .unwrap(),
-                ConsumeOutcome::Unknown
-            ),
+            matches!(consume(&store, 9, now).await, ConsumeOutcome::Unknown),
             "{b}: unknown"
         );
 
@@ -353,28 +424,13 @@ backend_tests! {
         let old = session("acme", &state_hash(2), T0, T0 + 600_000);
         store.insert_authorization_session(&old).await.unwrap();
         assert!(
-            matches!(
-                store
-                    .consume_authorization_session(&state_hash(2), T0 + 600_000)
-                    .await
-                    .unwrap(),
-                ConsumeOutcome::Expired
-            ),
+            matches!(consume(&store, 2, T0 + 600_000).await, ConsumeOutcome::Expired),
             "{b}: expired"
         );
-        assert!(matches!(
-            store
-                .consume_authorization_session(&state_hash(2), T0)
-                .await
-                .unwrap(),
-            ConsumeOutcome::AlreadyConsumed
-        ));
+        assert!(matches!(consume(&store, 2, T0).await, ConsumeOutcome::AlreadyConsumed));
 
         // Housekeeping removes only sessions expired before the cut-off.
-        store
-            .insert_authorization_session(&session("acme", &state_hash(3), T0, T0 + 900_000))
-            .await
-            .unwrap();
+        open_session(&store, "acme", 3, T0 + 900_000).await;
         assert_eq!(
             store
                 .delete_expired_authorization_sessions(T0 + 600_001)
@@ -383,27 +439,12 @@ backend_tests! {
             2,
             "{b}"
         );
-        assert!(matches!(
-            store
-                .consume_authorization_session(&state_hash(3), T0)
-                .await
-                .unwrap(),
-            ConsumeOutcome::Consumed(_)
-        ));
-        store.close().await;
-        }
-}
+        assert!(matches!(consume(&store, 3, T0).await, ConsumeOutcome::Consumed(_)));
+    }
 
-backend_tests! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_consumers_of_one_state_one_wins(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-        store
-            .insert_authorization_session(&session("acme", &state_hash(7), T0, T0 + 600_000))
-            .await
-            .unwrap();
+    async fn concurrent_consumers_of_one_state_one_wins(db, b, store) {
+        open_session(&store, "acme", 7, T0 + 600_000).await;
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let store = store.clone();
@@ -424,18 +465,12 @@ backend_tests! {
             }
         }
         assert_eq!((consumed, replays), (1, 19), "{b}");
-        store.close().await;
-        }
-}
+    }
 
-// --- saving authorized connections -----------------------------------------------------
+    // --- saving authorized connections -----------------------------------------------------
 
-backend_tests! {
     #[tokio::test]
-    async fn save_inserts_then_updates_the_same_org_user(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn save_inserts_then_updates_the_same_org_user(db, b, store) {
         let user = "005000000000001AAA";
 
         let first_id = Uuid::new_v4();
@@ -538,29 +573,13 @@ backend_tests! {
             .map(|c| c.id)
             .collect();
         assert_eq!(listed, vec![first_id, other.connection.id], "{b}");
-        store.close().await;
-        }
-}
+    }
 
-backend_tests! {
     #[tokio::test]
-    async fn save_rolls_back_when_build_fails(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn save_rolls_back_when_build_fails(db, b, store) {
         let user = "005000000000001AAA";
 
-        let failed = store
-            .save_authorized_connection(
-                "acme",
-                "00D000000000001AAA",
-                user,
-                Uuid::new_v4(),
-                T0,
-                |_| Err::<AuthorizedConnection, _>("encryption failed"),
-            )
-            .await
-            .unwrap();
+        let failed = save_failing(&store, user, T0).await;
         assert!(matches!(failed, Err("encryption failed")), "{b}");
         assert!(
             store.list_connections("acme").await.unwrap().is_empty(),
@@ -568,17 +587,7 @@ backend_tests! {
         );
 
         let saved = save(&store, "acme", user, T0, "one").await;
-        let failed = store
-            .save_authorized_connection(
-                "acme",
-                "00D000000000001AAA",
-                user,
-                Uuid::new_v4(),
-                T0 + 1,
-                |_| Err::<AuthorizedConnection, _>("encryption failed"),
-            )
-            .await
-            .unwrap();
+        let failed = save_failing(&store, user, T0 + 1).await;
         assert!(failed.is_err(), "{b}");
         let row = get(&store, "acme", saved.connection.id).await;
         assert_eq!(row.version, 1, "{b}: unchanged");
@@ -591,16 +600,10 @@ backend_tests! {
                 .await
                 .unwrap()
         );
-        store.close().await;
-        }
-}
+    }
 
-backend_tests! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_first_time_saves_make_one_row(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn concurrent_first_time_saves_make_one_row(db, b, store) {
         let built_for: Arc<Mutex<Vec<Uuid>>> = Arc::default();
         let start = Arc::new(tokio::sync::Barrier::new(10));
         let tasks: Vec<_> = (0..10)
@@ -659,23 +662,14 @@ backend_tests! {
         );
         assert_eq!(row.version, 10, "{b}");
         assert!(row.access_token_enc.starts_with(&format!("at:{}:", row.id)));
-        store.close().await;
-        }
-}
+    }
 
-// --- reading and deleting connections --------------------------------------------------
+    // --- reading and deleting connections --------------------------------------------------
 
-backend_tests! {
     #[tokio::test]
-    async fn connections_are_tenant_scoped(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn connections_are_tenant_scoped(db, b, store) {
         store.put_tenant_app(&app("evil", T0, "k")).await.unwrap();
-        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
-            .await
-            .connection
-            .id;
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
 
         assert!(
             store.get_connection("evil", id).await.unwrap().is_none(),
@@ -708,22 +702,13 @@ backend_tests! {
             "{b}"
         );
         assert!(!store.delete_connection("acme", id).await.unwrap(), "{b}");
-        store.close().await;
-        }
-}
+    }
 
-// --- the refresh lease -----------------------------------------------------------------
+    // --- the refresh lease -----------------------------------------------------------------
 
-backend_tests! {
     #[tokio::test]
-    async fn a_held_lease_is_refused_until_its_commit_releases_it(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
-            .await
-            .connection
-            .id;
+    async fn a_held_lease_is_refused_until_its_commit_releases_it(db, b, store) {
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
 
         let first = lock(&store, "acme", id).await;
         assert_eq!(first.record().version, 1);
@@ -755,29 +740,15 @@ backend_tests! {
         assert!(second.release().await.unwrap());
         // A second commit with the first (spent) lease is refused.
         assert!(
-            matches!(
-                first
-                    .commit_refreshed(&refreshed("late", T0 + 20, None))
-                    .await,
-                Err(StoreError::LeaseLost)
-            ),
+            lease_lost(&first.commit_refreshed(&refreshed("late", T0 + 20, None)).await),
             "{b}"
         );
         assert_eq!(get(&store, "acme", id).await.refresh_token_enc, "rt:new");
-        store.close().await;
-        }
-}
+    }
 
-backend_tests! {
     #[tokio::test]
-    async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
-            .await
-            .connection
-            .id;
+    async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit(db, b, store) {
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
         let short = match store
             .acquire_lease("acme", id, "dying", Duration::from_millis(300))
             .await
@@ -804,12 +775,7 @@ backend_tests! {
             .await;
         assert!(matches!(failed, Err(StoreError::LeaseLost)), "{b}");
         assert!(
-            matches!(
-                short
-                    .commit_refreshed(&refreshed("stale", T0 + 5, None))
-                    .await,
-                Err(StoreError::LeaseLost)
-            ),
+            lease_lost(&short.commit_refreshed(&refreshed("stale", T0 + 5, None)).await),
             "{b}: a holder whose lease was taken over never overwrites newer state"
         );
         assert!(
@@ -822,28 +788,17 @@ backend_tests! {
             .unwrap();
         assert_eq!(row.refresh_token_enc, "rt:taker", "{b}");
         assert_eq!(row.status, ConnectionStatus::Active, "{b}");
-        store.close().await;
-        }
-}
+    }
 
-backend_tests! {
     #[tokio::test]
-    async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight(db, b, store) {
         let user = "005000000000001AAA";
-        let id = save(&store, "acme", user, T0, "a").await.connection.id;
+        let id = connection(&store, "acme", user, T0, "a").await.id;
         let holder = lock(&store, "acme", id).await;
         let again = save(&store, "acme", user, T0 + 1, "b").await;
         assert!(again.connection.lease_id.is_none(), "{b}");
         assert!(
-            matches!(
-                holder
-                    .commit_refreshed(&refreshed("old-family", T0 + 2, None))
-                    .await,
-                Err(StoreError::LeaseLost)
-            ),
+            lease_lost(&holder.commit_refreshed(&refreshed("old-family", T0 + 2, None)).await),
             "{b}: the re-authorized tokens stay"
         );
         assert_eq!(
@@ -852,25 +807,12 @@ backend_tests! {
         );
         let holder = lock(&store, "acme", id).await;
         assert!(store.delete_connection("acme", id).await.unwrap());
-        assert!(matches!(
-            holder
-                .commit_refreshed(&refreshed("gone", T0 + 3, None))
-                .await,
-            Err(StoreError::LeaseLost)
-        ));
-        store.close().await;
-        }
-}
+        assert!(lease_lost(&holder.commit_refreshed(&refreshed("gone", T0 + 3, None)).await));
+    }
 
-backend_tests! {
     #[tokio::test]
-    async fn an_unverified_rotation_keeps_the_new_refresh_token_only(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-        let saved = save(&store, "acme", "005000000000001AAA", T0, "a")
-            .await
-            .connection;
+    async fn an_unverified_rotation_keeps_the_new_refresh_token_only(db, b, store) {
+        let saved = connection(&store, "acme", "005000000000001AAA", T0, "a").await;
         let row = lock(&store, "acme", saved.id)
             .await
             .commit_failure(&RefreshFailure::UnverifiedRotation {
@@ -899,8 +841,7 @@ backend_tests! {
             "{b}: token material changed"
         );
         assert!(row.lease_id.is_none(), "{b}");
-        store.close().await;
-        }
+    }
 }
 
 backend_tests! {
@@ -947,33 +888,14 @@ backend_tests! {
         }
 }
 
-backend_tests! {
+store_tests! {
     #[tokio::test]
-    async fn commit_refreshed_writes_tokens_and_clears_the_failure_state(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-        let id = save(&store, "acme", "005000000000001AAA", T0, "a")
-            .await
-            .connection
-            .id;
-        lock(&store, "acme", id)
-            .await
-            .commit_failure(&RefreshFailure::Transient {
-                reason: "timeout".into(),
-                failure_count: 2,
-                next_attempt_at: T0 + 50_000,
-                now: T0 + 100,
-            })
-            .await
-            .unwrap();
+    async fn commit_refreshed_writes_tokens_and_clears_the_failure_state(db, b, store) {
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
+        fail(&store, "acme", id, transient("timeout", 2, T0 + 50_000, T0 + 100)).await;
 
         let t = T0 + 1_000;
-        let new = lock(&store, "acme", id)
-            .await
-            .commit_refreshed(&refreshed("r1", t, None))
-            .await
-            .unwrap();
+        let new = refresh(&store, "acme", id, &refreshed("r1", t, None)).await;
         assert_eq!(new.access_token_enc, "at:r1", "{b}");
         assert_eq!(new.refresh_token_enc, "rt:r1");
         assert_eq!(new.instance_url, "https://r1.my.salesforce.com");
@@ -1011,19 +933,11 @@ backend_tests! {
             .await
             .unwrap();
         assert_eq!((new.scopes.as_str(), new.version), ("api", 3), "{b}");
-        store.close().await;
-        }
-}
+    }
 
-backend_tests! {
     #[tokio::test]
-    async fn commit_failure_and_release(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
-        let saved = save(&store, "acme", "005000000000001AAA", T0, "a")
-            .await
-            .connection;
+    async fn commit_failure_and_release(db, b, store) {
+        let saved = connection(&store, "acme", "005000000000001AAA", T0, "a").await;
         let id = saved.id;
 
         // Release changes nothing.
@@ -1032,16 +946,7 @@ backend_tests! {
         let row = get(&store, "acme", id).await;
         assert_eq!((row.version, row.updated_at), (1, T0), "{b}");
 
-        let row = lock(&store, "acme", id)
-            .await
-            .commit_failure(&RefreshFailure::Transient {
-                reason: "salesforce 503".into(),
-                failure_count: 3,
-                next_attempt_at: T0 + 80_000,
-                now: T0 + 10,
-            })
-            .await
-            .unwrap();
+        let row = fail(&store, "acme", id, transient("salesforce 503", 3, T0 + 80_000, T0 + 10)).await;
         assert_eq!(row.status, ConnectionStatus::Active, "{b}: status stays");
         assert_eq!(row.last_error.as_deref(), Some("salesforce 503"));
         assert_eq!(
@@ -1060,14 +965,7 @@ backend_tests! {
             "{b}: committed"
         );
 
-        let row = lock(&store, "acme", id)
-            .await
-            .commit_failure(&RefreshFailure::NeedsReauthorization {
-                reason: "invalid_grant".into(),
-                now: T0 + 20,
-            })
-            .await
-            .unwrap();
+        let row = fail(&store, "acme", id, needs_reauthorization("invalid_grant", T0 + 20)).await;
         assert_eq!(row.status, ConnectionStatus::NeedsReauthorization, "{b}");
         assert_eq!(row.last_error.as_deref(), Some("invalid_grant"));
         assert_eq!(row.version, 1, "{b}");
@@ -1079,78 +977,31 @@ backend_tests! {
             ConnectionStatus::NeedsReauthorization,
             "{b}: committed"
         );
-        store.close().await;
-        }
-}
+    }
 
-// --- keep-alive ------------------------------------------------------------------------
+    // --- keep-alive ------------------------------------------------------------------------
 
-backend_tests! {
     #[tokio::test]
-    async fn keepalive_selects_active_stale_not_backing_off_oldest_first(db) {
-        let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+    async fn keepalive_selects_active_stale_not_backing_off_oldest_first(db, b, store) {
         store.put_tenant_app(&app("beta", T0, "k")).await.unwrap();
         let now = T0 + 1_000_000;
         let threshold = T0 + 500;
         // (tenant, user, last refreshed at) — saving sets last_refreshed_at to its `now`.
-        let oldest = save(&store, "acme", "005000000000001AAA", T0 + 100, "a")
-            .await
-            .connection;
-        let second = save(&store, "beta", "005000000000002AAA", T0 + 200, "b")
-            .await
-            .connection;
-        let backing_off = save(&store, "acme", "005000000000003AAA", T0 + 150, "c")
-            .await
-            .connection;
-        let retry_due = save(&store, "acme", "005000000000004AAA", T0 + 250, "d")
-            .await
-            .connection;
-        let broken = save(&store, "acme", "005000000000005AAA", T0 + 50, "e")
-            .await
-            .connection;
-        let at_threshold = save(&store, "acme", "005000000000006AAA", threshold, "f")
-            .await
-            .connection;
-        let fresh = save(&store, "acme", "005000000000007AAA", T0 + 900, "g")
-            .await
-            .connection;
+        let oldest = connection(&store, "acme", "005000000000001AAA", T0 + 100, "a").await;
+        let second = connection(&store, "beta", "005000000000002AAA", T0 + 200, "b").await;
+        let backing_off = connection(&store, "acme", "005000000000003AAA", T0 + 150, "c").await;
+        let retry_due = connection(&store, "acme", "005000000000004AAA", T0 + 250, "d").await;
+        let broken = connection(&store, "acme", "005000000000005AAA", T0 + 50, "e").await;
+        let at_threshold = connection(&store, "acme", "005000000000006AAA", threshold, "f").await;
+        let fresh = connection(&store, "acme", "005000000000007AAA", T0 + 900, "g").await;
 
-        lock(&store, "acme", backing_off.id)
-            .await
-            .commit_failure(&RefreshFailure::Transient {
-                reason: "timeout".into(),
-                failure_count: 1,
-                next_attempt_at: now + 1,
-                now,
-            })
-            .await
-            .unwrap();
-        lock(&store, "acme", retry_due.id)
-            .await
-            .commit_failure(&RefreshFailure::Transient {
-                reason: "timeout".into(),
-                failure_count: 1,
-                next_attempt_at: now,
-                now,
-            })
-            .await
-            .unwrap();
-        lock(&store, "acme", broken.id)
-            .await
-            .commit_failure(&RefreshFailure::NeedsReauthorization {
-                reason: "invalid_grant".into(),
-                now,
-            })
-            .await
-            .unwrap();
+        fail(&store, "acme", backing_off.id, transient("timeout", 1, now + 1, now)).await;
+        fail(&store, "acme", retry_due.id, transient("timeout", 1, now, now)).await;
+        fail(&store, "acme", broken.id, needs_reauthorization("invalid_grant", now)).await;
 
         // A connection whose refresh is under way (leased) and the connections of an app
         // whose credentials were refused are skipped.
-        let leased = save(&store, "acme", "005000000000008AAA", T0 + 60, "h")
-            .await
-            .connection;
+        let leased = connection(&store, "acme", "005000000000008AAA", T0 + 60, "h").await;
         let _held = lock(&store, "acme", leased.id).await;
         store.put_tenant_app(&app("gamma", T0, "k")).await.unwrap();
         let _refused = save(&store, "gamma", "005000000000009AAA", T0 + 70, "i").await;
@@ -1181,16 +1032,14 @@ backend_tests! {
             .await
             .unwrap();
         assert_eq!(limited, due[..2].to_vec(), "{b}: limit");
-        store.close().await;
-        }
+    }
 }
 
 backend_tests! {
     #[tokio::test]
     async fn insert_connections_in_bulk_all_or_none(db) {
         let b = db.backend;
-        let store = db.store().await;
-        store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
+        let store = acme_store(&db).await;
         let new = |i: usize| {
             let id = Uuid::new_v4();
             NewConnection {

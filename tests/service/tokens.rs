@@ -9,7 +9,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use valo_testkit::app::TestApp;
-use valo_testkit::db::TestDatabase;
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -99,9 +98,7 @@ backend_tests! {
         assert_ne!(other.status(), StatusCode::OK);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn expired_tokens_are_refreshed_and_the_rotation_persisted(db) {
         let fake = fake_with(FakeOptions {
@@ -146,9 +143,7 @@ backend_tests! {
         assert_eq!(fake.counters().refresh_reuse_attempts, 0);
         again.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn concurrent_callers_in_one_process_share_one_refresh(db) {
         let app = TestApp::spawn(&db).await;
@@ -163,37 +158,32 @@ backend_tests! {
         }
 }
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test]
-async fn replicas_on_one_postgres_refresh_once() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let fake = fake_with(FakeOptions::default()).await;
-    let replicas = [
-        TestApp::spawn_with(&db, &fake, &[]).await,
-        TestApp::spawn_with(&db, &fake, &[]).await,
-        TestApp::spawn_with(&db, &fake, &[]).await,
-    ];
-    let id = replicas[0].connect("acme").await;
-    let mut current = token_of(replicas[0].access_token("acme", id, None).await).await;
-    fake.set_latency(Duration::from_millis(150));
-    for round in 1..=3 {
-        let apps: Vec<&TestApp> = replicas.iter().collect();
-        let tokens = concurrent_tokens(&apps, id, 90, json!({"rejected_token": current})).await;
-        assert!(
-            tokens.iter().all(|t| *t == tokens[0] && *t != current),
-            "round {round}"
-        );
-        assert_eq!(fake.counters().refreshes, round, "one refresh per round");
-        assert_eq!(fake.counters().refresh_reuse_attempts, 0);
-        current = tokens[0].clone();
-    }
-    for app in replicas {
-        app.stop().await;
+postgres_tests! {
+    #[tokio::test]
+    async fn replicas_on_one_postgres_refresh_once(db) {
+        let fake = fake_with(FakeOptions::default()).await;
+        let replicas = [
+            TestApp::spawn_with(&db, &fake, &[]).await,
+            TestApp::spawn_with(&db, &fake, &[]).await,
+            TestApp::spawn_with(&db, &fake, &[]).await,
+        ];
+        let id = replicas[0].connect("acme").await;
+        let mut current = token_of(replicas[0].access_token("acme", id, None).await).await;
+        fake.set_latency(Duration::from_millis(150));
+        for round in 1..=3 {
+            let apps: Vec<&TestApp> = replicas.iter().collect();
+            let tokens = concurrent_tokens(&apps, id, 90, json!({"rejected_token": current})).await;
+            assert!(
+                tokens.iter().all(|t| *t == tokens[0] && *t != current),
+                "round {round}"
+            );
+            assert_eq!(fake.counters().refreshes, round, "one refresh per round");
+            assert_eq!(fake.counters().refresh_reuse_attempts, 0);
+            current = tokens[0].clone();
+        }
+        for app in replicas {
+            app.stop().await;
+        }
     }
 }
 
@@ -230,9 +220,7 @@ backend_tests! {
         cold.stop().await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn refused_refresh_needs_reauthorization(db) {
         let app = TestApp::spawn(&db).await;
@@ -280,9 +268,7 @@ backend_tests! {
         token_of(app.access_token("acme", id, None).await).await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn transient_failures_keep_the_refresh_token_and_back_off(db) {
         let app = TestApp::spawn(&db).await;
@@ -331,9 +317,7 @@ backend_tests! {
         assert!(connection(&app, id).await["last_error"].is_null());
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn database_outage_is_the_services_own_503(db) {
         let app = TestApp::spawn(&db).await;
@@ -359,9 +343,7 @@ backend_tests! {
         );
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn legacy_apps_without_rotation_keep_their_refresh_token(db) {
         let fake = fake_with(FakeOptions {
@@ -386,9 +368,7 @@ backend_tests! {
         assert_eq!(active_refresh_tokens(&fake), refresh);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn keepalive_refreshes_idle_connections(db) {
         let b = db.backend;
@@ -425,47 +405,42 @@ backend_tests! {
         }
 }
 
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test]
-async fn keepalive_on_many_replicas_never_reuses_a_token() {
-    let db = TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let fake = fake_with(FakeOptions::default()).await;
-    let env = [
-        ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-        ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-    ];
-    let a = TestApp::spawn_with(&db, &fake, &env).await;
-    let b = TestApp::spawn_with(&db, &fake, &env).await;
-    let c = TestApp::spawn_with(&db, &fake, &env).await;
-    let id = a.connect("acme").await;
-    fake.set_latency(Duration::from_millis(200));
-    a.advance(Duration::from_secs(601));
-    // Three replicas sweep at the same moment: the connection is refreshed once.
-    let (ra, rb, rc) = tokio::join!(
-        a.broker.keepalive_sweep(),
-        b.broker.keepalive_sweep(),
-        c.broker.keepalive_sweep()
-    );
-    let refreshed: usize = [ra, rb, rc]
-        .iter()
-        .map(|r| r.as_ref().unwrap().refreshed)
-        .sum();
-    assert!(refreshed >= 1);
-    let counters = fake.counters();
-    assert_eq!(
-        counters.refreshes, 1,
-        "one refresh for three sweeps: {counters:?}"
-    );
-    assert_eq!(counters.refresh_reuse_attempts, 0);
-    fake.set_latency(Duration::ZERO);
-    token_of(b.access_token("acme", id, None).await).await;
-    for app in [a, b, c] {
-        app.stop().await;
+postgres_tests! {
+    #[tokio::test]
+    async fn keepalive_on_many_replicas_never_reuses_a_token(db) {
+        let fake = fake_with(FakeOptions::default()).await;
+        let env = [
+            ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+            ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
+        ];
+        let a = TestApp::spawn_with(&db, &fake, &env).await;
+        let b = TestApp::spawn_with(&db, &fake, &env).await;
+        let c = TestApp::spawn_with(&db, &fake, &env).await;
+        let id = a.connect("acme").await;
+        fake.set_latency(Duration::from_millis(200));
+        a.advance(Duration::from_secs(601));
+        // Three replicas sweep at the same moment: the connection is refreshed once.
+        let (ra, rb, rc) = tokio::join!(
+            a.broker.keepalive_sweep(),
+            b.broker.keepalive_sweep(),
+            c.broker.keepalive_sweep()
+        );
+        let refreshed: usize = [ra, rb, rc]
+            .iter()
+            .map(|r| r.as_ref().unwrap().refreshed)
+            .sum();
+        assert!(refreshed >= 1);
+        let counters = fake.counters();
+        assert_eq!(
+            counters.refreshes, 1,
+            "one refresh for three sweeps: {counters:?}"
+        );
+        assert_eq!(counters.refresh_reuse_attempts, 0);
+        fake.set_latency(Duration::ZERO);
+        token_of(b.access_token("acme", id, None).await).await;
+        for app in [a, b, c] {
+            app.stop().await;
+        }
     }
 }
 
@@ -521,9 +496,7 @@ backend_tests! {
         assert_eq!(status, StatusCode::NOT_FOUND);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn deleting_the_app_revokes_every_connection(db) {
         let app = TestApp::spawn(&db).await;
@@ -582,9 +555,7 @@ backend_tests! {
         assert_eq!(body["connections"], json!([]));
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn token_request_validation(db) {
         let app = TestApp::spawn(&db).await;
@@ -626,9 +597,7 @@ backend_tests! {
         problem(wrong_scope, StatusCode::FORBIDDEN, "forbidden").await;
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection(db) {
         let fake = fake_with(FakeOptions {
@@ -690,9 +659,7 @@ backend_tests! {
         assert_eq!(fake.counters().refreshes, before.refreshes + 1);
         app.stop().await;
         }
-}
 
-backend_tests! {
     #[tokio::test]
     async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database(db) {
         let b = db.backend;

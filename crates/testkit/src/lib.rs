@@ -36,7 +36,7 @@ pub const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 /// Runs one async test body on each storage backend, as two test cases in a module named
 /// after the test: `name::sqlite` and `name::postgres`. The body sees the database as the
 /// named binding (a [`db::TestDatabase`]); attributes (such as `#[tokio::test(…)]`, which
-/// is required) apply to both cases.
+/// is required) apply to both cases. One invocation may hold several tests.
 ///
 /// ```ignore
 /// backend_tests! {
@@ -45,32 +45,65 @@ pub const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 ///         let app = TestApp::spawn(&db).await;
 ///         // …
 ///     }
+///
+///     #[tokio::test]
+///     async fn another_one(db) {
+///         // …
+///     }
 /// }
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
-    ($(#[$attr:meta])* async fn $name:ident($db:ident) $body:block) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
+    ($($(#[$attr:meta])* async fn $name:ident($db:ident) $body:block)+) => {
+        $(
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
 
-            $(#[$attr])*
-            async fn sqlite() {
-                let $db = $crate::db::TestDatabase::sqlite().await;
-                $body
+                $(#[$attr])*
+                async fn sqlite() {
+                    let $db = $crate::db::TestDatabase::sqlite().await;
+                    $body
+                }
+
+                $crate::postgres_tests! {
+                    $(#[$attr])*
+                    async fn postgres($db) $body
+                }
             }
+        )+
+    };
+}
 
+/// Runs async test bodies that need Postgres: each test sees a fresh database on the
+/// server of `TEST_DATABASE_URL` as the named binding (a [`db::TestDatabase`]), and is
+/// compiled with `#[ignore]` when that variable was not set at build time (see "Skipped
+/// means skipped" above). Attributes (such as `#[tokio::test(…)]`, which is required)
+/// apply to the test.
+///
+/// ```ignore
+/// postgres_tests! {
+///     #[tokio::test]
+///     async fn replicas_share_one_database(db) {
+///         // …
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! postgres_tests {
+    ($($(#[$attr:meta])* async fn $name:ident($db:ident) $body:block)+) => {
+        $(
             $(#[$attr])*
             #[cfg_attr(
                 not(test_postgres),
                 ignore = "TEST_DATABASE_URL was not set when the tests were built"
             )]
-            async fn postgres() {
+            async fn $name() {
                 let $db = $crate::db::TestDatabase::postgres()
                     .await
                     .expect("TEST_DATABASE_URL is not set (the Postgres case cannot run)");
                 $body
             }
-        }
+        )+
     };
 }
