@@ -207,9 +207,7 @@ backend_tests! {
         .unwrap();
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
         let id = app.connect("acme").await;
-        let (status, connection) = app
-            .get_json(&format!("/v1/tenants/acme/connections/{id}"), "connections:read")
-            .await;
+        let (status, connection) = app.get_connection("acme", id).await;
         assert_eq!(status, 200, "{b}");
         assert_eq!(connection["org_id"], "00D5g000004ABCDZZZ", "{b}: as sent");
         assert_eq!(connection["user_id"], "0055g000001XYZWAA4", "{b}: normalised to 18");

@@ -794,13 +794,7 @@ backend_tests! {
             StatusCode::BAD_REQUEST,
             "{b}: the hint is the connection's"
         );
-        let read_only = app
-            .client
-            .post(app.url(&format!("/v1/tenants/acme/connections/{id}/reauthorize")))
-            .bearer_auth(app.token("connections:read", None))
-            .send()
-            .await
-            .unwrap();
+        let read_only = app.post_as(&format!("/v1/tenants/acme/connections/{id}/reauthorize"), "connections:read").await;
         assert_eq!(read_only.status(), StatusCode::FORBIDDEN, "{b}");
         app.stop().await;
         }

@@ -136,21 +136,11 @@ backend_tests! {
         for token in app.fake.issued_tokens() {
             assert!(!text.contains(&token), "no token material in the API");
         }
-        let (status, one) = app
-            .get_json(
-                &format!("/v1/tenants/acme/connections/{id}"),
-                "connections:read",
-            )
-            .await;
+        let (status, one) = app.get_connection("acme", &id).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(one["id"], id);
         // Tenant-scoped: another tenant's path does not show it.
-        let (status, _) = app
-            .get_json(
-                &format!("/v1/tenants/other/connections/{id}"),
-                "connections:read",
-            )
-            .await;
+        let (status, _) = app.get_connection("other", id).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(app.fake.counters().code_exchanges, 1);
         app.stop().await;
@@ -471,13 +461,7 @@ backend_tests! {
             "user+tag@acme.example",
             "passed verbatim"
         );
-        let forbidden = app
-            .client
-            .post(app.url("/v1/tenants/acme/authorizations"))
-            .bearer_auth(app.token("connections:read", None))
-            .send()
-            .await
-            .unwrap();
+        let forbidden = app.post_as("/v1/tenants/acme/authorizations", "connections:read").await;
         assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
         app.stop().await;
         }

@@ -28,12 +28,7 @@ async fn problem(response: reqwest::Response) -> (StatusCode, Value) {
 }
 
 async fn connection(app: &TestApp, id: Uuid) -> Value {
-    let (status, body) = app
-        .get_json(
-            &format!("/v1/tenants/acme/connections/{id}"),
-            "connections:read",
-        )
-        .await;
+    let (status, body) = app.get_connection("acme", id).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }

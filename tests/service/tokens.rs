@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use valo_testkit::app::TestApp;
+use valo_testkit::db::TestDatabase;
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -16,6 +17,20 @@ async fn token_of(response: reqwest::Response) -> String {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["token_type"], "Bearer");
     body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A fresh access token of tenant `acme`'s connection `id` (see [`token_of`]), telling the
+/// service which token the caller saw refused, if any.
+async fn token(app: &TestApp, id: Uuid, rejected: Option<&str>) -> String {
+    let body = rejected.map(|token| json!({ "rejected_token": token }));
+    token_of(app.access_token("acme", id, body).await).await
+}
+
+/// A new app on `db` with one connection of tenant `acme`.
+async fn connected(db: &TestDatabase) -> (TestApp, Uuid) {
+    let app = TestApp::spawn(db).await;
+    let id = app.connect("acme").await;
+    (app, id)
 }
 
 async fn problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
@@ -26,12 +41,7 @@ async fn problem(response: reqwest::Response, status: StatusCode, code: &str) ->
 }
 
 async fn connection(app: &TestApp, id: Uuid) -> Value {
-    let (status, body) = app
-        .get_json(
-            &format!("/v1/tenants/acme/connections/{id}"),
-            "connections:read",
-        )
-        .await;
+    let (status, body) = app.get_connection("acme", id).await;
     assert_eq!(status, StatusCode::OK);
     body
 }
@@ -70,10 +80,9 @@ async fn concurrent_tokens(apps: &[&TestApp], id: Uuid, n: usize, body: Value) -
 backend_tests! {
     #[tokio::test]
     async fn cached_tokens_are_served_without_the_database(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
+        let (app, id) = connected(&db).await;
         let issued = app.fake.issued_tokens();
-        let first = token_of(app.access_token("acme", id, None).await).await;
+        let first = token(&app, id, None).await;
         assert!(
             issued.contains(&first),
             "the access token from the exchange"
@@ -88,24 +97,14 @@ backend_tests! {
         assert_eq!(first, second);
         assert_eq!(app.fake.counters().refreshes, 0);
         // Another tenant's token for the same id: the cache does not leak across tenants.
-        let other = app
-            .client
-            .post(app.url(&format!("/v1/tenants/other/connections/{id}/access-token")))
-            .bearer_auth(app.token("tokens:read", None))
-            .send()
-            .await
-            .unwrap();
+        let other = app.post_as(&format!("/v1/tenants/other/connections/{id}/access-token"), "tokens:read").await;
         assert_ne!(other.status(), StatusCode::OK);
         app.stop().await;
         }
 
     #[tokio::test]
     async fn expired_tokens_are_refreshed_and_the_rotation_persisted(db) {
-        let fake = fake_with(FakeOptions {
-            access_token_lifetime: Duration::from_secs(2),
-            ..Default::default()
-        })
-        .await;
+        let fake = fake_with(FakeOptions { access_token_lifetime: Duration::from_secs(2), ..Default::default() }).await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
         let id = app.connect("acme").await;
         let first = token_of(
@@ -146,9 +145,8 @@ backend_tests! {
 
     #[tokio::test]
     async fn concurrent_callers_in_one_process_share_one_refresh(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
-        let current = token_of(app.access_token("acme", id, None).await).await;
+        let (app, id) = connected(&db).await;
+        let current = token(&app, id, None).await;
         app.fake.set_latency(Duration::from_millis(200));
         let tokens = concurrent_tokens(&[&app], id, 200, json!({"rejected_token": current})).await;
         assert_eq!(app.fake.counters().refreshes, 1, "{}", db.backend);
@@ -185,36 +183,60 @@ postgres_tests! {
             app.stop().await;
         }
     }
+
+    #[tokio::test]
+    async fn keepalive_on_many_replicas_never_reuses_a_token(db) {
+        let fake = fake_with(FakeOptions::default()).await;
+        let env = [
+            ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+            ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
+        ];
+        let a = TestApp::spawn_with(&db, &fake, &env).await;
+        let b = TestApp::spawn_with(&db, &fake, &env).await;
+        let c = TestApp::spawn_with(&db, &fake, &env).await;
+        let id = a.connect("acme").await;
+        fake.set_latency(Duration::from_millis(200));
+        a.advance(Duration::from_secs(601));
+        // Three replicas sweep at the same moment: the connection is refreshed once.
+        let (ra, rb, rc) = tokio::join!(
+            a.broker.keepalive_sweep(),
+            b.broker.keepalive_sweep(),
+            c.broker.keepalive_sweep()
+        );
+        let refreshed: usize = [ra, rb, rc]
+            .iter()
+            .map(|r| r.as_ref().unwrap().refreshed)
+            .sum();
+        assert!(refreshed >= 1);
+        let counters = fake.counters();
+        assert_eq!(
+            counters.refreshes, 1,
+            "one refresh for three sweeps: {counters:?}"
+        );
+        assert_eq!(counters.refresh_reuse_attempts, 0);
+        fake.set_latency(Duration::ZERO);
+        token(&b, id, None).await;
+        for app in [a, b, c] {
+            app.stop().await;
+        }
+    }
 }
 
 backend_tests! {
     #[tokio::test]
     async fn rejected_tokens_both_ways(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
-        let old = token_of(app.access_token("acme", id, None).await).await;
-        let new = token_of(
-            app.access_token("acme", id, Some(json!({"rejected_token": old})))
-                .await,
-        )
-        .await;
+        let (app, id) = connected(&db).await;
+        let old = token(&app, id, None).await;
+        let new = token(&app, id, Some(&old)).await;
         assert_ne!(old, new);
         assert_eq!(app.fake.counters().refreshes, 1);
         // A late report of the old token gets the newer one, without another refresh.
-        let again = token_of(
-            app.access_token("acme", id, Some(json!({"rejected_token": old})))
-                .await,
-        )
-        .await;
+        let again = token(&app, id, Some(&old)).await;
         assert_eq!(again, new);
         assert_eq!(app.fake.counters().refreshes, 1);
         // Also on a replica whose cache never saw the new token (the database has it).
         let cold = TestApp::spawn_with(&db, &app.fake, &[]).await;
-        let from_db = token_of(
-            cold.access_token("acme", id, Some(json!({"rejected_token": old})))
-                .await,
-        )
-        .await;
+        let from_db = token(&cold, id, Some(&old)).await;
         assert_eq!(from_db, new);
         assert_eq!(app.fake.counters().refreshes, 1);
         cold.stop().await;
@@ -223,9 +245,8 @@ backend_tests! {
 
     #[tokio::test]
     async fn refused_refresh_needs_reauthorization(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
-        let current = token_of(app.access_token("acme", id, None).await).await;
+        let (app, id) = connected(&db).await;
+        let current = token(&app, id, None).await;
         app.fake.inject(
             Endpoint::Token,
             Fault::OAuthError {
@@ -265,15 +286,14 @@ backend_tests! {
         // Authorizing again brings it back.
         app.authorize("acme").await;
         assert_eq!(connection(&app, id).await["status"], "active");
-        token_of(app.access_token("acme", id, None).await).await;
+        token(&app, id, None).await;
         app.stop().await;
         }
 
     #[tokio::test]
     async fn transient_failures_keep_the_refresh_token_and_back_off(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
-        let current = token_of(app.access_token("acme", id, None).await).await;
+        let (app, id) = connected(&db).await;
+        let current = token(&app, id, None).await;
         let refresh_before = active_refresh_tokens(&app.fake);
         app.fake.inject(Endpoint::Token, Fault::Status(503));
         let body = json!({"rejected_token": current});
@@ -320,9 +340,8 @@ backend_tests! {
 
     #[tokio::test]
     async fn database_outage_is_the_services_own_503(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
-        let current = token_of(app.access_token("acme", id, None).await).await;
+        let (app, id) = connected(&db).await;
+        let current = token(&app, id, None).await;
         let calls = app.fake.counters().token_requests;
         app.broker.close().await;
         let response = app
@@ -354,13 +373,9 @@ backend_tests! {
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
         let id = app.connect("acme").await;
         let refresh = active_refresh_tokens(&fake);
-        let mut current = token_of(app.access_token("acme", id, None).await).await;
+        let mut current = token(&app, id, None).await;
         for _ in 0..2 {
-            let next = token_of(
-                app.access_token("acme", id, Some(json!({"rejected_token": current})))
-                    .await,
-            )
-            .await;
+            let next = token(&app, id, Some(&current)).await;
             assert_ne!(next, current);
             current = next;
         }
@@ -405,50 +420,10 @@ backend_tests! {
         }
 }
 
-postgres_tests! {
-    #[tokio::test]
-    async fn keepalive_on_many_replicas_never_reuses_a_token(db) {
-        let fake = fake_with(FakeOptions::default()).await;
-        let env = [
-            ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-            ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-        ];
-        let a = TestApp::spawn_with(&db, &fake, &env).await;
-        let b = TestApp::spawn_with(&db, &fake, &env).await;
-        let c = TestApp::spawn_with(&db, &fake, &env).await;
-        let id = a.connect("acme").await;
-        fake.set_latency(Duration::from_millis(200));
-        a.advance(Duration::from_secs(601));
-        // Three replicas sweep at the same moment: the connection is refreshed once.
-        let (ra, rb, rc) = tokio::join!(
-            a.broker.keepalive_sweep(),
-            b.broker.keepalive_sweep(),
-            c.broker.keepalive_sweep()
-        );
-        let refreshed: usize = [ra, rb, rc]
-            .iter()
-            .map(|r| r.as_ref().unwrap().refreshed)
-            .sum();
-        assert!(refreshed >= 1);
-        let counters = fake.counters();
-        assert_eq!(
-            counters.refreshes, 1,
-            "one refresh for three sweeps: {counters:?}"
-        );
-        assert_eq!(counters.refresh_reuse_attempts, 0);
-        fake.set_latency(Duration::ZERO);
-        token_of(b.access_token("acme", id, None).await).await;
-        for app in [a, b, c] {
-            app.stop().await;
-        }
-    }
-}
-
 backend_tests! {
     #[tokio::test]
     async fn deleting_a_connection_revokes_it_first(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
+        let (app, id) = connected(&db).await;
         let path = format!("/v1/tenants/acme/connections/{id}");
         // Salesforce unreachable: the connection is kept.
         app.fake.inject(Endpoint::Revoke, Fault::Status(503));
@@ -487,12 +462,7 @@ backend_tests! {
             )
             .await;
         assert_eq!(forced.status(), StatusCode::NO_CONTENT);
-        let (status, _) = app
-            .get_json(
-                &format!("/v1/tenants/acme/connections/{id}"),
-                "connections:read",
-            )
-            .await;
+        let (status, _) = app.get_connection("acme", id).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         app.stop().await;
         }
@@ -558,53 +528,31 @@ backend_tests! {
 
     #[tokio::test]
     async fn token_request_validation(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
-        problem(
-            app.access_token("acme", id, Some(json!({"min_ttl_seconds": 86_401})))
-                .await,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        )
-        .await;
-        problem(
-            app.access_token("acme", id, Some(json!({"rejected_token": ""})))
-                .await,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        )
-        .await;
-        problem(
-            app.access_token("acme", id, Some(json!({"min_ttl": 5})))
-                .await,
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-        )
-        .await;
+        let (app, id) = connected(&db).await;
+        for (case, body) in [
+            ("a minimum lifetime over a day", json!({"min_ttl_seconds": 86_401})),
+            ("an empty rejected token", json!({"rejected_token": ""})),
+            ("an unknown field (min_ttl)", json!({"min_ttl": 5})),
+        ] {
+            let response = app.access_token("acme", id, Some(body)).await;
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{case}");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["code"], "invalid_request", "{case}: {body}");
+        }
         problem(
             app.access_token("acme", Uuid::new_v4(), None).await,
             StatusCode::NOT_FOUND,
             "not_found",
         )
         .await;
-        let wrong_scope = app
-            .client
-            .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
-            .bearer_auth(app.token("connections:read", None))
-            .send()
-            .await
-            .unwrap();
+        let wrong_scope = app.post_as(&format!("/v1/tenants/acme/connections/{id}/access-token"), "connections:read").await;
         problem(wrong_scope, StatusCode::FORBIDDEN, "forbidden").await;
         app.stop().await;
         }
 
     #[tokio::test]
     async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection(db) {
-        let fake = fake_with(FakeOptions {
-            access_token_lifetime: Duration::from_secs(900),
-            ..Default::default()
-        })
-        .await;
+        let fake = fake_with(FakeOptions { access_token_lifetime: Duration::from_secs(900), ..Default::default() }).await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
         let expires_in = |c: &Value| {
             let at = time::OffsetDateTime::parse(
@@ -623,13 +571,9 @@ backend_tests! {
 
         // A refresh answers after one Salesforce call, with an estimate that was assumed:
         // introspection confirms it afterwards.
-        let current = token_of(app.access_token("acme", id, None).await).await;
+        let current = token(&app, id, None).await;
         let before = fake.counters();
-        let new = token_of(
-            app.access_token("acme", id, Some(json!({"rejected_token": current})))
-                .await,
-        )
-        .await;
+        let new = token(&app, id, Some(&current)).await;
         assert_eq!(fake.counters().refreshes, before.refreshes + 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         let mut c = connection(&app, id).await;
@@ -643,11 +587,7 @@ backend_tests! {
 
         // Once measured, the lifetime carries over to the next token without asking again.
         let before = fake.counters();
-        token_of(
-            app.access_token("acme", id, Some(json!({"rejected_token": new})))
-                .await,
-        )
-        .await;
+        token(&app, id, Some(&new)).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let c = connection(&app, id).await;
         assert_eq!(c["access_token_expiry_assumed"], false, "{c}");
@@ -674,15 +614,11 @@ backend_tests! {
         }
         let mut first = Vec::new();
         for id in &ids {
-            first.push(token_of(app.access_token("acme", *id, None).await).await);
+            first.push(token(&app, *id, None).await);
         }
         // Only one fits: the others come from the database, unchanged and without a refresh.
-        for (id, token) in ids.iter().zip(&first) {
-            assert_eq!(
-                &token_of(app.access_token("acme", *id, None).await).await,
-                token,
-                "{b}"
-            );
+        for (id, first) in ids.iter().zip(&first) {
+            assert_eq!(&token(&app, *id, None).await, first, "{b}");
         }
         assert_eq!(fake.counters().refreshes, 0, "{b}");
         let metrics = app

@@ -252,6 +252,23 @@ impl TestApp {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A connection's view: `GET /v1/tenants/{tenant}/connections/{id}` with scope
+    /// `connections:read`.
+    pub async fn get_connection(&self, tenant: &str, id: impl std::fmt::Display) -> (StatusCode, Value) {
+        self.get_json(&format!("/v1/tenants/{tenant}/connections/{id}"), "connections:read")
+            .await
+    }
+
+    /// `POST path` without a body, with a token of `scope` (no tenant claim).
+    pub async fn post_as(&self, path: &str, scope: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(self.token(scope, None))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn delete(&self, path: &str, scope: &str) -> Response {
         self.client
             .delete(self.url(path))
