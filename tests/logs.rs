@@ -194,9 +194,8 @@ backend_tests! {
     }
 
     #[tokio::test]
-    async fn ids_with_a_wrong_checksum_are_kept_as_sent_with_a_warning(db) {
+    async fn ids_with_a_wrong_checksum_are_kept_as_sent_with_a_warning(db, b) {
         capture();
-        let b = db.backend;
         // The org id's suffix does not match its case; the user id comes in 15 characters.
         let fake = FakeSalesforce::start(FakeOptions {
             org_id: "00D5g000004ABCDZZZ".into(),

@@ -32,6 +32,22 @@ async fn put(
         .unwrap()
 }
 
+/// [`put`] for tenant `acme`, read with [`json_of`].
+async fn register(
+    app: &TestApp,
+    query: &str,
+    key: &str,
+    secret: &str,
+    login: &str,
+) -> (StatusCode, Value, String) {
+    json_of(put(app, "acme", query, key, secret, login).await).await
+}
+
+/// Asserts that the app of tenant `acme` is not stored.
+async fn assert_no_app(app: &TestApp, why: &str) {
+    assert_eq!(app_status(app, "acme").await.0, StatusCode::NOT_FOUND, "{why}");
+}
+
 async fn json_of(response: reqwest::Response) -> (StatusCode, Value, String) {
     let status = response.status();
     let text = response.text().await.unwrap();
@@ -100,42 +116,28 @@ async fn force_refresh(app: &TestApp, id: Uuid) -> reqwest::Response {
 
 backend_tests! {
     #[tokio::test]
-    async fn registration_refuses_a_wrong_key_or_secret_and_stores_nothing(db) {
+    async fn registration_refuses_a_wrong_key_or_secret_and_stores_nothing(db, b) {
         let app = TestApp::spawn(&db).await;
-        let b = db.backend;
         let login = app.fake.base_url();
 
         let wrong_key = "3MVG9NotAKeyThisOrgKnows00000000000";
-        let (status, body, _) =
-            json_of(put(&app, "acme", "", wrong_key, CLIENT_SECRET, &login).await).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{b}: {body}");
-        assert_eq!(body["code"], "invalid_credentials", "{b}");
-        assert_eq!(body["field"], "consumer_key", "{b}");
-        assert!(
-            body["detail"].as_str().unwrap().contains("Consumer Key"),
-            "{b}: {body}"
-        );
-        assert_eq!(
-            app_status(&app, "acme").await.0,
-            StatusCode::NOT_FOUND,
-            "{b}: not stored"
-        );
-
         let wrong_secret = "WrongSecretWrongSecretWrongSecret0001";
-        let (status, body, _) =
-            json_of(put(&app, "acme", "", CLIENT_ID, wrong_secret, &login).await).await;
-        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{b}: {body}");
-        assert_eq!(body["code"], "invalid_credentials", "{b}");
-        assert_eq!(body["field"], "consumer_secret", "{b}");
-        assert_eq!(
-            app_status(&app, "acme").await.0,
-            StatusCode::NOT_FOUND,
-            "{b}: not stored"
-        );
+        for (key, secret, field, detail) in [
+            (wrong_key, CLIENT_SECRET, "consumer_key", Some("Consumer Key")),
+            (CLIENT_ID, wrong_secret, "consumer_secret", None),
+        ] {
+            let (status, body, _) = register(&app, "", key, secret, &login).await;
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{b}, {field}: {body}");
+            assert_eq!(body["code"], "invalid_credentials", "{b}, {field}");
+            assert_eq!(body["field"], field, "{b}");
+            if let Some(detail) = detail {
+                assert!(body["detail"].as_str().unwrap().contains(detail), "{b}: {body}");
+            }
+            assert_no_app(&app, &format!("{b}, {field}: not stored")).await;
+        }
 
         // Both right: Salesforce refuses only the made-up code (invalid_grant), so it is stored.
-        let (status, body, _) =
-            json_of(put(&app, "acme", "", CLIENT_ID, CLIENT_SECRET, &login).await).await;
+        let (status, body, _) = register(&app, "", CLIENT_ID, CLIENT_SECRET, &login).await;
         assert_eq!(status, StatusCode::CREATED, "{b}: {body}");
         assert_eq!(body["credentials_verified"], true, "{b}");
         assert_eq!(app_status(&app, "acme").await.0, StatusCode::OK, "{b}");
@@ -146,8 +148,7 @@ backend_tests! {
         );
 
         // A refused replacement keeps the app as it was.
-        let (status, _, _) =
-            json_of(put(&app, "acme", "", CLIENT_ID, wrong_secret, &login).await).await;
+        let (status, _, _) = register(&app, "", CLIENT_ID, wrong_secret, &login).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
         assert!(
             app.connect("acme").await.to_string().len() == 36,
@@ -156,139 +157,53 @@ backend_tests! {
 
         // verify=false stores without asking, and says so.
         let before = app.fake.counters().token_requests;
-        let (status, body, _) = json_of(
-            put(
-                &app,
-                "acme",
-                "?verify=false",
-                CLIENT_ID,
-                wrong_secret,
-                &login,
-            )
-            .await,
-        )
-        .await;
+        let (status, body, _) = register(&app, "?verify=false", CLIENT_ID, wrong_secret, &login).await;
         assert_eq!(status, StatusCode::OK, "{b}: {body}");
         assert_eq!(body["credentials_verified"], false, "{b}");
         assert_eq!(app.fake.counters().token_requests, before, "{b}: no call");
 
-        let (status, body, _) = json_of(
-            put(
-                &app,
-                "acme",
-                "?verify=maybe",
-                CLIENT_ID,
-                CLIENT_SECRET,
-                &login,
-            )
-            .await,
-        )
-        .await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (StatusCode::BAD_REQUEST, Some("invalid_request")),
-            "{b}"
-        );
+        let (status, body, _) = register(&app, "?verify=maybe", CLIENT_ID, CLIENT_SECRET, &login).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_request")), "{b}");
         app.stop().await;
         }
 
     #[tokio::test]
-    async fn registration_with_the_login_host_away_or_odd_stores_nothing(db) {
+    async fn registration_with_the_login_host_away_or_odd_stores_nothing(db, b) {
         let app = TestApp::spawn(&db).await;
-        let b = db.backend;
         let login = app.fake.base_url();
 
         app.fake.inject(Endpoint::Token, Fault::Status(503));
         let response = put(&app, "acme", "", CLIENT_ID, CLIENT_SECRET, &login).await;
         assert!(response.headers().get("retry-after").is_some(), "{b}");
         let (status, body, _) = json_of(response).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("upstream_unavailable")
-            ),
-            "{b}: {body}"
-        );
-        assert_eq!(
-            app_status(&app, "acme").await.0,
-            StatusCode::NOT_FOUND,
-            "{b}"
-        );
+        assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream_unavailable")), "{b}: {body}");
+        assert_no_app(&app, &format!("{b}")).await;
 
         // Nothing listens there (the port of a listener just closed).
         let closed = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", listener.local_addr().unwrap())
         };
-        let (status, body, _) =
-            json_of(put(&app, "acme", "", CLIENT_ID, CLIENT_SECRET, &closed).await).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("upstream_unavailable")
-            ),
-            "{b}: {body}"
-        );
-        assert_eq!(
-            app_status(&app, "acme").await.0,
-            StatusCode::NOT_FOUND,
-            "{b}"
-        );
+        let (status, body, _) = register(&app, "", CLIENT_ID, CLIENT_SECRET, &closed).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream_unavailable")), "{b}: {body}");
+        assert_no_app(&app, &format!("{b}")).await;
 
         // JSON that is neither a token response nor an OAuth error: not Salesforce talking.
-        app.fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 200,
-                error: "hello".into(),
-                description: "world".into(),
-            },
-        );
-        let (status, body, _) =
-            json_of(put(&app, "acme", "", CLIENT_ID, CLIENT_SECRET, &login).await).await;
-        assert_eq!(
-            (status, body["code"].as_str()),
-            (StatusCode::BAD_GATEWAY, Some("upstream_error")),
-            "{b}: {body}"
-        );
-        assert_eq!(
-            app_status(&app, "acme").await.0,
-            StatusCode::NOT_FOUND,
-            "{b}"
-        );
+        app.fake.inject(Endpoint::Token, Fault::oauth_error(200, "hello", "world"));
+        let (status, body, _) = register(&app, "", CLIENT_ID, CLIENT_SECRET, &login).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_error")), "{b}: {body}");
+        assert_no_app(&app, &format!("{b}")).await;
 
         // verify=false stores even then.
-        let (status, _, _) = json_of(
-            put(
-                &app,
-                "acme",
-                "?verify=false",
-                CLIENT_ID,
-                CLIENT_SECRET,
-                &closed,
-            )
-            .await,
-        )
-        .await;
+        let (status, _, _) = register(&app, "?verify=false", CLIENT_ID, CLIENT_SECRET, &closed).await;
         assert_eq!(status, StatusCode::CREATED, "{b}");
         app.stop().await;
         }
 
     #[tokio::test]
-    async fn a_corrected_put_still_clears_credentials_invalid(db) {
-        let app = TestApp::spawn(&db).await;
-        let b = db.backend;
-        let id = app.connect("acme").await;
-        app.fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_client".into(),
-                description: "invalid client credentials".into(),
-            },
-        );
+    async fn a_corrected_put_still_clears_credentials_invalid(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
+        app.fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_client", "invalid client credentials"));
         let refused = force_refresh(&app, id).await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         assert_eq!(
@@ -461,11 +376,7 @@ fn cases() -> Vec<Case> {
             says: &["IP Relaxation", "Login Hours"],
         },
         Case {
-            cause: Cause::Token(Fault::OAuthError {
-                status: 400,
-                error: "invalid_grant".into(),
-                description: "IP restricted or invalid login hours".into(),
-            }),
+            cause: Cause::Token(Fault::oauth_error(400, "invalid_grant", "IP restricted or invalid login hours")),
             code: "login_restricted",
             status: StatusCode::BAD_REQUEST,
             says: &["IP Relaxation", "Login Hours"],
@@ -543,8 +454,7 @@ async fn fail_with(app: &TestApp, cause: &Cause, body: Value) -> reqwest::Respon
 
 backend_tests! {
     #[tokio::test]
-    async fn every_callback_error_gets_a_page_that_names_the_fix(db) {
-        let b = db.backend;
+    async fn every_callback_error_gets_a_page_that_names_the_fix(db, b) {
         for case in cases() {
             // A fresh app per case: the database case closes its pool, and state must not leak.
             let app = TestApp::spawn(&db).await;
@@ -600,8 +510,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn the_return_to_redirect_keeps_its_contract(db) {
-        let b = db.backend;
+    async fn the_return_to_redirect_keeps_its_contract(db, b) {
         for case in cases() {
             if let Cause::DatabaseGone = case.cause {
                 continue; // without the database there is no return_to to trust
@@ -640,10 +549,8 @@ backend_tests! {
     // --- 4. reconnect ------------------------------------------------------------------------------
 
     #[tokio::test]
-    async fn reconnect_renews_the_same_connection(db) {
-        let app = TestApp::spawn(&db).await;
-        let b = db.backend;
-        let id = app.connect("acme").await;
+    async fn reconnect_renews_the_same_connection(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let before = connections(&app, "acme").await;
         assert_eq!(
             before[0]["username"], "admin@example.com",
@@ -658,14 +565,7 @@ backend_tests! {
         assert_eq!(old_refresh.len(), 1, "{b}");
 
         // Salesforce refuses the refresh token: the connection needs reauthorization.
-        app.fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_grant".into(),
-                description: "expired access/refresh token".into(),
-            },
-        );
+        app.fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_grant", "expired access/refresh token"));
         let refused = force_refresh(&app, id).await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         assert_eq!(
@@ -723,10 +623,8 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn reconnect_as_another_user_is_refused_and_leaves_no_second_connection(db) {
-        let app = TestApp::spawn(&db).await;
-        let b = db.backend;
-        let id = app.connect("acme").await;
+    async fn reconnect_as_another_user_is_refused_and_leaves_no_second_connection(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         app.fake.set_user(
             "00D5g000004ABCDEA4",
             "0055g00000OTHER",
@@ -761,10 +659,8 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn reconnect_of_an_unknown_or_foreign_connection_is_404(db) {
-        let app = TestApp::spawn(&db).await;
-        let b = db.backend;
-        let id = app.connect("acme").await;
+    async fn reconnect_of_an_unknown_or_foreign_connection_is_404(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         assert!(app.put_app("beta").await.status().is_success());
         for (tenant, target) in [
             ("acme", Uuid::new_v4().to_string()),
@@ -773,11 +669,7 @@ backend_tests! {
         ] {
             let response = reauthorize(&app, tenant, &target, json!({})).await;
             let (status, body, _) = json_of(response).await;
-            assert_eq!(
-                (status, body["code"].as_str()),
-                (StatusCode::NOT_FOUND, Some("not_found")),
-                "{b} {tenant}/{target}"
-            );
+            assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{b} {tenant}/{target}");
         }
         let bad_return = reauthorize(
             &app,

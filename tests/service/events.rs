@@ -309,8 +309,7 @@ fn problem_code(body: &Value) -> &str {
 
 backend_tests! {
     #[tokio::test]
-    async fn a_connections_life_is_reported_in_order(db) {
-        let b = db.backend;
+    async fn a_connections_life_is_reported_in_order(db, b) {
         let receiver = Receiver::start().await;
         let fake = fake().await;
         let app = spawn(&db, &fake, &receiver.url).await;
@@ -337,14 +336,7 @@ backend_tests! {
             .json()
             .await
             .unwrap();
-        fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_grant".into(),
-                description: "expired access/refresh token".into(),
-            },
-        );
+        fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_grant", "expired access/refresh token"));
         let refused = app
             .access_token(
                 "acme",
@@ -402,8 +394,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn refused_app_credentials_and_their_fix_are_reported(db) {
-        let b = db.backend;
+    async fn refused_app_credentials_and_their_fix_are_reported(db, b) {
         let receiver = Receiver::start().await;
         let fake = fake().await;
         let app = spawn(&db, &fake, &receiver.url).await;
@@ -415,14 +406,7 @@ backend_tests! {
             .json()
             .await
             .unwrap();
-        fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_client".into(),
-                description: "invalid client credentials".into(),
-            },
-        );
+        fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_client", "invalid client credentials"));
         let refused = app
             .access_token(
                 "acme",
@@ -462,8 +446,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn a_failing_receiver_gets_retries_with_the_same_id(db) {
-        let b = db.backend;
+    async fn a_failing_receiver_gets_retries_with_the_same_id(db, b) {
         let receiver = Receiver::start().await;
         receiver.failures_left.store(3, Ordering::SeqCst);
         let fake = fake().await;
@@ -513,8 +496,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart(db) {
-        let b = db.backend;
+    async fn an_event_left_by_a_killed_process_is_delivered_after_the_restart(db, b) {
         let receiver = Receiver::start().await;
         let fake = fake().await;
         // A connection made without webhooks: no event is written for it.
@@ -585,8 +567,7 @@ const PER_KEY: usize = 5;
 
 backend_tests! {
     #[tokio::test]
-    async fn two_replicas_deliver_each_event_once_and_in_order(db) {
-        let b = db.backend;
+    async fn two_replicas_deliver_each_event_once_and_in_order(db, b) {
         let receiver = Receiver::start().await;
         let fake = fake().await;
         // Migrate first, then fill the outbox as state changes would have.
@@ -645,8 +626,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn without_a_webhook_url_no_event_is_written(db) {
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         app.delete(
             &format!("/v1/tenants/acme/connections/{id}"),
             "connections:write",
@@ -662,8 +642,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn finished_events_and_old_audit_entries_are_pruned(db) {
-        let b = db.backend;
+    async fn finished_events_and_old_audit_entries_are_pruned(db, b) {
         let store = db.store().await;
         let day = 86_400_000;
         let now = 100 * day;
@@ -777,8 +756,7 @@ fn sum(entries: &[Value], actor: &str, action: &str, id: Uuid) -> i64 {
 
 backend_tests! {
     #[tokio::test]
-    async fn token_reads_are_counted_per_actor_and_connection(db) {
-        let b = db.backend;
+    async fn token_reads_are_counted_per_actor_and_connection(db, b) {
         let fake = fake().await;
         let app = spawn_audited(&db, &fake).await;
         let id = app.connect("acme").await;
@@ -866,8 +844,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn another_tenants_token_cannot_read_the_trail(db) {
-        let b = db.backend;
+    async fn another_tenants_token_cannot_read_the_trail(db, b) {
         let fake = fake().await;
         let app = spawn_audited(&db, &fake).await;
         let id = app.connect("acme").await;

@@ -368,14 +368,7 @@ backend_tests! {
                 "{fault:?}: nothing half-written"
             );
         }
-        app.fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_grant".into(),
-                description: "expired authorization code".into(),
-            },
-        );
+        app.fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_grant", "expired authorization code"));
         assert_error_redirect(run_flow(&app, "acme").await, "exchange_failed").await;
         // After the faults, a clean flow works.
         assert_eq!(

@@ -53,22 +53,13 @@ fn postgres_addr(db: &TestDatabase) -> std::net::SocketAddr {
 
 backend_tests! {
     #[tokio::test]
-    async fn refused_app_credentials_are_the_apps_state_and_a_put_revives_every_connection(db) {
-        let b = db.backend;
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
+    async fn refused_app_credentials_are_the_apps_state_and_a_put_revives_every_connection(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
 
         // The tenant re-registers its app with a mistyped secret; the next refresh is
         // refused with invalid_client.
-        app.fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_client".into(),
-                description: "invalid client credentials".into(),
-            },
-        );
+        app.fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_client", "invalid client credentials"));
         let (status, body) = problem(app.access_token("acme", id, rejecting(&current)).await).await;
         assert_eq!(status, StatusCode::CONFLICT, "{b}: {body}");
         assert_eq!(body["code"], "app_credentials_invalid", "{b}");
@@ -122,10 +113,8 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends(db) {
-        let b = db.backend;
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
+    async fn a_hanging_salesforce_call_is_cut_before_the_lease_ends(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
         // The test settings: Salesforce timeout 2 s, so the lease lasts 22 s.
         app.fake
@@ -153,8 +142,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline(db) {
-        let b = db.backend;
+    async fn a_queue_for_salesforce_slots_never_eats_into_a_calls_deadline(db, b) {
         let fake = fake().await;
         // One call in flight at a time; each takes 1.2 s of the 2 s deadline.
         let app =
@@ -188,10 +176,8 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token(db) {
-        let b = db.backend;
-        let app = TestApp::spawn(&db).await;
-        let id = app.connect("acme").await;
+    async fn an_answer_that_fails_a_check_keeps_its_new_refresh_token(db, b) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token_of(app.access_token("acme", id, None).await).await;
         app.fake.inject(Endpoint::Token, Fault::BadSignature);
         let (status, body) = problem(app.access_token("acme", id, rejecting(&current)).await).await;
@@ -484,8 +470,7 @@ async fn post_token(base: &str, id: Uuid, body: Value) -> reqwest::Response {
 
 backend_tests! {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit(db) {
-        let b = db.backend;
+    async fn sigterm_during_a_keepalive_sweep_lets_the_refreshes_in_flight_commit(db, b) {
         let fake = fake().await;
         let setup = TestApp::spawn_with(&db, &fake, &[]).await;
         let ids = connect_users(&setup, 6).await;

@@ -237,8 +237,7 @@ async fn get(store: &Store, tenant: &str, id: Uuid) -> ConnectionRecord {
 
 backend_tests! {
     #[tokio::test]
-    async fn migrate_is_idempotent_and_readiness_requires_it(db) {
-        let b = db.backend;
+    async fn migrate_is_idempotent_and_readiness_requires_it(db, b) {
         let store = db.connect().await;
         assert_eq!(store.backend_name(), b);
         let before = store.check_ready().await;
@@ -259,8 +258,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn readiness_fails_when_a_migration_is_missing_or_failed(db) {
-        let b = db.backend;
+    async fn readiness_fails_when_a_migration_is_missing_or_failed(db, b) {
         let store = db.store().await;
         store.check_ready().await.unwrap();
 
@@ -304,8 +302,7 @@ async fn sqlite_creates_the_missing_folder() {
 
 backend_tests! {
     #[tokio::test]
-    async fn tenant_app_put_replace_get_delete(db) {
-        let b = db.backend;
+    async fn tenant_app_put_replace_get_delete(db, b) {
         let store = db.store().await;
 
         assert!(store.get_tenant_app("acme").await.unwrap().is_none(), "{b}");
@@ -846,8 +843,7 @@ store_tests! {
 
 backend_tests! {
     #[tokio::test]
-    async fn app_credentials_invalid_is_compare_and_set_and_cleared_by_a_put(db) {
-        let b = db.backend;
+    async fn app_credentials_invalid_is_compare_and_set_and_cleared_by_a_put(db, b) {
         let store = db.store().await;
         let (stored, _) = store.put_tenant_app(&app("acme", T0, "k")).await.unwrap();
         assert_eq!(stored.status, AppStatus::Active, "{b}");
@@ -1037,8 +1033,7 @@ store_tests! {
 
 backend_tests! {
     #[tokio::test]
-    async fn insert_connections_in_bulk_all_or_none(db) {
-        let b = db.backend;
+    async fn insert_connections_in_bulk_all_or_none(db, b) {
         let store = acme_store(&db).await;
         let new = |i: usize| {
             let id = Uuid::new_v4();
@@ -1128,8 +1123,7 @@ async fn unreachable_postgres_is_unavailable_and_keeps_the_password_out() {
 
 backend_tests! {
     #[tokio::test]
-    async fn a_closed_pool_is_unavailable(db) {
-        let b = db.backend;
+    async fn a_closed_pool_is_unavailable(db, b) {
         let store = db.store().await;
         store.close().await;
         let result = store.get_tenant_app("acme").await;

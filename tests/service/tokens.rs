@@ -9,7 +9,6 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use valo_testkit::app::TestApp;
-use valo_testkit::db::TestDatabase;
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -24,13 +23,6 @@ async fn token_of(response: reqwest::Response) -> String {
 async fn token(app: &TestApp, id: Uuid, rejected: Option<&str>) -> String {
     let body = rejected.map(|token| json!({ "rejected_token": token }));
     token_of(app.access_token("acme", id, body).await).await
-}
-
-/// A new app on `db` with one connection of tenant `acme`.
-async fn connected(db: &TestDatabase) -> (TestApp, Uuid) {
-    let app = TestApp::spawn(db).await;
-    let id = app.connect("acme").await;
-    (app, id)
 }
 
 async fn problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
@@ -80,7 +72,7 @@ async fn concurrent_tokens(apps: &[&TestApp], id: Uuid, n: usize, body: Value) -
 backend_tests! {
     #[tokio::test]
     async fn cached_tokens_are_served_without_the_database(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let issued = app.fake.issued_tokens();
         let first = token(&app, id, None).await;
         assert!(
@@ -145,7 +137,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn concurrent_callers_in_one_process_share_one_refresh(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token(&app, id, None).await;
         app.fake.set_latency(Duration::from_millis(200));
         let tokens = concurrent_tokens(&[&app], id, 200, json!({"rejected_token": current})).await;
@@ -225,7 +217,7 @@ postgres_tests! {
 backend_tests! {
     #[tokio::test]
     async fn rejected_tokens_both_ways(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let old = token(&app, id, None).await;
         let new = token(&app, id, Some(&old)).await;
         assert_ne!(old, new);
@@ -245,16 +237,9 @@ backend_tests! {
 
     #[tokio::test]
     async fn refused_refresh_needs_reauthorization(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token(&app, id, None).await;
-        app.fake.inject(
-            Endpoint::Token,
-            Fault::OAuthError {
-                status: 400,
-                error: "invalid_grant".into(),
-                description: "expired access/refresh token".into(),
-            },
-        );
+        app.fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_grant", "expired access/refresh token"));
         let body = json!({"rejected_token": current});
         problem(
             app.access_token("acme", id, Some(body.clone())).await,
@@ -292,7 +277,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn transient_failures_keep_the_refresh_token_and_back_off(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token(&app, id, None).await;
         let refresh_before = active_refresh_tokens(&app.fake);
         app.fake.inject(Endpoint::Token, Fault::Status(503));
@@ -340,7 +325,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn database_outage_is_the_services_own_503(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token(&app, id, None).await;
         let calls = app.fake.counters().token_requests;
         app.broker.close().await;
@@ -385,8 +370,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn keepalive_refreshes_idle_connections(db) {
-        let b = db.backend;
+    async fn keepalive_refreshes_idle_connections(db, b) {
         let fake = fake_with(FakeOptions::default()).await;
         // The background sweeper looks once an hour: the test runs the sweeps itself.
         let app = TestApp::spawn_with(
@@ -423,7 +407,7 @@ backend_tests! {
 backend_tests! {
     #[tokio::test]
     async fn deleting_a_connection_revokes_it_first(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let path = format!("/v1/tenants/acme/connections/{id}");
         // Salesforce unreachable: the connection is kept.
         app.fake.inject(Endpoint::Revoke, Fault::Status(503));
@@ -528,7 +512,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn token_request_validation(db) {
-        let (app, id) = connected(&db).await;
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         for (case, body) in [
             ("a minimum lifetime over a day", json!({"min_ttl_seconds": 86_401})),
             ("an empty rejected token", json!({"rejected_token": ""})),
@@ -601,8 +585,7 @@ backend_tests! {
         }
 
     #[tokio::test]
-    async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database(db) {
-        let b = db.backend;
+    async fn a_connection_evicted_from_the_bounded_cache_is_served_from_the_database(db, b) {
         let fake = fake_with(FakeOptions::default()).await;
         let app =
             TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_TOKEN_CACHE_CAPACITY", "1")]).await;

@@ -106,6 +106,17 @@ pub enum Fault {
     NoRefreshToken,
 }
 
+impl Fault {
+    /// [`Fault::OAuthError`] with that status, `error` and `error_description`.
+    pub fn oauth_error(status: u16, error: &str, description: &str) -> Self {
+        Self::OAuthError {
+            status,
+            error: error.into(),
+            description: description.into(),
+        }
+    }
+}
+
 /// Snapshot of what the fake has seen.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counters {

@@ -702,14 +702,7 @@ async fn fault_status_and_non_json_are_not_processed() {
 async fn fault_oauth_error() {
     let fake = start(FakeOptions::default()).await;
     let rt = s(&login(&fake).await, "refresh_token");
-    fake.inject(
-        Endpoint::Token,
-        Fault::OAuthError {
-            status: 400,
-            error: "rate_limit_exceeded".into(),
-            description: "rate limit exceeded".into(),
-        },
-    );
+    fake.inject(Endpoint::Token, Fault::oauth_error(400, "rate_limit_exceeded", "rate limit exceeded"));
     let (status, body) = refresh(&fake, &rt).await;
     assert_oauth_error(status, &body, "rate_limit_exceeded", "rate limit exceeded");
     // Not processed: the refresh token was not rotated.

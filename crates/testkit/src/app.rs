@@ -82,6 +82,14 @@ impl TestApp {
     }
 
     /// An app on `db` talking to `fake` (share both to run several replicas).
+    /// [`TestApp::spawn`], then [`TestApp::connect`] for `tenant`: the app and the
+    /// connection's id.
+    pub async fn spawn_connected(db: &TestDatabase, tenant: &str) -> (TestApp, Uuid) {
+        let app = TestApp::spawn(db).await;
+        let id = app.connect(tenant).await;
+        (app, id)
+    }
+
     pub async fn spawn_with(
         db: &TestDatabase,
         fake: &FakeSalesforce,

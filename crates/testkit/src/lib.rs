@@ -35,7 +35,8 @@ pub const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 /// Runs one async test body on each storage backend, as two test cases in a module named
 /// after the test: `name::sqlite` and `name::postgres`. The body sees the database as the
-/// named binding (a [`db::TestDatabase`]); attributes (such as `#[tokio::test(…)]`, which
+/// named binding (a [`db::TestDatabase`]) and, when a second name is given, the backend's
+/// name (`"sqlite"` or `"postgres"`, for messages) as that binding; attributes (such as `#[tokio::test(…)]`, which
 /// is required) apply to both cases. One invocation may hold several tests.
 ///
 /// ```ignore
@@ -47,14 +48,15 @@ pub const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 ///     }
 ///
 ///     #[tokio::test]
-///     async fn another_one(db) {
+///     async fn another_one(db, backend) {
+///         assert!(true, "{backend}");
 ///         // …
 ///     }
 /// }
 /// ```
 #[macro_export]
 macro_rules! backend_tests {
-    ($($(#[$attr:meta])* async fn $name:ident($db:ident) $body:block)+) => {
+    ($($(#[$attr:meta])* async fn $name:ident($db:ident $(, $b:ident)?) $body:block)+) => {
         $(
             mod $name {
                 #[allow(unused_imports)]
@@ -63,12 +65,16 @@ macro_rules! backend_tests {
                 $(#[$attr])*
                 async fn sqlite() {
                     let $db = $crate::db::TestDatabase::sqlite().await;
+                    $(let $b = $db.backend;)?
                     $body
                 }
 
                 $crate::postgres_tests! {
                     $(#[$attr])*
-                    async fn postgres($db) $body
+                    async fn postgres($db) {
+                        $(let $b = $db.backend;)?
+                        $body
+                    }
                 }
             }
         )+
