@@ -12,7 +12,7 @@ use fake_salesforce::{FakeOptions, FakeSalesforce};
 use serde_json::json;
 use valo_oauth::config::LogFormat;
 use valo_testkit::app::{
-    ALL_SCOPES, CLIENT_ID, CLIENT_SECRET, JWT_SECRET, PUBLIC_URL, TEST_KEYS, TestApp,
+    CLIENT_ID, CLIENT_SECRET, JWT_SECRET, PUBLIC_URL, TEST_KEYS, TestApp,
 };
 use valo_testkit::backend_tests;
 
@@ -145,13 +145,8 @@ async fn put_app(
     key: &str,
     secret: &str,
 ) -> reqwest::Response {
-    app.client
-        .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app{query}")))
-        .bearer_auth(app.token(ALL_SCOPES, None))
-        .json(&json!({"consumer_key": key, "consumer_secret": secret, "login_url": app.fake.base_url()}))
-        .send()
-        .await
-        .unwrap()
+    let body = json!({"consumer_key": key, "consumer_secret": secret, "login_url": app.fake.base_url()});
+    app.put_app_json(tenant, query, &body).await
 }
 
 backend_tests! {

@@ -8,7 +8,7 @@ use fake_salesforce::{Approval, Endpoint, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use valo_testkit::app::{ALL_SCOPES, CLIENT_ID, CLIENT_SECRET, PUBLIC_URL, RETURN_ORIGIN, TestApp};
+use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET, PUBLIC_URL, RETURN_ORIGIN, TestApp};
 use valo_testkit::db::TestDatabase;
 
 // --- helpers -------------------------------------------------------------------------------
@@ -23,13 +23,8 @@ async fn put(
     secret: &str,
     login: &str,
 ) -> reqwest::Response {
-    app.client
-        .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app{query}")))
-        .bearer_auth(app.token(ALL_SCOPES, None))
-        .json(&json!({"consumer_key": key, "consumer_secret": secret, "login_url": login}))
-        .send()
-        .await
-        .unwrap()
+    let body = json!({"consumer_key": key, "consumer_secret": secret, "login_url": login});
+    app.put_app_json(tenant, query, &body).await
 }
 
 /// [`put`] for tenant `acme`, read with [`json_of`].

@@ -475,15 +475,7 @@ backend_tests! {
         );
         receiver.assert_all_valid();
 
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.get_text("/metrics").await;
         for series in [
             "valo_oauth_webhook_attempts_total{outcome=\"rejected\"}",
             "valo_oauth_webhook_attempts_total{outcome=\"delivered\"}",

@@ -22,7 +22,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use valo_testkit::app::{ALL_SCOPES, PUBLIC_URL, RETURN_ORIGIN, TestApp};
+use valo_testkit::app::{PUBLIC_URL, RETURN_ORIGIN, TestApp};
 
 const CLIENT_ID: &str = "3MVG9interopConsumerKey0123456789ABCDEFabcdefXYZ";
 const CLIENT_SECRET: &str = "INTEROPSECRET0123456789ABCDEF0123456789abcdefXYZ";
@@ -368,18 +368,11 @@ backend_tests! {
         let tenant = "interop-tenant";
 
         // The tenant's app: the Authlib server as login URL.
-        let put = app
-            .client
-            .put(app.url(&format!("/v1/tenants/{tenant}/salesforce-app")))
-            .bearer_auth(app.token(ALL_SCOPES, None))
-            .json(&json!({
+        let put = app.put_app_json(tenant, "", &json!({
                 "consumer_key": CLIENT_ID,
                 "consumer_secret": CLIENT_SECRET,
                 "login_url": server.base,
-            }))
-            .send()
-            .await
-            .unwrap();
+            })).await;
         assert!(
             put.status().is_success(),
             "{backend}: put app: {:?}",

@@ -604,15 +604,7 @@ backend_tests! {
             assert_eq!(&token(&app, *id, None).await, first, "{b}");
         }
         assert_eq!(fake.counters().refreshes, 0, "{b}");
-        let metrics = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.get_text("/metrics").await;
         let entries: f64 = metrics
             .lines()
             .find_map(|l| l.strip_prefix("valo_oauth_token_cache_entries "))

@@ -171,10 +171,17 @@ impl TestApp {
     }
 
     pub async fn put_app_with(&self, tenant: &str, key: &str, secret: &str) -> Response {
+        let login = self.fake.base_url();
+        let body = json!({"consumer_key": key, "consumer_secret": secret, "login_url": login});
+        self.put_app_json(tenant, "", &body).await
+    }
+
+    /// PUTs `body` as the app of `tenant` (`query` is "" or e.g. `?verify=false`).
+    pub async fn put_app_json(&self, tenant: &str, query: &str, body: &Value) -> Response {
         self.client
-            .put(self.url(&format!("/v1/tenants/{tenant}/salesforce-app")))
+            .put(self.url(&format!("/v1/tenants/{tenant}/salesforce-app{query}")))
             .bearer_auth(self.token(ALL_SCOPES, None))
-            .json(&json!({"consumer_key": key, "consumer_secret": secret, "login_url": self.fake.base_url()}))
+            .json(body)
             .send()
             .await
             .unwrap()
@@ -249,41 +256,41 @@ impl TestApp {
     }
 
     pub async fn get_json(&self, path: &str, scope: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(self.url(path))
-            .bearer_auth(self.token(scope, None))
-            .send()
-            .await
-            .unwrap();
+        let response = self.send_as(reqwest::Method::GET, path, scope).await;
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// A connection's view: `GET /v1/tenants/{tenant}/connections/{id}` with scope
     /// `connections:read`.
-    pub async fn get_connection(&self, tenant: &str, id: impl std::fmt::Display) -> (StatusCode, Value) {
-        self.get_json(&format!("/v1/tenants/{tenant}/connections/{id}"), "connections:read")
-            .await
+    pub async fn get_connection(
+        &self,
+        tenant: &str,
+        id: impl std::fmt::Display,
+    ) -> (StatusCode, Value) {
+        let path = format!("/v1/tenants/{tenant}/connections/{id}");
+        self.get_json(&path, "connections:read").await
+    }
+
+    /// The body of `GET path` without credentials (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        let response = self.client.get(self.url(path)).send().await.unwrap();
+        response.text().await.unwrap()
     }
 
     /// `POST path` without a body, with a token of `scope` (no tenant claim).
     pub async fn post_as(&self, path: &str, scope: &str) -> Response {
-        self.client
-            .post(self.url(path))
-            .bearer_auth(self.token(scope, None))
-            .send()
-            .await
-            .unwrap()
+        self.send_as(reqwest::Method::POST, path, scope).await
     }
 
     pub async fn delete(&self, path: &str, scope: &str) -> Response {
-        self.client
-            .delete(self.url(path))
-            .bearer_auth(self.token(scope, None))
-            .send()
-            .await
-            .unwrap()
+        self.send_as(reqwest::Method::DELETE, path, scope).await
+    }
+
+    /// `method path` without a body, with a token of `scope` (no tenant claim).
+    pub async fn send_as(&self, method: reqwest::Method, path: &str, scope: &str) -> Response {
+        let request = self.client.request(method, self.url(path));
+        request.bearer_auth(self.token(scope, None)).send().await.unwrap()
     }
 }
 
