@@ -81,12 +81,7 @@ backend_tests! {
             .1
             .parse()
             .unwrap();
-        let first: serde_json::Value = app
-            .access_token("acme", id, None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let first: serde_json::Value = app.access_token_body("acme", id).await;
         let first = first["access_token"].as_str().unwrap().to_owned();
         let refreshed = app
             .access_token("acme", id, Some(json!({"rejected_token": first})))

@@ -61,17 +61,6 @@ async fn app_status(app: &TestApp, tenant: &str) -> (StatusCode, Value) {
     .await
 }
 
-async fn connections(app: &TestApp, tenant: &str) -> Vec<Value> {
-    let (status, body) = app
-        .get_json(
-            &format!("/v1/tenants/{tenant}/connections"),
-            "connections:read",
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    body["connections"].as_array().unwrap().clone()
-}
-
 fn query(url: &reqwest::Url) -> BTreeMap<String, String> {
     url.query_pairs().into_owned().collect()
 }
@@ -96,12 +85,7 @@ async fn finish(app: &TestApp, authorization_url: &str) -> reqwest::Response {
 
 /// Reports the current access token as rejected, so the next answer needs a refresh.
 async fn force_refresh(app: &TestApp, id: Uuid) -> reqwest::Response {
-    let current: Value = app
-        .access_token("acme", id, None)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let current: Value = app.access_token_body("acme", id).await;
     let current = current["access_token"].as_str().unwrap().to_owned();
     app.access_token("acme", id, Some(json!({"rejected_token": current})))
         .await
@@ -257,12 +241,7 @@ async fn the_eca_settings_of_the_setup_guide() {
         StatusCode::OK,
         "a tenant's token may read them"
     );
-    let anonymous = app
-        .client
-        .get(app.url("/v1/salesforce/eca-settings"))
-        .send()
-        .await
-        .unwrap();
+    let anonymous = app.get("/v1/salesforce/eca-settings").await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     app.stop().await;
 }
@@ -546,17 +525,12 @@ backend_tests! {
     #[tokio::test]
     async fn reconnect_renews_the_same_connection(db, b) {
         let (app, id) = TestApp::spawn_connected(&db, "acme").await;
-        let before = connections(&app, "acme").await;
+        let before = app.connections("acme").await;
         assert_eq!(
             before[0]["username"], "admin@example.com",
             "{b}: learned by introspection"
         );
-        let old_refresh: Vec<String> = app
-            .fake
-            .issued_tokens()
-            .into_iter()
-            .filter(|t| app.fake.is_refresh_token_active(t))
-            .collect();
+        let old_refresh: Vec<String> = app.fake.active_refresh_tokens();
         assert_eq!(old_refresh.len(), 1, "{b}");
 
         // Salesforce refuses the refresh token: the connection needs reauthorization.
@@ -564,7 +538,7 @@ backend_tests! {
         let refused = force_refresh(&app, id).await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         assert_eq!(
-            connections(&app, "acme").await[0]["status"],
+            app.connections("acme").await[0]["status"],
             "needs_reauthorization",
             "{b}"
         );
@@ -602,7 +576,7 @@ backend_tests! {
             "{b}: the same connection"
         );
 
-        let after = connections(&app, "acme").await;
+        let after = app.connections("acme").await;
         assert_eq!(after.len(), 1, "{b}");
         assert_eq!(after[0]["id"], id.to_string(), "{b}");
         assert_eq!(after[0]["status"], "active", "{b}");
@@ -637,15 +611,10 @@ backend_tests! {
             page.contains("<code>different_user</code>") && page.contains("admin@example.com"),
             "{b}: {page}"
         );
-        let all = connections(&app, "acme").await;
+        let all = app.connections("acme").await;
         assert_eq!(all.len(), 1, "{b}: no second connection");
         assert_eq!(all[0]["user_id"], "0055g000001XYZWAA4", "{b}");
-        let live_refresh = app
-            .fake
-            .issued_tokens()
-            .into_iter()
-            .filter(|t| app.fake.is_refresh_token_active(t))
-            .count();
+        let live_refresh = app.fake.active_refresh_tokens().len();
         assert_eq!(
             live_refresh, 1,
             "{b}: the other user's new grant was revoked"

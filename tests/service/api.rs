@@ -91,7 +91,7 @@ backend_tests! {
     #[tokio::test]
     async fn health_readiness_request_ids_and_route_problems(db) {
         let app = TestApp::spawn(&db).await;
-        let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+        let health = app.get("/healthz").await;
         assert_eq!(health.status(), StatusCode::OK);
         assert!(
             health.headers().contains_key("x-request-id"),
@@ -111,7 +111,7 @@ backend_tests! {
             "echoed request id"
         );
 
-        let missing = app.client.get(app.url("/nope")).send().await.unwrap();
+        let missing = app.get("/nope").await;
         assert_problem(missing, StatusCode::NOT_FOUND, "not_found").await;
         let wrong_method = app.client.post(app.url("/healthz")).send().await.unwrap();
         assert_problem(
@@ -121,7 +121,7 @@ backend_tests! {
         )
         .await;
 
-        let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+        let metrics = app.get("/metrics").await;
         assert_eq!(metrics.status(), StatusCode::OK);
         assert!(
             metrics
@@ -130,12 +130,7 @@ backend_tests! {
                 .unwrap()
                 .contains("valo_oauth_refreshes_total")
         );
-        let openapi: Value = app
-            .client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap()
+        let openapi: Value = app.get("/openapi.json").await
             .json()
             .await
             .unwrap();
@@ -147,7 +142,7 @@ backend_tests! {
     async fn readiness_fails_when_the_database_is_gone(db) {
         let app = TestApp::spawn(&db).await;
         app.broker.close().await;
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+        let ready = app.get("/readyz").await;
         assert_problem(
             ready,
             StatusCode::SERVICE_UNAVAILABLE,

@@ -330,12 +330,7 @@ backend_tests! {
         );
 
         // invalid_grant on a refresh: the connection needs a person.
-        let current: Value = app
-            .access_token("acme", id, None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let current: Value = app.access_token_body("acme", id).await;
         fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_grant", "expired access/refresh token"));
         let refused = app
             .access_token(
@@ -400,12 +395,7 @@ backend_tests! {
         let app = spawn(&db, &fake, &receiver.url).await;
         let id = app.connect("acme").await;
         receiver.wait_for("connection.created", 1).await;
-        let current: Value = app
-            .access_token("acme", id, None)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let current: Value = app.access_token_body("acme", id).await;
         fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_client", "invalid client credentials"));
         let refused = app
             .access_token(

@@ -73,17 +73,6 @@ async fn assert_error_page(response: reqwest::Response) -> String {
     response.text().await.unwrap()
 }
 
-async fn connections(app: &TestApp, tenant: &str) -> Vec<Value> {
-    let (status, body) = app
-        .get_json(
-            &format!("/v1/tenants/{tenant}/connections"),
-            "connections:read",
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
-    body["connections"].as_array().unwrap().clone()
-}
-
 backend_tests! {
     #[tokio::test]
     async fn full_flow_creates_a_verified_connection(db) {
@@ -119,7 +108,7 @@ backend_tests! {
         assert_eq!(q["tab"], "1", "return_to's own query is kept");
         let id = q["connection_id"].clone();
 
-        let list = connections(&app, "acme").await;
+        let list = app.connections("acme").await;
         assert_eq!(list.len(), 1);
         let c = &list[0];
         assert_eq!(c["id"], id);
@@ -157,7 +146,7 @@ backend_tests! {
         assert_eq!(response.headers()["cache-control"], "no-store");
         let html = response.text().await.unwrap();
         assert!(html.contains("Salesforce connected"));
-        assert_eq!(connections(&app, "acme").await.len(), 1);
+        assert_eq!(app.connections("acme").await.len(), 1);
         app.stop().await;
         }
 
@@ -165,12 +154,7 @@ backend_tests! {
     async fn reauthorization_updates_the_connection_and_revokes_the_old_refresh_token(db) {
         let app = TestApp::spawn(&db).await;
         let first = app.connect("acme").await;
-        let old_refresh: Vec<String> = app
-            .fake
-            .issued_tokens()
-            .into_iter()
-            .filter(|t| app.fake.is_refresh_token_active(t))
-            .collect();
+        let old_refresh: Vec<String> = app.fake.active_refresh_tokens();
         assert_eq!(old_refresh.len(), 1);
         let location = app.authorize("acme").await;
         assert_eq!(
@@ -178,7 +162,7 @@ backend_tests! {
             first.to_string(),
             "same connection"
         );
-        assert_eq!(connections(&app, "acme").await.len(), 1);
+        assert_eq!(app.connections("acme").await.len(), 1);
         assert!(
             !app.fake.is_refresh_token_active(&old_refresh[0]),
             "old refresh token revoked"
@@ -192,7 +176,7 @@ backend_tests! {
         );
         let location = app.authorize("acme").await;
         assert_ne!(query(&location)["connection_id"], first.to_string());
-        assert_eq!(connections(&app, "acme").await.len(), 2);
+        assert_eq!(app.connections("acme").await.len(), 2);
         app.stop().await;
         }
 
@@ -270,7 +254,7 @@ backend_tests! {
             .count();
         assert_eq!((redirects, pages), (1, 7), "{}", db.backend);
         assert_eq!(app.fake.counters().code_exchanges, 1);
-        assert_eq!(connections(&app, "acme").await.len(), 1);
+        assert_eq!(app.connections("acme").await.len(), 1);
         app.stop().await;
         }
 }
@@ -314,7 +298,7 @@ backend_tests! {
             "{page}"
         );
         assert_eq!(app.fake.counters().code_exchanges, 0);
-        assert!(connections(&app, "acme").await.is_empty());
+        assert!(app.connections("acme").await.is_empty());
         app.stop().await;
         }
 
@@ -324,7 +308,7 @@ backend_tests! {
         app.put_app("acme").await;
         app.fake.inject(Endpoint::Token, Fault::BadSignature);
         assert_error_redirect(run_flow(&app, "acme").await, "invalid_signature").await;
-        assert!(connections(&app, "acme").await.is_empty());
+        assert!(app.connections("acme").await.is_empty());
 
         app.fake.inject(Endpoint::Token, Fault::NoRefreshToken);
         let q = assert_error_redirect(run_flow(&app, "acme").await, "no_refresh_token").await;
@@ -332,14 +316,9 @@ backend_tests! {
             q["error_description"].contains("refresh_token, offline_access"),
             "{q:?}"
         );
-        assert!(connections(&app, "acme").await.is_empty());
+        assert!(app.connections("acme").await.is_empty());
         // The access token of the refused grant does not stay alive.
-        let live = app
-            .fake
-            .issued_tokens()
-            .into_iter()
-            .filter(|t| app.fake.is_access_token_active(t))
-            .count();
+        let live = app.fake.active_access_tokens().len();
         assert_eq!(
             live, 1,
             "only the bad-signature grant's token is left (never stored)"
@@ -364,7 +343,7 @@ backend_tests! {
                 "{fault:?}: {q:?}"
             );
             assert!(
-                connections(&app, "acme").await.is_empty(),
+                app.connections("acme").await.is_empty(),
                 "{fault:?}: nothing half-written"
             );
         }
@@ -401,13 +380,13 @@ backend_tests! {
             (at - time::OffsetDateTime::now_utc()).whole_seconds()
         };
         app.connect("acme").await;
-        let c = &connections(&app, "acme").await[0];
+        let c = &app.connections("acme").await[0];
         assert_eq!(c["access_token_expiry_assumed"], false);
         assert!((880..=900).contains(&expiry_in(c)), "introspected: {c}");
         // Introspection failing: the configured lifetime, recorded as assumed.
         app.fake.inject(Endpoint::Introspect, Fault::Status(503));
         app.authorize("acme").await;
-        let c = &connections(&app, "acme").await[0];
+        let c = &app.connections("acme").await[0];
         assert_eq!(c["access_token_expiry_assumed"], true);
         assert!((3580..=3600).contains(&expiry_in(c)), "assumed: {c}");
         app.stop().await;

@@ -86,7 +86,7 @@ async fn stalled_and_idle_sockets_are_closed() {
         );
     }
     // The service still serves.
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
     app.stop().await;
 }

@@ -302,11 +302,7 @@ postgres_tests! {
 }
 
 fn active_refresh_token(fake: &FakeSalesforce) -> String {
-    let active: Vec<String> = fake
-        .issued_tokens()
-        .into_iter()
-        .filter(|t| fake.is_refresh_token_active(t))
-        .collect();
+    let active: Vec<String> = fake.active_refresh_tokens();
     assert_eq!(active.len(), 1, "exactly one live refresh token");
     active[0].clone()
 }
@@ -324,7 +320,7 @@ postgres_tests! {
         proxy.cut();
         for _ in 0..2 {
             let started = Instant::now();
-            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            let ready = app.get("/readyz").await;
             assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert!(
                 started.elapsed() < Duration::from_secs(1),
@@ -353,7 +349,7 @@ postgres_tests! {
         proxy.restore();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            let ready = app.get("/readyz").await;
             if ready.status() == StatusCode::OK {
                 break;
             }

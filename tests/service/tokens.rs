@@ -38,13 +38,6 @@ async fn connection(app: &TestApp, id: Uuid) -> Value {
     body
 }
 
-fn active_refresh_tokens(fake: &FakeSalesforce) -> Vec<String> {
-    fake.issued_tokens()
-        .into_iter()
-        .filter(|t| fake.is_refresh_token_active(t))
-        .collect()
-}
-
 async fn fake_with(options: FakeOptions) -> FakeSalesforce {
     FakeSalesforce::start(options).await.unwrap()
 }
@@ -104,7 +97,7 @@ backend_tests! {
                 .await,
         )
         .await;
-        let rt_before = active_refresh_tokens(&fake);
+        let rt_before = fake.active_refresh_tokens();
         app.advance(Duration::from_millis(2100));
         let second = token_of(
             app.access_token("acme", id, Some(json!({"min_ttl_seconds": 0})))
@@ -113,7 +106,7 @@ backend_tests! {
         .await;
         assert_ne!(first, second);
         assert_eq!(fake.counters().refreshes, 1);
-        let rt_after = active_refresh_tokens(&fake);
+        let rt_after = fake.active_refresh_tokens();
         assert_eq!(rt_after.len(), 1);
         assert_ne!(rt_before, rt_after, "rotated");
         let c = connection(&app, id).await;
@@ -279,7 +272,7 @@ backend_tests! {
     async fn transient_failures_keep_the_refresh_token_and_back_off(db) {
         let (app, id) = TestApp::spawn_connected(&db, "acme").await;
         let current = token(&app, id, None).await;
-        let refresh_before = active_refresh_tokens(&app.fake);
+        let refresh_before = app.fake.active_refresh_tokens();
         app.fake.inject(Endpoint::Token, Fault::Status(503));
         let body = json!({"rejected_token": current});
         let response = app.access_token("acme", id, Some(body.clone())).await;
@@ -299,7 +292,7 @@ backend_tests! {
         assert_eq!(c["status"], "active");
         assert!(c["last_error"].is_string());
         assert_eq!(
-            active_refresh_tokens(&app.fake),
+            app.fake.active_refresh_tokens(),
             refresh_before,
             "refresh token intact"
         );
@@ -357,7 +350,7 @@ backend_tests! {
         .await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
         let id = app.connect("acme").await;
-        let refresh = active_refresh_tokens(&fake);
+        let refresh = fake.active_refresh_tokens();
         let mut current = token(&app, id, None).await;
         for _ in 0..2 {
             let next = token(&app, id, Some(&current)).await;
@@ -365,7 +358,7 @@ backend_tests! {
             current = next;
         }
         assert_eq!(fake.counters().refreshes, 2);
-        assert_eq!(active_refresh_tokens(&fake), refresh);
+        assert_eq!(fake.active_refresh_tokens(), refresh);
         app.stop().await;
         }
 
@@ -420,7 +413,7 @@ backend_tests! {
         .await;
         assert_eq!(connection(&app, id).await["status"], "active");
         // Reachable: revoked, then deleted.
-        let refresh = active_refresh_tokens(&app.fake);
+        let refresh = app.fake.active_refresh_tokens();
         assert_eq!(
             app.delete(&path, "connections:write").await.status(),
             StatusCode::NO_CONTENT
@@ -462,7 +455,7 @@ backend_tests! {
         );
         let second = app.authorize("acme").await;
         assert_ne!(second.as_str(), first.to_string());
-        assert_eq!(active_refresh_tokens(&app.fake).len(), 2);
+        assert_eq!(app.fake.active_refresh_tokens().len(), 2);
         // Salesforce answers the first revocation (a bare 200) and fails the second: the
         // first connection is gone, the second and the app stay; a retry finishes the job.
         app.fake.inject(Endpoint::Revoke, Fault::Status(200));
@@ -498,7 +491,7 @@ backend_tests! {
             "the one real revocation"
         );
         assert_eq!(
-            active_refresh_tokens(&app.fake).len(),
+            app.fake.active_refresh_tokens().len(),
             1,
             "the bare 200 revoked nothing"
         );

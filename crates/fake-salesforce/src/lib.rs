@@ -297,6 +297,18 @@ impl FakeSalesforce {
         self.shared.lock().refresh_active(token)
     }
 
+    /// The issued refresh tokens that a refresh would accept, oldest first.
+    pub fn active_refresh_tokens(&self) -> Vec<String> {
+        let issued = self.issued_tokens();
+        issued.into_iter().filter(|t| self.is_refresh_token_active(t)).collect()
+    }
+
+    /// The issued access tokens that are unrevoked and unexpired, oldest first.
+    pub fn active_access_tokens(&self) -> Vec<String> {
+        let issued = self.issued_tokens();
+        issued.into_iter().filter(|t| self.is_access_token_active(t)).collect()
+    }
+
     /// Expires every access token issued so far (introspection inactive, API 401), as if
     /// the session timeout had passed. Refresh tokens are unaffected.
     pub fn expire_access_tokens(&self) {

@@ -255,6 +255,21 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// The body of a successful access-token call without a request body.
+    pub async fn access_token_body(&self, tenant: &str, id: Uuid) -> Value {
+        let response = self.access_token(tenant, id, None).await;
+        response.json().await.unwrap()
+    }
+
+    /// The connections of `tenant` (`GET /v1/tenants/{tenant}/connections`, which must
+    /// answer 200).
+    pub async fn connections(&self, tenant: &str) -> Vec<Value> {
+        let path = format!("/v1/tenants/{tenant}/connections");
+        let (status, body) = self.get_json(&path, "connections:read").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["connections"].as_array().unwrap().clone()
+    }
+
     pub async fn get_json(&self, path: &str, scope: &str) -> (StatusCode, Value) {
         let response = self.send_as(reqwest::Method::GET, path, scope).await;
         let status = response.status();
@@ -272,10 +287,14 @@ impl TestApp {
         self.get_json(&path, "connections:read").await
     }
 
+    /// `GET path` without credentials.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// The body of `GET path` without credentials (e.g. `/metrics`).
     pub async fn get_text(&self, path: &str) -> String {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        response.text().await.unwrap()
+        self.get(path).await.text().await.unwrap()
     }
 
     /// `POST path` without a body, with a token of `scope` (no tenant claim).
