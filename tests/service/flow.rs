@@ -7,7 +7,7 @@ use std::time::Duration;
 use fake_salesforce::{Approval, Endpoint, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use valo_testkit::app::{ALL_SCOPES, RETURN_ORIGIN, TestApp};
+use valo_testkit::app::{ALL_SCOPES, RETURN_ORIGIN, TestApp, access_expires_in};
 
 fn query(url: &reqwest::Url) -> BTreeMap<String, String> {
     url.query_pairs().into_owned().collect()
@@ -137,8 +137,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn success_page_without_return_to(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         let url = app.authorization_url("acme", json!({})).await;
         let response = app.callback(&app.fake.approve(&url).await.unwrap()).await;
         assert_eq!(response.status(), StatusCode::OK);
@@ -182,8 +181,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn states_that_tie_to_no_flow_get_an_error_page(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         let url = app.authorization_url("acme", return_to()).await;
         let callback = app.fake.approve(&url).await.unwrap();
         let state = query(&reqwest::Url::parse(&callback).unwrap())["state"].clone();
@@ -234,8 +232,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn concurrent_callbacks_with_one_state_proceed_once(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         let url = app.authorization_url("acme", return_to()).await;
         let callback = app.fake.approve(&url).await.unwrap();
         let target = callback.replacen("http://valo-oauth.test", &app.base, 1);
@@ -243,7 +240,7 @@ backend_tests! {
             let (client, target) = (app.client.clone(), target.clone());
             async move { client.get(target).send().await.unwrap() }
         });
-        let responses = futures_join_all(attempts).await;
+        let responses = valo_testkit::join_all(attempts).await;
         let redirects = responses
             .iter()
             .filter(|r| r.status() == StatusCode::SEE_OTHER)
@@ -259,26 +256,10 @@ backend_tests! {
         }
 }
 
-/// Awaits all futures concurrently (no extra crate for join_all).
-async fn futures_join_all<F: std::future::Future + Send + 'static>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output>
-where
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.map(tokio::spawn).collect();
-    let mut out = Vec::new();
-    for h in handles {
-        out.push(h.await.unwrap());
-    }
-    out
-}
-
 backend_tests! {
     #[tokio::test]
     async fn salesforce_errors_pass_through(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         app.fake.set_approval(Approval::Deny);
         let q = assert_error_redirect(run_flow(&app, "acme").await, "access_denied").await;
         assert!(q["error_description"].contains("denied"), "{q:?}");
@@ -304,8 +285,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn bad_signature_and_missing_refresh_token_are_refused(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         app.fake.inject(Endpoint::Token, Fault::BadSignature);
         assert_error_redirect(run_flow(&app, "acme").await, "invalid_signature").await;
         assert!(app.connections("acme").await.is_empty());
@@ -318,18 +298,13 @@ backend_tests! {
         );
         assert!(app.connections("acme").await.is_empty());
         // The access token of the refused grant does not stay alive.
-        let live = app.fake.active_access_tokens().len();
-        assert_eq!(
-            live, 1,
-            "only the bad-signature grant's token is left (never stored)"
-        );
+        assert_eq!(app.fake.active_access_tokens().len(), 1, "only the bad-signature grant's token is left (never stored)");
         app.stop().await;
         }
 
     #[tokio::test]
     async fn transient_failures_during_the_exchange(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         for fault in [
             Fault::Status(503),
             Fault::NonJson,
@@ -371,24 +346,16 @@ backend_tests! {
             &[("VALO_OAUTH_ASSUMED_TOKEN_LIFETIME_SECS", "3600")],
         )
         .await;
-        let expiry_in = |c: &Value| {
-            let at = time::OffsetDateTime::parse(
-                c["access_token_expires_at"].as_str().unwrap(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap();
-            (at - time::OffsetDateTime::now_utc()).whole_seconds()
-        };
         app.connect("acme").await;
         let c = &app.connections("acme").await[0];
         assert_eq!(c["access_token_expiry_assumed"], false);
-        assert!((880..=900).contains(&expiry_in(c)), "introspected: {c}");
+        assert!((880..=900).contains(&access_expires_in(c)), "introspected: {c}");
         // Introspection failing: the configured lifetime, recorded as assumed.
         app.fake.inject(Endpoint::Introspect, Fault::Status(503));
         app.authorize("acme").await;
         let c = &app.connections("acme").await[0];
         assert_eq!(c["access_token_expiry_assumed"], true);
-        assert!((3580..=3600).contains(&expiry_in(c)), "assumed: {c}");
+        assert!((3580..=3600).contains(&access_expires_in(c)), "assumed: {c}");
         app.stop().await;
         }
 
@@ -440,8 +407,7 @@ backend_tests! {
 
     #[tokio::test]
     async fn no_token_state_or_verifier_in_plaintext_in_the_database(db) {
-        let app = TestApp::spawn(&db).await;
-        app.put_app("acme").await;
+        let app = TestApp::spawn_registered(&db, "acme").await;
         // One flow completed, one left pending (its verifier stays stored).
         let url = app.authorization_url("acme", return_to()).await;
         let state = query(&reqwest::Url::parse(&url).unwrap())["state"].clone();

@@ -8,7 +8,7 @@ use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use valo_testkit::app::TestApp;
+use valo_testkit::app::{TestApp, access_expires_in};
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -44,22 +44,16 @@ async fn fake_with(options: FakeOptions) -> FakeSalesforce {
 
 /// `n` concurrent access-token calls, spread over `apps`; the tokens they got.
 async fn concurrent_tokens(apps: &[&TestApp], id: Uuid, n: usize, body: Value) -> Vec<String> {
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let app = apps[i % apps.len()];
-            let request = app
-                .client
-                .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
-                .bearer_auth(app.token("tokens:read", Some("acme")))
-                .json(&body);
-            tokio::spawn(async move { token_of(request.send().await.unwrap()).await })
-        })
-        .collect();
-    let mut tokens = Vec::new();
-    for task in tasks {
-        tokens.push(task.await.unwrap());
-    }
-    tokens
+    let calls = (0..n).map(|i| {
+        let app = apps[i % apps.len()];
+        let request = app
+            .client
+            .post(app.url(&format!("/v1/tenants/acme/connections/{id}/access-token")))
+            .bearer_auth(app.token("tokens:read", Some("acme")))
+            .json(&body);
+        async move { token_of(request.send().await.unwrap()).await }
+    });
+    valo_testkit::join_all(calls).await
 }
 
 backend_tests! {
@@ -531,20 +525,12 @@ backend_tests! {
     async fn refreshed_expiry_is_estimated_then_confirmed_by_introspection(db) {
         let fake = fake_with(FakeOptions { access_token_lifetime: Duration::from_secs(900), ..Default::default() }).await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
-        let expires_in = |c: &Value| {
-            let at = time::OffsetDateTime::parse(
-                c["access_token_expires_at"].as_str().unwrap(),
-                &time::format_description::well_known::Rfc3339,
-            )
-            .unwrap();
-            (at - time::OffsetDateTime::now_utc()).whole_seconds()
-        };
         // The exchange's introspection fails: the expiry is the configured assumption.
         fake.inject(Endpoint::Introspect, Fault::Status(503));
         let id = app.connect("acme").await;
         let c = connection(&app, id).await;
         assert_eq!(c["access_token_expiry_assumed"], true, "{c}");
-        assert!(expires_in(&c) > 3_600, "{c}");
+        assert!(access_expires_in(&c) > 3_600, "{c}");
 
         // A refresh answers after one Salesforce call, with an estimate that was assumed:
         // introspection confirms it afterwards.
@@ -559,7 +545,7 @@ backend_tests! {
             c = connection(&app, id).await;
         }
         assert_eq!(c["access_token_expiry_assumed"], false, "confirmed: {c}");
-        assert!((880..=900).contains(&expires_in(&c)), "{c}");
+        assert!((880..=900).contains(&access_expires_in(&c)), "{c}");
         assert!(fake.counters().introspections > before.introspections);
 
         // Once measured, the lifetime carries over to the next token without asking again.
@@ -569,7 +555,7 @@ backend_tests! {
         let c = connection(&app, id).await;
         assert_eq!(c["access_token_expiry_assumed"], false, "{c}");
         assert!(
-            (880..=900).contains(&expires_in(&c)),
+            (880..=900).contains(&access_expires_in(&c)),
             "estimated from the measured lifetime: {c}"
         );
         assert_eq!(fake.counters().introspections, before.introspections);

@@ -90,6 +90,14 @@ impl TestApp {
         (app, id)
     }
 
+    /// [`TestApp::spawn`] with the app of `tenant` registered.
+    pub async fn spawn_registered(db: &TestDatabase, tenant: &str) -> TestApp {
+        let app = TestApp::spawn(db).await;
+        let put = app.put_app(tenant).await;
+        assert!(put.status().is_success(), "put app: {}", put.status());
+        app
+    }
+
     pub async fn spawn_with(
         db: &TestDatabase,
         fake: &FakeSalesforce,
@@ -322,6 +330,16 @@ impl Clock for FakeTime {
         let offset = i64::try_from(self.0.time_offset().as_millis()).unwrap_or(i64::MAX);
         SystemClock.now_ms().saturating_add(offset)
     }
+}
+
+/// Seconds from now until a connection's `access_token_expires_at` (RFC 3339).
+pub fn access_expires_in(connection: &Value) -> i64 {
+    let at = time::OffsetDateTime::parse(
+        connection["access_token_expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    (at - time::OffsetDateTime::now_utc()).whole_seconds()
 }
 
 /// The connection id of a callback's redirect (`status=connected&connection_id=…`);

@@ -33,6 +33,20 @@ pub mod proxy;
 /// `migrations/`.
 pub const REPOSITORY_ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
+/// Runs the futures concurrently, each as a task, and returns their outputs in order.
+pub async fn join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
 /// Runs one async test body on each storage backend, as two test cases in a module named
 /// after the test: `name::sqlite` and `name::postgres`. The body sees the database as the
 /// named binding (a [`db::TestDatabase`]) and, when a second name is given, the backend's
