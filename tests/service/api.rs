@@ -306,22 +306,15 @@ backend_tests! {
             jsonwebtoken::Algorithm::HS256,
             &jsonwebtoken::EncodingKey::from_secret(ED_PUBLIC_PEM.as_bytes()),
         );
-        let refused = app
-            .client
-            .get(&path)
-            .bearer_auth(confused)
-            .send()
-            .await
-            .unwrap();
-        assert_problem(refused, StatusCode::UNAUTHORIZED, "unauthenticated").await;
-        let hs = app
-            .client
-            .get(&path)
-            .bearer_auth(mint(JWT_SECRET, ALL_SCOPES, None, 600))
-            .send()
-            .await
-            .unwrap();
-        assert_problem(hs, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+        let shared_secret = mint(JWT_SECRET, ALL_SCOPES, None, 600);
+        for (case, token) in [
+            ("HS256 keyed with the public key", confused),
+            ("HS256 with the shared secret while EdDSA is configured", shared_secret),
+        ] {
+            let refused = app.client.get(&path).bearer_auth(token).send().await.unwrap();
+            assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{case}");
+            assert_problem(refused, StatusCode::UNAUTHORIZED, "unauthenticated").await;
+        }
         app.stop().await;
         }
 
@@ -335,13 +328,8 @@ backend_tests! {
             ("apps:write", Some("other"), "other tenant"),
         ];
         for (scope, tenant, name) in cases {
-            let response = app
-                .client
-                .get(&path)
-                .bearer_auth(mint(JWT_SECRET, scope, tenant, 600))
-                .send()
-                .await
-                .unwrap();
+            let token = mint(JWT_SECRET, scope, tenant, 600);
+            let response = app.client.get(&path).bearer_auth(token).send().await.unwrap();
             assert_eq!(response.status(), StatusCode::FORBIDDEN, "{name}");
             assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
         }
@@ -420,67 +408,22 @@ backend_tests! {
         let long_tenant = "t".repeat(65);
         let body = |key: &str, secret: &str, url: &str| json!({"consumer_key": key, "consumer_secret": secret, "login_url": url});
         let cases: Vec<(&str, &str, Value, &str)> = vec![
-            (
-                "bad tenant",
-                "acme corp",
-                body("k", "s", &good_url),
-                "tenant id",
-            ),
-            (
-                "long tenant",
-                &long_tenant,
-                body("k", "s", &good_url),
-                "tenant id",
-            ),
-            (
-                "empty key",
-                "acme",
-                body("", "s", &good_url),
-                "consumer_key",
-            ),
-            (
-                "empty secret",
-                "acme",
-                body("k", "  ", &good_url),
-                "consumer_secret",
-            ),
-            (
-                "long secret",
-                "acme",
-                body("k", &"s".repeat(257), &good_url),
-                "consumer_secret",
-            ),
-            (
-                "http",
-                "acme",
-                body("k", "s", "http://login.salesforce.com"),
-                "https",
-            ),
-            (
-                "host",
-                "acme",
-                body("k", "s", "https://evil.example.com"),
-                "evil.example.com",
-            ),
+            ("bad tenant", "acme corp", body("k", "s", &good_url), "tenant id"),
+            ("long tenant", &long_tenant, body("k", "s", &good_url), "tenant id"),
+            ("empty key", "acme", body("", "s", &good_url), "consumer_key"),
+            ("empty secret", "acme", body("k", "  ", &good_url), "consumer_secret"),
+            ("long secret", "acme", body("k", &"s".repeat(257), &good_url), "consumer_secret"),
+            ("http", "acme", body("k", "s", "http://login.salesforce.com"), "https"),
+            ("host", "acme", body("k", "s", "https://evil.example.com"), "evil.example.com"),
             (
                 "lightning",
                 "acme",
                 body("k", "s", "https://acme.lightning.force.com"),
                 "my.salesforce.com",
             ),
-            (
-                "userinfo",
-                "acme",
-                body("k", "s", "https://user:pw@acme.my.salesforce.com"),
-                "user",
-            ),
+            ("userinfo", "acme", body("k", "s", "https://user:pw@acme.my.salesforce.com"), "user"),
             ("ip literal", "acme", body("k", "s", "https://10.0.0.1"), ""),
-            (
-                "path",
-                "acme",
-                body("k", "s", "https://login.salesforce.com/services"),
-                "path",
-            ),
+            ("path", "acme", body("k", "s", "https://login.salesforce.com/services"), "path"),
             (
                 "unknown field",
                 "acme",
@@ -513,40 +456,28 @@ backend_tests! {
         let ok: Value = ok.json().await.unwrap();
         assert_eq!(ok["login_url"], "https://acme.my.salesforce.com");
 
-        let not_json = app
-            .client
-            .put(app.url("/v1/tenants/acme/salesforce-app"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body("{not json")
-            .send()
-            .await
-            .unwrap();
-        assert_problem(not_json, StatusCode::BAD_REQUEST, "invalid_request").await;
-        let wrong_type = app
-            .client
-            .put(app.url("/v1/tenants/acme/salesforce-app"))
-            .bearer_auth(&token)
-            .body("consumer_key=x")
-            .send()
-            .await
-            .unwrap();
-        assert_problem(
-            wrong_type,
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-        )
-        .await;
-        let huge = app
-            .client
-            .put(app.url("/v1/tenants/acme/salesforce-app"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(format!("{{\"consumer_key\": \"{}\"}}", "k".repeat(100_000)))
-            .send()
-            .await
-            .unwrap();
-        assert_problem(huge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+        let huge = format!("{{\"consumer_key\": \"{}\"}}", "k".repeat(100_000));
+        let json = Some("application/json");
+        for (case, content_type, body, status, code) in [
+            ("not JSON", json, "{not json".to_owned(), StatusCode::BAD_REQUEST, "invalid_request"),
+            (
+                "no JSON content type",
+                None,
+                "consumer_key=x".to_owned(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+            ),
+            ("over the size limit", json, huge, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        ] {
+            let mut request = app.client.put(app.url("/v1/tenants/acme/salesforce-app"));
+            request = request.bearer_auth(&token).body(body);
+            if let Some(content_type) = content_type {
+                request = request.header("content-type", content_type);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), status, "{case}");
+            assert_problem(response, status, code).await;
+        }
         app.stop().await;
         }
 

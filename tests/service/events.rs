@@ -301,6 +301,25 @@ fn assert_no_secret_in_bodies(receiver: &Receiver, fake: &FakeSalesforce) {
     }
 }
 
+/// A receiver of webhooks, the fake, an app sending webhooks to the receiver, and the id of
+/// a connection of tenant `acme` made on it.
+async fn connected_with_webhooks(db: &TestDatabase) -> (Receiver, FakeSalesforce, TestApp, Uuid) {
+    let receiver = Receiver::start().await;
+    let fake = fake().await;
+    let app = spawn(db, &fake, &receiver.url).await;
+    let id = app.connect("acme").await;
+    (receiver, fake, app, id)
+}
+
+/// Asks for a fresh token of connection `id` (rejecting the current one) while the token
+/// endpoint answers with `fault`.
+async fn refresh_with_fault(app: &TestApp, id: Uuid, fault: Fault) -> reqwest::Response {
+    let current: Value = app.access_token_body("acme", id).await;
+    app.fake.inject(Endpoint::Token, fault);
+    let body = json!({"rejected_token": current["access_token"]});
+    app.access_token("acme", id, Some(body)).await
+}
+
 fn problem_code(body: &Value) -> &str {
     body["code"].as_str().unwrap_or_default()
 }
@@ -310,10 +329,7 @@ fn problem_code(body: &Value) -> &str {
 backend_tests! {
     #[tokio::test]
     async fn a_connections_life_is_reported_in_order(db, b) {
-        let receiver = Receiver::start().await;
-        let fake = fake().await;
-        let app = spawn(&db, &fake, &receiver.url).await;
-        let id = app.connect("acme").await;
+        let (receiver, fake, app, id) = connected_with_webhooks(&db).await;
 
         let created = receiver.wait_for("connection.created", 1).await;
         let data = &created[0].body["data"];
@@ -330,15 +346,7 @@ backend_tests! {
         );
 
         // invalid_grant on a refresh: the connection needs a person.
-        let current: Value = app.access_token_body("acme", id).await;
-        fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_grant", "expired access/refresh token"));
-        let refused = app
-            .access_token(
-                "acme",
-                id,
-                Some(json!({"rejected_token": current["access_token"]})),
-            )
-            .await;
+        let refused = refresh_with_fault(&app, id, Fault::oauth_error(400, "invalid_grant", "expired access/refresh token")).await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         let needs = receiver
             .wait_for("connection.needs_reauthorization", 1)
@@ -390,20 +398,9 @@ backend_tests! {
 
     #[tokio::test]
     async fn refused_app_credentials_and_their_fix_are_reported(db, b) {
-        let receiver = Receiver::start().await;
-        let fake = fake().await;
-        let app = spawn(&db, &fake, &receiver.url).await;
-        let id = app.connect("acme").await;
+        let (receiver, _fake, app, id) = connected_with_webhooks(&db).await;
         receiver.wait_for("connection.created", 1).await;
-        let current: Value = app.access_token_body("acme", id).await;
-        fake.inject(Endpoint::Token, Fault::oauth_error(400, "invalid_client", "invalid client credentials"));
-        let refused = app
-            .access_token(
-                "acme",
-                id,
-                Some(json!({"rejected_token": current["access_token"]})),
-            )
-            .await;
+        let refused = refresh_with_fault(&app, id, Fault::oauth_error(400, "invalid_client", "invalid client credentials")).await;
         assert_eq!(refused.status(), StatusCode::CONFLICT, "{b}");
         let invalid = receiver.wait_for("app.credentials_invalid", 1).await;
         let data = &invalid[0].body["data"];
@@ -919,14 +916,14 @@ fn the_openapi_document_lists_every_event_type_audit_action_and_scope() {
             .map(|s| s.as_str().unwrap().to_owned())
             .collect()
     };
-    let types: Vec<String> = EventType::ALL
-        .iter()
-        .map(|t| t.as_str().to_owned())
-        .collect();
-    assert_eq!(
-        strings(&doc["components"]["schemas"]["WebhookEvent"]["properties"]["type"]["enum"]),
-        types
-    );
+    let owned = |names: &mut dyn Iterator<Item = &str>| -> Vec<String> {
+        names.map(str::to_owned).collect()
+    };
+    let enum_of = |schema: &str, property: &str| {
+        strings(&doc["components"]["schemas"][schema]["properties"][property]["enum"])
+    };
+    let types = owned(&mut EventType::ALL.iter().map(|t| t.as_str()));
+    assert_eq!(enum_of("WebhookEvent", "type"), types);
     let hooks: Vec<String> = doc["webhooks"]
         .as_object()
         .unwrap()
@@ -937,14 +934,8 @@ fn the_openapi_document_lists_every_event_type_audit_action_and_scope() {
     sorted.sort();
     assert_eq!(hooks, sorted, "one webhook per event type");
     assert_eq!(types, EVENT_TYPES, "the receiver knows every type");
-    let actions: Vec<String> = AuditAction::ALL
-        .iter()
-        .map(|a| a.as_str().to_owned())
-        .collect();
-    assert_eq!(
-        strings(&doc["components"]["schemas"]["AuditEntry"]["properties"]["action"]["enum"]),
-        actions
-    );
+    let actions = owned(&mut AuditAction::ALL.iter().map(|a| a.as_str()));
+    assert_eq!(enum_of("AuditEntry", "action"), actions);
     let bearer = doc["components"]["securitySchemes"]["bearerAuth"]["description"]
         .as_str()
         .unwrap();

@@ -20,9 +20,13 @@ fn return_to() -> Value {
 /// Starts a flow with a return_to and follows it through the fake; returns the callback
 /// response.
 async fn run_flow(app: &TestApp, tenant: &str) -> reqwest::Response {
+    app.callback(&approved_callback(app, tenant).await).await
+}
+
+/// Starts a flow with a `return_to` and has the fake approve it: the callback URL.
+async fn approved_callback(app: &TestApp, tenant: &str) -> String {
     let url = app.authorization_url(tenant, return_to()).await;
-    let callback = app.fake.approve(&url).await.unwrap();
-    app.callback(&callback).await
+    app.fake.approve(&url).await.unwrap()
 }
 
 /// The redirect target of a callback response that must be a 303.
@@ -182,8 +186,7 @@ backend_tests! {
     #[tokio::test]
     async fn states_that_tie_to_no_flow_get_an_error_page(db) {
         let app = TestApp::spawn_registered(&db, "acme").await;
-        let url = app.authorization_url("acme", return_to()).await;
-        let callback = app.fake.approve(&url).await.unwrap();
+        let callback = approved_callback(&app, "acme").await;
         let state = query(&reqwest::Url::parse(&callback).unwrap())["state"].clone();
 
         // Tampered: one character changed.
@@ -217,8 +220,7 @@ backend_tests! {
         let app =
             TestApp::spawn_with(&db, &fake, &[("VALO_OAUTH_AUTHORIZATION_TTL_SECS", "1")]).await;
         app.put_app("acme").await;
-        let url = app.authorization_url("acme", return_to()).await;
-        let callback = app.fake.approve(&url).await.unwrap();
+        let callback = approved_callback(&app, "acme").await;
         app.advance(Duration::from_millis(1100));
         let page = assert_error_page(app.callback(&callback).await).await;
         assert!(page.contains("expired"), "{page}");
@@ -233,8 +235,7 @@ backend_tests! {
     #[tokio::test]
     async fn concurrent_callbacks_with_one_state_proceed_once(db) {
         let app = TestApp::spawn_registered(&db, "acme").await;
-        let url = app.authorization_url("acme", return_to()).await;
-        let callback = app.fake.approve(&url).await.unwrap();
+        let callback = approved_callback(&app, "acme").await;
         let target = callback.replacen("http://valo-oauth.test", &app.base, 1);
         let attempts = (0..8).map(|_| {
             let (client, target) = (app.client.clone(), target.clone());
