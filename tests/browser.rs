@@ -40,8 +40,7 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        valo_testkit::process::kill_and_reap(&mut self.child);
     }
 }
 

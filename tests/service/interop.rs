@@ -46,8 +46,7 @@ struct InteropServer {
 
 impl Drop for InteropServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        valo_testkit::process::kill_and_reap(&mut self.child);
         let _ = std::fs::remove_file(&self.log);
     }
 }
@@ -110,8 +109,7 @@ impl InteropServer {
                 line["LISTENING ".len()..].trim().to_owned()
             }
             other => {
-                let _ = child.kill();
-                let _ = child.wait();
+                valo_testkit::process::kill_and_reap(&mut child);
                 let stderr = std::fs::read_to_string(&log).unwrap_or_default();
                 let _ = std::fs::remove_file(&log);
                 unavailable(&format!(
@@ -119,10 +117,7 @@ impl InteropServer {
                 ));
             }
         };
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let http = valo_testkit::app::http_client();
         InteropServer {
             child,
             _stdin: stdin,
@@ -151,11 +146,7 @@ impl InteropServer {
     /// `Location` of the 302 back to the redirect URI.
     async fn approve(&self, authorization_url: &str) -> String {
         let response = self.http.get(authorization_url).send().await.unwrap();
-        let status = response.status();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let (status, location) = (response.status(), location(&response));
         assert_eq!(
             status,
             StatusCode::FOUND,
@@ -182,6 +173,36 @@ impl InteropServer {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The `Location` header of a response, if any.
+fn location(response: &reqwest::Response) -> Option<String> {
+    let location = response.headers().get("location")?;
+    Some(location.to_str().unwrap().to_owned())
+}
+
+/// A PKCE verifier (RFC 7636 §4.1) starting with `prefix`, and the server's authorization
+/// URL for it with `state`.
+fn pkce_authorization(
+    server: &InteropServer,
+    redirect_uri: &str,
+    prefix: &str,
+    state: &str,
+) -> (String, reqwest::Url) {
+    let (a, b) = (Uuid::new_v4().simple(), Uuid::new_v4().simple());
+    let verifier = format!("{prefix}-verifier-{a}-{b}");
+    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+    let mut authorize = reqwest::Url::parse(&server.url("/services/oauth2/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", CLIENT_ID)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("code_challenge", &challenge)
+        .append_pair("code_challenge_method", "S256")
+        .append_pair("state", state)
+        .append_pair("scope", "api refresh_token offline_access");
+    (verifier, authorize)
 }
 
 fn query(url: &str) -> BTreeMap<String, String> {
@@ -211,48 +232,23 @@ async fn access_token(app: &TestApp, tenant: &str, id: Uuid, rejected: Option<&s
 /// PKCE verifier, HTTP Basic client authentication and a reused code are refused, while the
 /// same code with the right verifier and client_secret_post works once.
 async fn server_enforces_the_protocol(server: &InteropServer, redirect_uri: &str) {
-    let verifier = format!(
-        "interop-verifier-{}-{}",
-        Uuid::new_v4().simple(),
-        Uuid::new_v4().simple()
-    );
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let mut authorize = reqwest::Url::parse(&server.url("/services/oauth2/authorize")).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", CLIENT_ID)
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", "negative-check")
-        .append_pair("scope", "api refresh_token offline_access");
+    let (verifier, authorize) =
+        pkce_authorization(server, redirect_uri, "interop", "negative-check");
     let callback = server.approve(authorize.as_str()).await;
     let pairs = query(&callback);
     assert_eq!(pairs["state"], "negative-check");
     let code = pairs["code"].clone();
 
     let wrong = format!("{verifier}x");
-    let (status, body) = exchange(server, &code, &wrong, redirect_uri, false).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "wrong verifier: {body}");
-    assert_eq!(body["error"], "invalid_grant", "wrong verifier: {body}");
-
-    let (status, body) = exchange(server, &code, &verifier, redirect_uri, true).await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_REQUEST,
-        "Basic auth must be refused: {body}"
-    );
-    assert_eq!(body["error"], "invalid_client", "Basic auth: {body}");
-
-    let (status, body) =
-        exchange(server, &code, &verifier, "https://elsewhere.test/cb", false).await;
-    assert_eq!(
-        status,
-        StatusCode::BAD_REQUEST,
-        "other redirect_uri: {body}"
-    );
-    assert_eq!(body["error"], "invalid_grant", "other redirect_uri: {body}");
+    for (case, verifier, redirect_uri, basic, error) in [
+        ("wrong verifier", &wrong, redirect_uri, false, "invalid_grant"),
+        ("Basic auth must be refused", &verifier, redirect_uri, true, "invalid_client"),
+        ("other redirect_uri", &verifier, "https://elsewhere.test/cb", false, "invalid_grant"),
+    ] {
+        let (status, body) = exchange(server, &code, verifier, redirect_uri, basic).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {body}");
+        assert_eq!(body["error"], error, "{case}: {body}");
+    }
 
     let (status, body) = exchange(server, &code, &verifier, redirect_uri, false).await;
     assert_eq!(
@@ -294,22 +290,8 @@ async fn exchange(
 /// Refresh-token rotation at the server: the new refresh token works, the old one is
 /// refused with invalid_grant.
 async fn server_rotates_refresh_tokens(server: &InteropServer, redirect_uri: &str) {
-    let verifier = format!(
-        "rotation-verifier-{}-{}",
-        Uuid::new_v4().simple(),
-        Uuid::new_v4().simple()
-    );
-    let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-    let mut authorize = reqwest::Url::parse(&server.url("/services/oauth2/authorize")).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", CLIENT_ID)
-        .append_pair("redirect_uri", redirect_uri)
-        .append_pair("code_challenge", &challenge)
-        .append_pair("code_challenge_method", "S256")
-        .append_pair("state", "rotation-check")
-        .append_pair("scope", "api refresh_token offline_access");
+    let (verifier, authorize) =
+        pkce_authorization(server, redirect_uri, "rotation", "rotation-check");
     let code = query(&server.approve(authorize.as_str()).await)["code"].clone();
     let (status, first) = exchange(server, &code, &verifier, redirect_uri, false).await;
     assert_eq!(status, StatusCode::OK, "{first}");
@@ -397,11 +379,7 @@ backend_tests! {
             "{backend}: the code's padding arrives encoded: {callback}"
         );
         let response = app.callback(&callback).await;
-        let status = response.status();
-        let location = response
-            .headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let (status, location) = (response.status(), location(&response));
         assert_eq!(
             status,
             StatusCode::SEE_OTHER,
@@ -424,20 +402,13 @@ backend_tests! {
         let id = Uuid::parse_str(&pairs["connection_id"]).unwrap();
 
         let counters = server.counters().await;
-        assert_eq!(counters["code_exchanges"], 1, "{backend}: {counters}");
-        assert_eq!(counters["refreshes"], 0, "{backend}: {counters}");
-        assert_eq!(
-            counters["last_client_auth_method"], "client_secret_post",
-            "{backend}: {counters}"
-        );
+        let seen = (&counters["code_exchanges"], &counters["refreshes"]);
+        assert_eq!(seen, (&json!(1), &json!(0)), "{backend}: {counters}");
+        let method = &counters["last_client_auth_method"];
+        assert_eq!(method, "client_secret_post", "{backend}: {counters}");
 
         // The connection as the service understood Authlib's Salesforce-shaped response.
-        let (status, connection) = app
-            .get_json(
-                &format!("/v1/tenants/{tenant}/connections/{id}"),
-                "connections:read",
-            )
-            .await;
+        let (status, connection) = app.get_connection(tenant, id).await;
         assert_eq!(status, StatusCode::OK, "{backend}: {connection}");
         assert_eq!(connection["org_id"], ORG_ID, "{backend}: {connection}");
         assert_eq!(connection["user_id"], USER_ID, "{backend}: {connection}");
@@ -474,12 +445,10 @@ backend_tests! {
             "{backend}: a rejected token came back"
         );
         let counters = server.counters().await;
-        assert_eq!(counters["refreshes"], 1, "{backend}: {counters}");
-        assert_eq!(counters["refresh_failures"], 0, "{backend}: {counters}");
-        assert_eq!(
-            counters["last_client_auth_method"], "client_secret_post",
-            "{backend}: {counters}"
-        );
+        let seen = (&counters["refreshes"], &counters["refresh_failures"]);
+        assert_eq!(seen, (&json!(1), &json!(0)), "{backend}: {counters}");
+        let method = &counters["last_client_auth_method"];
+        assert_eq!(method, "client_secret_post", "{backend}: {counters}");
 
         // The old token reported again: the current one, without another refresh.
         let again = access_token(&app, tenant, id, Some(&first_token)).await;
@@ -527,12 +496,7 @@ backend_tests! {
             counters["authorization_headers"], 0,
             "{backend}: the service sent an Authorization header to the token endpoint: {counters}"
         );
-        let (status, _) = app
-            .get_json(
-                &format!("/v1/tenants/{tenant}/connections/{id}"),
-                "connections:read",
-            )
-            .await;
+        let (status, _) = app.get_connection(tenant, id).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{backend}");
 
         // The server is not permissive: the flow above passed real checks.

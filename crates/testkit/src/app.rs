@@ -133,10 +133,7 @@ impl TestApp {
             .await
             .unwrap();
         });
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
+        let client = http_client();
         TestApp {
             addr,
             base: format!("http://{addr}"),
@@ -330,6 +327,14 @@ impl Clock for FakeTime {
         let offset = i64::try_from(self.0.time_offset().as_millis()).unwrap_or(i64::MAX);
         SystemClock.now_ms().saturating_add(offset)
     }
+}
+
+/// An HTTP client that does not follow redirects (the tests look at them).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// Seconds from now until a connection's `access_token_expires_at` (RFC 3339).

@@ -183,8 +183,7 @@ impl PgBouncer {
 
 impl Drop for PgBouncer {
     fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
+        crate::process::kill_and_reap(&mut self.child);
         std::fs::remove_dir_all(&self.folder).ok();
     }
 }

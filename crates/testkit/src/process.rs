@@ -168,6 +168,13 @@ impl ServiceProcess {
     }
 }
 
+/// Kills a child process and waits for it, so that no zombie is left; errors (it has
+/// exited already) are ignored.
+pub fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill9();
