@@ -269,6 +269,16 @@ async fn open_flow(app: &TestApp, session: &Session<'_>) {
     session.goto(&url).await;
 }
 
+/// Asserts that the text of the `page` page holds each of `expected`.
+fn assert_page_says(text: &str, page: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            text.contains(expected),
+            "{page} page lacks {expected:?}: {text}"
+        );
+    }
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(test_browser),
@@ -293,15 +303,11 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
     })
     .await
     .unwrap();
-    let app = TestApp::spawn_with(
-        &db,
-        &fake,
-        &[
-            ("VALO_OAUTH_LISTEN", listen.as_str()),
-            ("VALO_OAUTH_PUBLIC_URL", public.as_str()),
-        ],
-    )
-    .await;
+    let env = [
+        ("VALO_OAUTH_LISTEN", listen.as_str()),
+        ("VALO_OAUTH_PUBLIC_URL", public.as_str()),
+    ];
+    let app = TestApp::spawn_with(&db, &fake, &env).await;
     assert!(app.put_app("acme").await.status().is_success());
     let session = driver.session().await;
 
@@ -328,19 +334,18 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
     open_flow(&app, &session).await;
     session.click_to("button[value=deny]", &public).await;
     let text = session.visible_text().await;
-    for expected in [
-        "Access was not allowed",
-        "What happened",
-        "How to fix it",
-        "choose Allow",
-        "Error code: access_denied",
-        "Support reference:",
-    ] {
-        assert!(
-            text.contains(expected),
-            "deny page lacks {expected:?}: {text}"
-        );
-    }
+    assert_page_says(
+        &text,
+        "deny",
+        &[
+            "Access was not allowed",
+            "What happened",
+            "How to fix it",
+            "choose Allow",
+            "Error code: access_denied",
+            "Support reference:",
+        ],
+    );
     capture(&session, "access_denied").await;
 
     // A local ECA used from another org: the My Domain fix.
@@ -350,17 +355,16 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
     });
     open_flow(&app, &session).await;
     let text = session.visible_text().await;
-    for expected in [
-        "Salesforce did not find Valo's app in this org",
-        "My Domain",
-        "Error code: OAUTH_EC_APP_NOT_FOUND",
-        "Support reference:",
-    ] {
-        assert!(
-            text.contains(expected),
-            "app-not-found page lacks {expected:?}: {text}"
-        );
-    }
+    assert_page_says(
+        &text,
+        "app-not-found",
+        &[
+            "Salesforce did not find Valo's app in this org",
+            "My Domain",
+            "Error code: OAUTH_EC_APP_NOT_FOUND",
+            "Support reference:",
+        ],
+    );
     capture(&session, "OAUTH_EC_APP_NOT_FOUND").await;
     app.fake.set_approval(Approval::Approve);
 
@@ -403,16 +407,15 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
     open_flow(&app, &session).await;
     session.click_to("button[value=allow]", &public).await;
     let text = session.visible_text().await;
-    for expected in [
-        "Salesforce refused Valo's consumer secret",
-        "Consumer Key and Secret",
-        "Error code: exchange_failed",
-    ] {
-        assert!(
-            text.contains(expected),
-            "wrong-secret page lacks {expected:?}: {text}"
-        );
-    }
+    assert_page_says(
+        &text,
+        "wrong-secret",
+        &[
+            "Salesforce refused Valo's consumer secret",
+            "Consumer Key and Secret",
+            "Error code: exchange_failed",
+        ],
+    );
     assert!(!text.contains("NotTheSecret"), "no secret on the page");
     capture(&session, "exchange_failed").await;
 

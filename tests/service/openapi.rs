@@ -140,13 +140,29 @@ fn check_routes(doc: &Value) -> Result<(), String> {
         .map(|(p, m, _)| ((*p).to_owned(), (*m).to_owned()))
         .collect();
     let documented = operations(doc);
-    let undocumented: Vec<_> = expected.difference(&documented).collect();
-    let unknown: Vec<_> = documented.difference(&expected).collect();
-    if undocumented.is_empty() && unknown.is_empty() {
+    same_sets(
+        &expected,
+        &documented,
+        "routes without docs",
+        "docs without routes",
+    )
+}
+
+/// `Ok` when `left` and `right` hold the same items; else an error listing the items only
+/// in `left` and those only in `right`, under those names.
+fn same_sets<T: Ord + std::fmt::Debug>(
+    left: &BTreeSet<T>,
+    right: &BTreeSet<T>,
+    only_left: &str,
+    only_right: &str,
+) -> Result<(), String> {
+    let in_left: Vec<_> = left.difference(right).collect();
+    let in_right: Vec<_> = right.difference(left).collect();
+    if in_left.is_empty() && in_right.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "routes without docs: {undocumented:?}; docs without routes: {unknown:?}"
+            "{only_left}: {in_left:?}; {only_right}: {in_right:?}"
         ))
     }
 }
@@ -196,15 +212,12 @@ fn check_problem_codes(doc: &Value) -> Result<(), String> {
     let emitted = problem_codes_in_code();
     let documented =
         string_set(&doc["components"]["schemas"]["Problem"]["properties"]["code"]["enum"]);
-    let missing: Vec<_> = emitted.difference(&documented).collect();
-    let stale: Vec<_> = documented.difference(&emitted).collect();
-    if missing.is_empty() && stale.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "problem codes emitted but not documented: {missing:?}; documented but never emitted: {stale:?}"
-        ))
-    }
+    same_sets(
+        &emitted,
+        &documented,
+        "problem codes emitted but not documented",
+        "documented but never emitted",
+    )
 }
 
 fn check_callback_codes(doc: &Value) -> Result<(), String> {
@@ -261,34 +274,30 @@ fn check_refs(doc: &Value) -> Result<(), String> {
     }
 }
 
-#[test]
-fn is_openapi_3_1() {
-    check_version(&spec()).unwrap();
+/// One test per check of the document: `name => check`.
+macro_rules! document_checks {
+    ($($name:ident => $check:ident),+ $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $check(&spec()).unwrap();
+            }
+        )+
+    };
 }
 
-#[test]
-fn documents_exactly_the_routes() {
-    check_routes(&spec()).unwrap();
+document_checks! {
+    is_openapi_3_1 => check_version,
+    documents_exactly_the_routes => check_routes,
+    internal_operations_declare_bearer_security_401_and_403 => check_security,
+    every_problem_code_is_documented => check_problem_codes,
+    every_callback_error_code_is_documented => check_callback_codes,
+    every_ref_resolves => check_refs,
 }
 
-#[test]
-fn internal_operations_declare_bearer_security_401_and_403() {
-    check_security(&spec()).unwrap();
-}
-
-#[test]
-fn every_problem_code_is_documented() {
-    check_problem_codes(&spec()).unwrap();
-}
-
-#[test]
-fn every_callback_error_code_is_documented() {
-    check_callback_codes(&spec()).unwrap();
-}
-
-#[test]
-fn every_ref_resolves() {
-    check_refs(&spec()).unwrap();
+/// Removes `key` from the JSON object `value`.
+fn remove_key(value: &mut Value, key: &str) {
+    value.as_object_mut().unwrap().remove(key);
 }
 
 /// Each check fails on a document that is wrong in the way it guards against.
@@ -301,10 +310,10 @@ fn the_checks_catch_wrong_documents() {
     assert!(check_version(&doc).is_err(), "3.0 accepted");
 
     let mut doc = good.clone();
-    doc["paths"]["/v1/tenants/{tenant}/connections/{id}"]
-        .as_object_mut()
-        .unwrap()
-        .remove("delete");
+    remove_key(
+        &mut doc["paths"]["/v1/tenants/{tenant}/connections/{id}"],
+        "delete",
+    );
     assert!(check_routes(&doc).is_err(), "a missing operation accepted");
 
     let mut doc = good.clone();
@@ -317,10 +326,10 @@ fn the_checks_catch_wrong_documents() {
     assert!(check_routes(&doc).is_err(), "an extra path accepted");
 
     let mut doc = good.clone();
-    doc["paths"]["/v1/tenants/{tenant}/authorizations"]["post"]
-        .as_object_mut()
-        .unwrap()
-        .remove("security");
+    remove_key(
+        &mut doc["paths"]["/v1/tenants/{tenant}/authorizations"]["post"],
+        "security",
+    );
     assert!(check_security(&doc).is_err(), "missing security accepted");
 
     let mut doc = good.clone();
@@ -330,10 +339,10 @@ fn the_checks_catch_wrong_documents() {
 
     for status in ["401", "403"] {
         let mut doc = good.clone();
-        doc["paths"]["/v1/tenants/{tenant}/connections/{id}/access-token"]["post"]["responses"]
-            .as_object_mut()
-            .unwrap()
-            .remove(status);
+        remove_key(
+            &mut doc["paths"]["/v1/tenants/{tenant}/connections/{id}/access-token"]["post"]["responses"],
+            status,
+        );
         assert!(check_security(&doc).is_err(), "a missing {status} accepted");
     }
 
@@ -382,10 +391,7 @@ fn the_checks_catch_wrong_documents() {
     );
 
     let mut doc = good.clone();
-    doc["components"]["schemas"]
-        .as_object_mut()
-        .unwrap()
-        .remove("Timestamp");
+    remove_key(&mut doc["components"]["schemas"], "Timestamp");
     assert!(check_refs(&doc).is_err(), "a dangling $ref accepted");
 
     let mut doc = good;
