@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -25,6 +25,7 @@ use fake_salesforce::{Approval, Endpoint, FakeOptions, FakeSalesforce, Fault};
 use serde_json::{Value, json};
 use valo_testkit::app::{CLIENT_ID, TestApp};
 use valo_testkit::db::TestDatabase;
+use valo_testkit::process::KillOnDrop;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -33,15 +34,9 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// `chromedriver` on a free port, killed when dropped.
 struct Driver {
-    child: Child,
+    _child: KillOnDrop,
     base: String,
     http: reqwest::Client,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        valo_testkit::process::kill_and_reap(&mut self.child);
-    }
 }
 
 fn free_port() -> u16 {
@@ -64,7 +59,7 @@ impl Driver {
         // Loopback only, and never through a proxy from the environment.
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let driver = Driver {
-            child,
+            _child: KillOnDrop(child),
             base: format!("http://127.0.0.1:{port}"),
             http,
         };
@@ -269,6 +264,15 @@ async fn open_flow(app: &TestApp, session: &Session<'_>) {
     session.goto(&url).await;
 }
 
+/// Starts a flow, answers the consent page with its `decision` button (allow or deny) and
+/// returns the visible text of the page the browser lands on, at `public`.
+async fn page_after(app: &TestApp, session: &Session<'_>, decision: &str, public: &str) -> String {
+    open_flow(app, session).await;
+    let button = format!("button[value={decision}]");
+    session.click_to(&button, public).await;
+    session.visible_text().await
+}
+
 /// Asserts that the text of the `page` page holds each of `expected`.
 fn assert_page_says(text: &str, page: &str, expected: &[&str]) {
     for expected in expected {
@@ -331,9 +335,7 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
     capture(&session, "connected").await;
 
     // Deny: what happened, and what to do.
-    open_flow(&app, &session).await;
-    session.click_to("button[value=deny]", &public).await;
-    let text = session.visible_text().await;
+    let text = page_after(&app, &session, "deny", &public).await;
     assert_page_says(
         &text,
         "deny",
@@ -384,9 +386,7 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
 
     // The ECA lacks the refresh scope.
     app.fake.inject(Endpoint::Token, Fault::NoRefreshToken);
-    open_flow(&app, &session).await;
-    session.click_to("button[value=allow]", &public).await;
-    let text = session.visible_text().await;
+    let text = page_after(&app, &session, "allow", &public).await;
     assert!(
         text.contains("Perform requests at any time (refresh_token, offline_access)")
             && text.contains("Error code: no_refresh_token"),
@@ -404,9 +404,7 @@ async fn a_browser_sees_the_success_page_and_the_error_pages() {
         .await
         .unwrap();
     assert!(wrong.status().is_success());
-    open_flow(&app, &session).await;
-    session.click_to("button[value=allow]", &public).await;
-    let text = session.visible_text().await;
+    let text = page_after(&app, &session, "allow", &public).await;
     assert_page_says(
         &text,
         "wrong-secret",

@@ -175,6 +175,15 @@ pub fn kill_and_reap(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A child process that is killed and reaped when this is dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_and_reap(&mut self.0);
+    }
+}
+
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill9();
