@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use fake_salesforce::{FakeOptions, FakeSalesforce};
 use serde_json::json;
 use valo_oauth::config::LogFormat;
-use valo_testkit::app::{
-    CLIENT_ID, CLIENT_SECRET, JWT_SECRET, PUBLIC_URL, TEST_KEYS, TestApp,
-};
+use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET, JWT_SECRET, PUBLIC_URL, TEST_KEYS, TestApp};
 use valo_testkit::backend_tests;
 
 /// A log sink shared with the test.
@@ -140,7 +138,8 @@ async fn put_app(
     key: &str,
     secret: &str,
 ) -> reqwest::Response {
-    let body = json!({"consumer_key": key, "consumer_secret": secret, "login_url": app.fake.base_url()});
+    let body =
+        json!({"consumer_key": key, "consumer_secret": secret, "login_url": app.fake.base_url()});
     app.put_app_json(tenant, query, &body).await
 }
 

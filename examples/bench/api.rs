@@ -124,6 +124,19 @@ pub async fn fetch_token(
     }
 }
 
+/// One access-token request for the token path at `url` before a run, which must answer
+/// 200 (`what` names the run in the failure); the token, if any.
+pub async fn check_token(
+    client: &reqwest::Client,
+    url: &str,
+    jwt: &str,
+    what: &str,
+) -> Option<String> {
+    let (status, token) = fetch_token(client, url, jwt, &json!({"min_ttl_seconds": 60})).await;
+    assert_eq!(status, 200, "access-token check request{what}");
+    token
+}
+
 /// The service's Prometheus text, as `name{labels}` → value.
 pub async fn metrics(client: &reqwest::Client, base: &str) -> BTreeMap<String, f64> {
     let text = client

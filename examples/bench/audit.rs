@@ -9,14 +9,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use fake_salesforce::{FakeOptions, FakeSalesforce};
-use serde_json::json;
 use sqlx::{Connection as _, PgConnection};
 use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET};
 
 use crate::Options;
-use crate::api::{connect_org, fetch_token, http_client, jwt, token_path};
+use crate::api::{check_token, connect_org, http_client, jwt, token_path};
 use crate::env_or;
-use crate::load::{wait_for_quiet, write_token_script, wrk};
+use crate::load::{wait_for_quiet, write_token_script};
 use crate::server::{self, Server};
 
 /// Runs the comparison; returns the section's Markdown.
@@ -37,23 +36,17 @@ pub async fn run(opts: &Options) -> String {
     let path = token_path(id);
     let script = write_token_script(opts, "audit", &jwt, &[]);
     for (server, label) in [(&on, "on"), (&off, "off")] {
-        let (status, _) = fetch_token(
+        check_token(
             &client,
             &server.url(&path),
             &jwt,
-            &json!({"min_ttl_seconds": 60}),
+            &format!(" (audit {label})"),
         )
         .await;
-        assert_eq!(status, 200, "access-token check request (audit {label})");
-        wrk(
-            opts,
-            server.pid(),
-            &server.url(&path),
-            Some(&script),
-            opts.warmup_secs,
-            &format!("warmup-audit-{label}"),
-        )
-        .await;
+        let warmup = format!("warmup-audit-{label}");
+        server
+            .wrk(opts, &path, Some(&script), opts.warmup_secs, &warmup)
+            .await;
     }
     let mut s = String::from(
         "### Audit trail on vs off\n\n\
@@ -73,15 +66,10 @@ pub async fn run(opts: &Options) -> String {
         };
         let mut results = BTreeMap::new();
         for (server, label) in order {
-            let r = wrk(
-                opts,
-                server.pid(),
-                &server.url(&path),
-                Some(&script),
-                opts.duration_secs,
-                &format!("audit-{label}-round{round}"),
-            )
-            .await;
+            let run = format!("audit-{label}-round{round}");
+            let r = server
+                .wrk(opts, &path, Some(&script), opts.duration_secs, &run)
+                .await;
             assert_eq!(r.non_2xx, 0, "non-2xx answers with the audit {label}");
             results.insert(label, r);
         }

@@ -9,11 +9,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use fake_salesforce::{FakeOptions, FakeSalesforce};
-use serde_json::json;
 use valo_testkit::app::{CLIENT_ID, CLIENT_SECRET};
 
 use crate::Options;
-use crate::api::{TENANT, connect_org, fetch_token, http_client, jwt, token_path};
+use crate::api::{TENANT, check_token, connect_org, http_client, jwt, token_path};
 use crate::load::{WrkResult, wait_for_quiet, write_token_script, wrk};
 use crate::report::{TARGETS, met};
 use crate::server::{self, Server};
@@ -72,37 +71,14 @@ pub async fn run(opts: &Options) -> HotPath {
     let id = connect_org(&client, &server.base, &fake).await;
     let jwt = jwt("tokens:read", true);
     let path = token_path(id);
-    let (status, token) = fetch_token(
-        &client,
-        &server.url(&path),
-        &jwt,
-        &json!({"min_ttl_seconds": 60}),
-    )
-    .await;
-    assert_eq!(status, 200, "access-token check request");
-    let token = token.unwrap();
+    let token = check_token(&client, &server.url(&path), &jwt, "")
+        .await
+        .unwrap();
     let script = write_token_script(opts, "access_token", &jwt, &[]);
 
     wait_for_quiet("the warm-up").await;
     // Warm-ups, then two rounds back to back against the same process.
-    wrk(
-        opts,
-        server.pid(),
-        &server.url("/healthz"),
-        None,
-        opts.warmup_secs,
-        "warmup-healthz",
-    )
-    .await;
-    wrk(
-        opts,
-        server.pid(),
-        &server.url(&path),
-        Some(&script),
-        opts.warmup_secs,
-        "warmup-token",
-    )
-    .await;
+    warm_up(opts, &server, &path, &script, "").await;
     let mut rounds = Vec::new();
     for round in 1..=2 {
         rounds.push(measure_pair(opts, &server, &script, &path, &format!("round{round}")).await);
@@ -120,32 +96,8 @@ pub async fn run(opts: &Options) -> HotPath {
     // every request), same database, same connection.
     eprintln!("== variant: VALO_OAUTH_API_JWT_CACHE_CAPACITY=0");
     let variant = Server::start(opts, &db, &[("VALO_OAUTH_API_JWT_CACHE_CAPACITY", "0")]).await;
-    let (status, _) = fetch_token(
-        &client,
-        &variant.url(&path),
-        &jwt,
-        &json!({"min_ttl_seconds": 60}),
-    )
-    .await;
-    assert_eq!(status, 200, "access-token check request (variant)");
-    wrk(
-        opts,
-        variant.pid(),
-        &variant.url("/healthz"),
-        None,
-        opts.warmup_secs,
-        "warmup-nojwtcache-healthz",
-    )
-    .await;
-    wrk(
-        opts,
-        variant.pid(),
-        &variant.url(&path),
-        Some(&script),
-        opts.warmup_secs,
-        "warmup-nojwtcache-token",
-    )
-    .await;
+    check_token(&client, &variant.url(&path), &jwt, " (variant)").await;
+    warm_up(opts, &variant, &path, &script, "nojwtcache-").await;
     let no_jwt_cache = measure_pair(opts, &variant, &script, &path, "nojwtcache").await;
     variant.stop().await;
     drop(db);
@@ -155,6 +107,16 @@ pub async fn run(opts: &Options) -> HotPath {
         token_bytes: token.len(),
         jwt_bytes: jwt.len(),
     }
+}
+
+/// The warm-ups of `server` before a measurement: `/healthz`, then the token path; `label`
+/// prefixes the runs' names.
+async fn warm_up(opts: &Options, server: &Server, path: &str, script: &Path, label: &str) {
+    let secs = opts.warmup_secs;
+    let healthz = format!("warmup-{label}healthz");
+    server.wrk(opts, "/healthz", None, secs, &healthz).await;
+    let token = format!("warmup-{label}token");
+    server.wrk(opts, path, Some(script), secs, &token).await;
 }
 
 /// The `hotpath` section of `docs/benchmarks.md`.

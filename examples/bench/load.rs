@@ -181,12 +181,7 @@ pub async fn wrk(
         .output()
         .await
         .expect("run wrk (bench/run.sh installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "wrk failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = valo_testkit::process::stdout_of(&output, "wrk");
     let (busy1, total1) = cpu_ticks();
     let server1 = process_ticks(server_pid);
     std::fs::write(opts.work_dir.join(format!("wrk-{label}.txt")), &stdout).ok();

@@ -118,24 +118,22 @@ fn shell(program: &str, args: &[&str]) -> String {
 }
 
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into())
+    from_proc("cpuinfo", |l| {
+        let rest = l.strip_prefix("model name")?;
+        rest.split(':').nth(1).map(|s| s.trim().to_owned())
+    })
 }
 
 fn mem_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .next()
-                .map(|l| l.trim_start_matches("MemTotal:").trim().to_owned())
-        })
+    from_proc("meminfo", |l| {
+        l.strip_prefix("MemTotal:").map(|s| s.trim().to_owned())
+    })
+}
+
+/// The first line of `/proc/{file}` that `pick` makes something of, or "unknown".
+fn from_proc(file: &str, pick: impl Fn(&str) -> Option<String>) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(pick)
         .unwrap_or_else(|| "unknown".into())
 }

@@ -57,6 +57,18 @@ impl Server {
         self.process.pid()
     }
 
+    /// Runs wrk for `secs` against `path` on this server (see [`crate::load::wrk`]).
+    pub async fn wrk(
+        &self,
+        opts: &Options,
+        path: &str,
+        script: Option<&std::path::Path>,
+        secs: u64,
+        label: &str,
+    ) -> crate::load::WrkResult {
+        crate::load::wrk(opts, self.pid(), &self.url(path), script, secs, label).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -40,7 +40,11 @@ async fn register(
 
 /// Asserts that the app of tenant `acme` is not stored.
 async fn assert_no_app(app: &TestApp, why: &str) {
-    assert_eq!(app_status(app, "acme").await.0, StatusCode::NOT_FOUND, "{why}");
+    assert_eq!(
+        app_status(app, "acme").await.0,
+        StatusCode::NOT_FOUND,
+        "{why}"
+    );
 }
 
 async fn json_of(response: reqwest::Response) -> (StatusCode, Value, String) {
@@ -156,7 +160,7 @@ backend_tests! {
         assert!(response.headers().get("retry-after").is_some(), "{b}");
         let (status, body, _) = json_of(response).await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream_unavailable")), "{b}: {body}");
-        assert_no_app(&app, &format!("{b}")).await;
+        assert_no_app(&app, b).await;
 
         // Nothing listens there (the port of a listener just closed).
         let closed = {
@@ -165,13 +169,13 @@ backend_tests! {
         };
         let (status, body, _) = register(&app, "", CLIENT_ID, CLIENT_SECRET, &closed).await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("upstream_unavailable")), "{b}: {body}");
-        assert_no_app(&app, &format!("{b}")).await;
+        assert_no_app(&app, b).await;
 
         // JSON that is neither a token response nor an OAuth error: not Salesforce talking.
         app.fake.inject(Endpoint::Token, Fault::oauth_error(200, "hello", "world"));
         let (status, body, _) = register(&app, "", CLIENT_ID, CLIENT_SECRET, &login).await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_error")), "{b}: {body}");
-        assert_no_app(&app, &format!("{b}")).await;
+        assert_no_app(&app, b).await;
 
         // verify=false stores even then.
         let (status, _, _) = register(&app, "?verify=false", CLIENT_ID, CLIENT_SECRET, &closed).await;
@@ -350,7 +354,11 @@ fn cases() -> Vec<Case> {
             says: &["IP Relaxation", "Login Hours"],
         },
         Case {
-            cause: Cause::Token(Fault::oauth_error(400, "invalid_grant", "IP restricted or invalid login hours")),
+            cause: Cause::Token(Fault::oauth_error(
+                400,
+                "invalid_grant",
+                "IP restricted or invalid login hours",
+            )),
             code: "login_restricted",
             status: StatusCode::BAD_REQUEST,
             says: &["IP Relaxation", "Login Hours"],

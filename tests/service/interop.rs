@@ -241,9 +241,27 @@ async fn server_enforces_the_protocol(server: &InteropServer, redirect_uri: &str
 
     let wrong = format!("{verifier}x");
     for (case, verifier, redirect_uri, basic, error) in [
-        ("wrong verifier", &wrong, redirect_uri, false, "invalid_grant"),
-        ("Basic auth must be refused", &verifier, redirect_uri, true, "invalid_client"),
-        ("other redirect_uri", &verifier, "https://elsewhere.test/cb", false, "invalid_grant"),
+        (
+            "wrong verifier",
+            &wrong,
+            redirect_uri,
+            false,
+            "invalid_grant",
+        ),
+        (
+            "Basic auth must be refused",
+            &verifier,
+            redirect_uri,
+            true,
+            "invalid_client",
+        ),
+        (
+            "other redirect_uri",
+            &verifier,
+            "https://elsewhere.test/cb",
+            false,
+            "invalid_grant",
+        ),
     ] {
         let (status, body) = exchange(server, &code, verifier, redirect_uri, basic).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {body}");

@@ -30,13 +30,7 @@ fn cli(db: &TestDatabase, keys: &str, args: &[&str]) -> String {
         .current_dir(valo_testkit::REPOSITORY_ROOT)
         .output()
         .expect("run valo-oauth");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "valo-oauth {args:?} failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    valo_testkit::process::stdout_of(&output, &format!("valo-oauth {args:?}"))
 }
 
 backend_tests! {

@@ -300,13 +300,19 @@ impl FakeSalesforce {
     /// The issued refresh tokens that a refresh would accept, oldest first.
     pub fn active_refresh_tokens(&self) -> Vec<String> {
         let issued = self.issued_tokens();
-        issued.into_iter().filter(|t| self.is_refresh_token_active(t)).collect()
+        issued
+            .into_iter()
+            .filter(|t| self.is_refresh_token_active(t))
+            .collect()
     }
 
     /// The issued access tokens that are unrevoked and unexpired, oldest first.
     pub fn active_access_tokens(&self) -> Vec<String> {
         let issued = self.issued_tokens();
-        issued.into_iter().filter(|t| self.is_access_token_active(t)).collect()
+        issued
+            .into_iter()
+            .filter(|t| self.is_access_token_active(t))
+            .collect()
     }
 
     /// Expires every access token issued so far (introspection inactive, API 401), as if

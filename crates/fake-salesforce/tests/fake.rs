@@ -32,6 +32,13 @@ async fn start(options: FakeOptions) -> FakeSalesforce {
     fake
 }
 
+/// [`start`] with the default options changed by `change`.
+async fn start_with(change: impl FnOnce(&mut FakeOptions)) -> FakeSalesforce {
+    let mut options = FakeOptions::default();
+    change(&mut options);
+    start(options).await
+}
+
 fn challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()))
 }
@@ -73,12 +80,11 @@ fn query_param(callback: &str, name: &str) -> Option<String> {
 }
 
 async fn post(fake: &FakeSalesforce, path: &str, form: &[(&str, &str)]) -> (u16, String) {
-    let response = client()
-        .post(format!("{}{path}", fake.base_url()))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
+    let url = format!("{}{path}", fake.base_url());
+    status_and_text(client().post(url).form(form).send().await.unwrap()).await
+}
+
+async fn status_and_text(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -136,6 +142,18 @@ async fn refresh(fake: &FakeSalesforce, refresh_token: &str) -> (u16, String) {
     .await
 }
 
+/// Asserts that a refresh with `refresh_token` is refused as Salesforce refuses a revoked
+/// or expired one.
+async fn assert_refresh_refused(fake: &FakeSalesforce, refresh_token: &str) {
+    let (status, body) = refresh(fake, refresh_token).await;
+    assert_oauth_error(
+        status,
+        &body,
+        "invalid_grant",
+        "expired access/refresh token",
+    );
+}
+
 async fn introspect(fake: &FakeSalesforce, token: &str) -> Value {
     let (status, body) = post(
         fake,
@@ -153,14 +171,9 @@ async fn introspect(fake: &FakeSalesforce, token: &str) -> Value {
 }
 
 async fn data_api(fake: &FakeSalesforce, access_token: &str) -> (u16, String) {
-    let response = client()
-        .get(format!("{}/services/data/v62.0/", fake.base_url()))
-        .bearer_auth(access_token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap())
+    let url = format!("{}/services/data/v62.0/", fake.base_url());
+    let request = client().get(url).bearer_auth(access_token);
+    status_and_text(request.send().await.unwrap()).await
 }
 
 fn verify_signature(v: &Value, secret: &str) -> bool {
@@ -244,13 +257,7 @@ async fn full_flow_with_rotation_and_reuse_detection() {
     assert!(fake.is_access_token_active(&at2));
 
     // Reusing the rotated-out token kills the whole family.
-    let (status, body) = refresh(&fake, &rt1).await;
-    assert_oauth_error(
-        status,
-        &body,
-        "invalid_grant",
-        "expired access/refresh token",
-    );
+    assert_refresh_refused(&fake, &rt1).await;
     assert!(!fake.is_refresh_token_active(&rt2));
     assert!(!fake.is_access_token_active(&at1));
     assert!(!fake.is_access_token_active(&at2));
@@ -261,13 +268,7 @@ async fn full_flow_with_rotation_and_reuse_detection() {
     let (status, body) = data_api(&fake, &at2).await;
     assert_eq!(status, 401);
     assert_eq!(json(&body)[0]["errorCode"], "INVALID_SESSION_ID");
-    let (status, body) = refresh(&fake, &rt2).await;
-    assert_oauth_error(
-        status,
-        &body,
-        "invalid_grant",
-        "expired access/refresh token",
-    );
+    assert_refresh_refused(&fake, &rt2).await;
 
     assert_eq!(fake.issued_tokens(), vec![at1, rt1, at2, rt2]);
     assert_eq!(
@@ -307,13 +308,7 @@ async fn revoke_access_then_refresh_token() {
     assert_eq!(status, 200, "{body}");
     assert!(!fake.is_refresh_token_active(&rt2));
     assert!(!fake.is_access_token_active(&at2));
-    let (status, body) = refresh(&fake, &rt2).await;
-    assert_oauth_error(
-        status,
-        &body,
-        "invalid_grant",
-        "expired access/refresh token",
-    );
+    assert_refresh_refused(&fake, &rt2).await;
 
     let (status, body) = post(&fake, "/services/oauth2/revoke", &[("token", "nope")]).await;
     assert_oauth_error(status, &body, "invalid_token", "invalid token");
@@ -492,11 +487,7 @@ async fn code_reuse_revokes_first_tokens() {
 
 #[tokio::test]
 async fn expired_code_is_refused() {
-    let fake = start(FakeOptions {
-        code_lifetime: Duration::ZERO,
-        ..FakeOptions::default()
-    })
-    .await;
+    let fake = start_with(|o| o.code_lifetime = Duration::ZERO).await;
     let code = get_code(&fake).await;
     let (status, body) = exchange(&fake, &code, VERIFIER).await;
     assert_oauth_error(status, &body, "invalid_grant", "expired authorization code");
@@ -507,26 +498,15 @@ async fn authorize_errors() {
     let fake = start(FakeOptions::default()).await;
 
     // Unknown client id and wrong callback: an HTML page, no redirect.
-    let err = fake
-        .approve(&authorize_url(&fake, &[("client_id", "unknown")], &[]))
-        .await
-        .unwrap_err();
-    assert!(
-        err.contains("400") && err.contains("invalid_client_id"),
-        "{err}"
-    );
-    let err = fake
-        .approve(&authorize_url(
-            &fake,
-            &[("redirect_uri", "http://127.0.0.1:8080/evil")],
-            &[],
-        ))
-        .await
-        .unwrap_err();
-    assert!(
-        err.contains("400") && err.contains("redirect_uri_mismatch"),
-        "{err}"
-    );
+    let evil = [("redirect_uri", "http://127.0.0.1:8080/evil")];
+    for (overrides, error) in [
+        (&[("client_id", "unknown")][..], "invalid_client_id"),
+        (&evil[..], "redirect_uri_mismatch"),
+    ] {
+        let url = authorize_url(&fake, overrides, &[]);
+        let err = fake.approve(&url).await.unwrap_err();
+        assert!(err.contains("400") && err.contains(error), "{error}: {err}");
+    }
 
     // Missing PKCE challenge: redirect with invalid_request.
     let callback = fake
@@ -598,11 +578,7 @@ async fn scope_without_refresh_token_issues_none() {
 
 #[tokio::test]
 async fn rotation_off_keeps_the_refresh_token() {
-    let fake = start(FakeOptions {
-        rotate_refresh_tokens: false,
-        ..FakeOptions::default()
-    })
-    .await;
+    let fake = start_with(|o| o.rotate_refresh_tokens = false).await;
     let rt = s(&login(&fake).await, "refresh_token");
     for _ in 0..2 {
         let (status, body) = refresh(&fake, &rt).await;
@@ -643,11 +619,7 @@ async fn expired_access_tokens() {
 
 #[tokio::test]
 async fn short_access_token_lifetime() {
-    let fake = start(FakeOptions {
-        access_token_lifetime: Duration::from_secs(900),
-        ..FakeOptions::default()
-    })
-    .await;
+    let fake = start_with(|o| o.access_token_lifetime = Duration::from_secs(900)).await;
     let at = s(&login(&fake).await, "access_token");
     let info = introspect(&fake, &at).await;
     assert_eq!(
@@ -702,7 +674,10 @@ async fn fault_status_and_non_json_are_not_processed() {
 async fn fault_oauth_error() {
     let fake = start(FakeOptions::default()).await;
     let rt = s(&login(&fake).await, "refresh_token");
-    fake.inject(Endpoint::Token, Fault::oauth_error(400, "rate_limit_exceeded", "rate limit exceeded"));
+    fake.inject(
+        Endpoint::Token,
+        Fault::oauth_error(400, "rate_limit_exceeded", "rate limit exceeded"),
+    );
     let (status, body) = refresh(&fake, &rt).await;
     assert_oauth_error(status, &body, "rate_limit_exceeded", "rate limit exceeded");
     // Not processed: the refresh token was not rotated.
@@ -828,11 +803,7 @@ async fn introspect_status(fake: &FakeSalesforce, token: &str) -> u16 {
 
 #[tokio::test]
 async fn interactive_consent_page() {
-    let fake = start(FakeOptions {
-        interactive: true,
-        ..FakeOptions::default()
-    })
-    .await;
+    let fake = start_with(|o| o.interactive = true).await;
     let url = authorize_url(&fake, &[], &[]);
     let response = client().get(&url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);

@@ -314,7 +314,11 @@ impl TestApp {
     /// `method path` without a body, with a token of `scope` (no tenant claim).
     pub async fn send_as(&self, method: reqwest::Method, path: &str, scope: &str) -> Response {
         let request = self.client.request(method, self.url(path));
-        request.bearer_auth(self.token(scope, None)).send().await.unwrap()
+        request
+            .bearer_auth(self.token(scope, None))
+            .send()
+            .await
+            .unwrap()
     }
 }
 

@@ -168,6 +168,18 @@ impl ServiceProcess {
     }
 }
 
+/// The standard output of a finished command; fails (with its standard output and error)
+/// unless it exited with success. `what` names the command in the failure.
+pub fn stdout_of(output: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Kills a child process and waits for it, so that no zombie is left; errors (it has
 /// exited already) are ignored.
 pub fn kill_and_reap(child: &mut Child) {
