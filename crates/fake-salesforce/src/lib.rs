@@ -299,20 +299,17 @@ impl FakeSalesforce {
 
     /// The issued refresh tokens that a refresh would accept, oldest first.
     pub fn active_refresh_tokens(&self) -> Vec<String> {
-        let issued = self.issued_tokens();
-        issued
-            .into_iter()
-            .filter(|t| self.is_refresh_token_active(t))
-            .collect()
+        self.issued_where(Self::is_refresh_token_active)
     }
 
     /// The issued access tokens that are unrevoked and unexpired, oldest first.
     pub fn active_access_tokens(&self) -> Vec<String> {
+        self.issued_where(Self::is_access_token_active)
+    }
+
+    fn issued_where(&self, keep: impl Fn(&Self, &str) -> bool) -> Vec<String> {
         let issued = self.issued_tokens();
-        issued
-            .into_iter()
-            .filter(|t| self.is_access_token_active(t))
-            .collect()
+        issued.into_iter().filter(|t| keep(self, t)).collect()
     }
 
     /// Expires every access token issued so far (introspection inactive, API 401), as if
