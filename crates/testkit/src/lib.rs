@@ -50,8 +50,9 @@ where
 /// Runs one async test body on each storage backend, as two test cases in a module named
 /// after the test: `name::sqlite` and `name::postgres`. The body sees the database as the
 /// named binding (a [`db::TestDatabase`]) and, when a second name is given, the backend's
-/// name (`"sqlite"` or `"postgres"`, for messages) as that binding; attributes (such as `#[tokio::test(…)]`, which
-/// is required) apply to both cases. One invocation may hold several tests.
+/// name (`"sqlite"` or `"postgres"`, for messages) as that binding; attributes (such as
+/// `#[tokio::test(…)]`, which is required) apply to both cases. One invocation may hold
+/// several tests.
 ///
 /// ```ignore
 /// backend_tests! {
@@ -63,7 +64,7 @@ where
 ///
 ///     #[tokio::test]
 ///     async fn another_one(db, backend) {
-///         assert!(true, "{backend}");
+///         eprintln!("on {backend}");
 ///         // …
 ///     }
 /// }
