@@ -8,9 +8,10 @@
 //! So:
 //!
 //! 1. **Hot path**: a decrypted token valid for the caller's `min_ttl` is served from this
-//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the database. Entries are re-read
-//!    from the database after `token_cache_revalidate_secs`, so a refresh, a reauthorization
-//!    or a deletion on another replica is noticed.
+//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the
+//!    database. A refresh, a reauthorization, a status change or a deletion on another
+//!    replica reaches the cache through the change feed ([`super::changes`]) within
+//!    `token_cache_revalidate_secs`.
 //! 2. **In one process** callers of one connection queue on one async mutex ("flight"); the
 //!    first refreshes, the others find the new token when they get the mutex.
 //! 3. **Across replicas** a refresh runs under a fenced lease kept in the connection's row
@@ -231,9 +232,9 @@ impl Broker {
     /// The hot path: a cached token, recently checked, that serves the want.
     fn cached(&self, tenant: &TenantId, id: Uuid, want: &Want, now: Millis) -> Option<AccessToken> {
         let hit = self.tokens.get(id)?;
-        let revalidate =
-            i64::try_from(self.settings.tokens.cache_revalidate.as_millis()).unwrap_or(0);
-        if hit.tenant_id() != tenant.as_str() || now.saturating_sub(hit.checked_at) >= revalidate {
+        // Changes made on other replicas reach the cache through the change feed
+        // (`super::changes`), not by re-reading each entry.
+        if hit.tenant_id() != tenant.as_str() {
             return None;
         }
         let token = hit.token();
@@ -545,6 +546,7 @@ impl Broker {
         };
         crate::metrics::REFRESH_SUCCESS.inc();
         tracing::info!(tenant = tenant.as_str(), connection = %id, rotated = rotated.is_some(), "access token refreshed");
+        let version = saved.version;
         let token = AccessToken {
             access_token: grant.access_token,
             instance_url: saved.instance_url,
@@ -552,7 +554,7 @@ impl Broker {
             expires_at: saved.access_expires_at,
         };
         self.tokens
-            .put(id, tenant.as_str(), token.clone(), self.now());
+            .put(id, tenant.as_str(), token.clone(), version, self.now());
         if !measured {
             self.confirm_expiry_later(
                 tenant,
@@ -802,7 +804,8 @@ impl Broker {
                         expires_at: exp,
                         ..token
                     };
-                    this.tokens.put(id, tenant.as_str(), confirmed, this.now());
+                    this.tokens
+                        .put(id, tenant.as_str(), confirmed, version, this.now());
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -848,7 +851,8 @@ impl Broker {
             };
             // A keep-alive that found nothing to do must not warm the cache.
             if !matches!(want, Want::KeepAlive { .. }) {
-                self.tokens.put(row.id, &row.tenant_id, token.clone(), now);
+                self.tokens
+                    .put(row.id, &row.tenant_id, token.clone(), row.version, now);
             }
             return Ok(Some(token));
         }
