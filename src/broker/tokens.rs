@@ -32,6 +32,7 @@
 //! 6. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
 //!    between Salesforce's answer and the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -63,6 +64,12 @@ pub struct AccessToken {
     pub expires_at: Millis,
 }
 
+/// Held while one refresh calls Salesforce (dropped once it answered).
+struct SalesforceSlot {
+    _replica: Permit,
+    _sweep: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// Why a token is wanted, which decides whether the current one will do.
 pub enum Want {
     /// Valid for at least this long.
@@ -73,8 +80,13 @@ pub enum Want {
         rejected: SecretString,
         min_ttl_ms: Millis,
     },
-    /// Keep-alive: a refresh if the last one is older than `refreshed_before`.
-    KeepAlive { refreshed_before: Millis },
+    /// Keep-alive: a refresh if the last one is older than `refreshed_before`. `calls`
+    /// bounds the sweep's Salesforce calls in flight (`keepalive_concurrency`); it is held
+    /// only around the call, so the sweep's reads and commits overlap other calls.
+    KeepAlive {
+        refreshed_before: Millis,
+        calls: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 impl Want {
@@ -105,7 +117,9 @@ impl Want {
     /// Whether the stored row needs a refresh (checked again under the lock).
     fn needs_refresh(&self, row: &ConnectionRecord, token: &SecretString, now: Millis) -> bool {
         match self {
-            Self::KeepAlive { refreshed_before } => row.last_refreshed_at < *refreshed_before,
+            Self::KeepAlive {
+                refreshed_before, ..
+            } => row.last_refreshed_at < *refreshed_before,
             Self::Replacing { .. } if self.rejects(token) => true,
             _ => {
                 let expired = row.access_expires_at <= now;
@@ -298,14 +312,21 @@ impl Broker {
         // counted from the lease, is never eaten by the queue. A queue longer than the wait
         // answers 503 with nothing taken and nothing recorded.
         let give_up = Instant::now() + self.settings.tokens.refresh_wait;
-        let Ok(slot) =
-            tokio::time::timeout_at(give_up, self.limiter.acquire(tenant.as_str())).await
+        let Ok(slot) = tokio::time::timeout_at(give_up, self.salesforce_slot(tenant, want)).await
         else {
             return Err(BrokerError::Busy {
                 reason: "too many refreshes queue for Salesforce on this replica; retry".into(),
                 retry_after: Duration::from_secs(1),
             });
         };
+        // A shutdown that began while this refresh queued for its slot: start nothing now
+        // (the lease is not taken, nothing was sent).
+        if self.lifecycle.is_draining() {
+            return Err(BrokerError::Busy {
+                reason: "the service is shutting down; retry on another replica".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
         let (lease, lease_started) = self.take_lease(tenant, id, want).await?;
         let lease = match lease {
             Leased::Ours(lease) => lease,
@@ -321,6 +342,19 @@ impl Broker {
         )
         .await
         .map(|token| (token, true))
+    }
+
+    /// The right to call Salesforce for this refresh: a slot of the replica's limit and,
+    /// for a keep-alive, one of the sweep's calls too.
+    async fn salesforce_slot(&self, tenant: &TenantId, want: &Want) -> SalesforceSlot {
+        let sweep = match want {
+            Want::KeepAlive { calls, .. } => calls.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
+        SalesforceSlot {
+            _replica: self.limiter.acquire(tenant.as_str()).await,
+            _sweep: sweep,
+        }
     }
 
     /// Runs one statement of the refresh path within the path's share of the pool.
@@ -399,7 +433,7 @@ impl Broker {
         tenant: &TenantId,
         lease: &RefreshLease,
         lease_started: Instant,
-        salesforce_slot: Permit,
+        salesforce_slot: SalesforceSlot,
         credentials: &AppCredentials,
         credentials_version: i64,
     ) -> Result<AccessToken, BrokerError> {

@@ -845,3 +845,43 @@ backend_tests! {
         a.stop().await;
         }
 }
+
+backend_tests! {
+    #[tokio::test]
+    async fn a_sweep_keeps_its_salesforce_calls_to_the_configured_concurrency(db) {
+        let b = db.backend;
+        let fake = fake_with(FakeOptions::default()).await;
+        let app = TestApp::spawn_with(
+            &db,
+            &fake,
+            &[
+                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
+                ("VALO_OAUTH_KEEPALIVE_CONCURRENCY", "2"),
+            ],
+        )
+        .await;
+        for user in 0..6 {
+            fake.set_user(
+                "00D000000000001AAA",
+                &format!("005000000000{user:03}AAA"),
+                &format!("user{user}@acme.example"),
+            );
+            app.connect("acme").await;
+        }
+        app.advance(Duration::from_secs(601));
+        let latency = Duration::from_millis(300);
+        fake.set_latency(latency);
+        let started = std::time::Instant::now();
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        let took = started.elapsed();
+        fake.set_latency(Duration::ZERO);
+        assert_eq!((report.due, report.refreshed, report.failed), (6, 6, 0), "{b}");
+        // Six calls, two at a time: three rounds of the latency at least (four or six at
+        // a time would take two rounds or one).
+        assert!(took >= latency * 3, "{b}: {took:?}");
+        assert!(took < latency * 6, "{b}: the rounds overlap nothing else: {took:?}");
+        assert_eq!(fake.counters().refreshes, 6, "{b}");
+        app.stop().await;
+        }
+}
