@@ -241,8 +241,9 @@ pub fn write_token_script(opts: &Options, name: &str, jwt: &str, paths: &[String
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
          wrk.headers[\"Authorization\"] = \"Bearer {jwt}\"\n"
     );
-    if paths.len() > 1 {
-        // A Lua table of the paths; `request` walks it round-robin.
+    if !paths.is_empty() {
+        // A Lua table of the paths; `request` walks it round-robin (also for one path, so
+        // that a one-path baseline costs wrk the same Lua call per request as a spread).
         script.push_str("local paths = {\n");
         for p in paths {
             script.push_str(&format!("  \"{p}\",\n"));

@@ -329,7 +329,10 @@ mod tests {
         let refreshed_here = Uuid::new_v4();
         cache.put(refreshed_elsewhere, "t", token(3_600_000), 3, 1_000);
         cache.put(refreshed_here, "t", token(3_600_000), 4, 1_000);
-        assert!(cache.apply_change(refreshed_elsewhere, 4), "version 3 < 4 goes");
+        assert!(
+            cache.apply_change(refreshed_elsewhere, 4),
+            "version 3 < 4 goes"
+        );
         assert!(!cache.apply_change(refreshed_here, 4), "version 4 stays");
         assert!(cache.get(refreshed_elsewhere).is_none());
         assert!(cache.get(refreshed_here).is_some());

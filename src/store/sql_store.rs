@@ -14,9 +14,9 @@ use super::backend::Backend;
 use super::sql;
 use super::{
     AppStatus, AuditEntry, AuditQuery, AuditRecord, AuthorizationSession, AuthorizedConnection,
-    ClaimedEvent, ConnectionRecord, ConnectionStatus, ConsumeOutcome, DeliveryOutcome, Millis,
-    ConnectionChanges, NewConnection, NewEvent, OutboxStats, RefreshFailure, RefreshedTokens, RowKey, SavedConnection,
-    SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
+    ClaimedEvent, ConnectionChanges, ConnectionRecord, ConnectionStatus, ConsumeOutcome,
+    DeliveryOutcome, Millis, NewConnection, NewEvent, OutboxStats, RefreshFailure, RefreshedTokens,
+    RowKey, SavedConnection, SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
 };
 
 /// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
@@ -699,7 +699,12 @@ where
             .await?;
         let changes = rows
             .iter()
-            .map(|row| Ok((DB::read_id(row, "connection_id")?, row.try_get("min_version")?)))
+            .map(|row| {
+                Ok((
+                    DB::read_id(row, "connection_id")?,
+                    row.try_get("min_version")?,
+                ))
+            })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(map)?;
         Ok(ConnectionChanges { now, changes })
