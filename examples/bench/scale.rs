@@ -243,7 +243,10 @@ pub async fn run(opts: &Options) -> Scale {
     // during the measurements, on the same two cores.
     let vacuum = Instant::now();
     db.execute("VACUUM (ANALYZE) connections").await;
-    eprintln!("  VACUUM (ANALYZE) in {:.1} s", vacuum.elapsed().as_secs_f64());
+    eprintln!(
+        "  VACUUM (ANALYZE) in {:.1} s",
+        vacuum.elapsed().as_secs_f64()
+    );
     let expected: Vec<(Uuid, String)> = ids
         .iter()
         .step_by(stride)
