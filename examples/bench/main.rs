@@ -53,6 +53,11 @@ mod storm;
 
 use std::path::PathBuf;
 
+/// The service's allocator here too, so that the bare handler (this harness re-run, see
+/// [`bare`]) is measured with the same allocator as the service it is compared with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The sections, in the order they run.
 const SECTIONS: [&str; 6] = ["hotpath", "storm", "memory", "fanout", "scale", "audit"];
 

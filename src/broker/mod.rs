@@ -167,8 +167,13 @@ impl From<KeyringError> for BrokerError {
 
 /// Everything the domain needs, shared by the HTTP layer and the background tasks. Its
 /// parts are private: the layers above use its operations, never its store or keys.
+///
+/// Cloning it (every request does, with the HTTP state) is one reference count.
 #[derive(Clone)]
-pub struct Broker {
+pub struct Broker(Arc<BrokerParts>);
+
+/// The parts of a [`Broker`], reached through it; private to the broker module.
+pub struct BrokerParts {
     store: Store,
     keyring: Arc<Keyring>,
     salesforce: SalesforceClient,
@@ -241,6 +246,14 @@ pub fn refresh_db_slots(pool_size: u32) -> usize {
     (pool.saturating_mul(3) / 4).max(1)
 }
 
+impl std::ops::Deref for Broker {
+    type Target = BrokerParts;
+
+    fn deref(&self) -> &BrokerParts {
+        &self.0
+    }
+}
+
 impl Broker {
     pub fn new(
         store: Store,
@@ -254,7 +267,7 @@ impl Broker {
             .map(|w| Arc::new(outbox::Outbox::new(w)));
         let audit = Arc::new(audit::AuditLog::new(settings.audit.enabled));
         let settings = Arc::new(settings);
-        Self {
+        Self(Arc::new(BrokerParts {
             store,
             keyring: settings.keyring.clone(),
             salesforce,
@@ -269,7 +282,7 @@ impl Broker {
             holder: lease_holder_name().into(),
             outbox,
             audit,
-        }
+        }))
     }
 
     pub fn now(&self) -> Millis {
