@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use uuid::Uuid;
 
 use super::tokens::AccessToken;
+use crate::metrics::Metrics;
 use crate::store::Millis;
 
 /// One cached token and when this replica last checked it against the database.
@@ -126,13 +127,13 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens.
-    pub fn new(capacity: u64) -> Self {
+    pub fn new(capacity: u64, metrics: Metrics) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .expire_after(UntilTokenExpiry)
-            .eviction_listener(|_id, _entry, cause| {
+            .eviction_listener(move |_id, _entry, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    crate::metrics::TOKEN_CACHE_EVICTIONS.inc();
+                    metrics.token_cache_eviction();
                 }
             })
             .build();
@@ -214,7 +215,7 @@ mod tests {
 
     #[test]
     fn the_capacity_holds_under_a_flood_of_distinct_connections() {
-        let cache = TokenCache::new(1_000);
+        let cache = TokenCache::new(1_000, Metrics::new());
         for _ in 0..20_000 {
             cache.put(Uuid::new_v4(), "t", token(3_600_000), 0);
         }
@@ -229,7 +230,7 @@ mod tests {
 
     #[test]
     fn an_entry_gives_back_what_was_cached() {
-        let cache = TokenCache::new(10);
+        let cache = TokenCache::new(10, Metrics::new());
         let id = Uuid::new_v4();
         cache.put(id, "acme-é", token(3_600_000), 1_000);
         let hit = cache.get(id).unwrap();
@@ -244,7 +245,7 @@ mod tests {
 
     #[test]
     fn an_entry_is_gone_when_its_token_expires() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let short = Uuid::new_v4();
         let long = Uuid::new_v4();
         cache.put(short, "t", token(1_050), 1_000);
@@ -296,7 +297,7 @@ mod footprint {
     /// request (a row of about 1 KiB in ten strings, 32 requests alive at a time), as in
     /// the server.
     fn measure(threads: u64, requests: bool) -> u64 {
-        let cache = Arc::new(TokenCache::new(100_000));
+        let cache = Arc::new(TokenCache::new(100_000, Metrics::new()));
         let before = rss();
         let workers: Vec<_> = (0..threads)
             .map(|t| {
