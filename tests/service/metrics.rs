@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use fake_salesforce::{FakeOptions, FakeSalesforce};
+use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::json;
 use valo_testkit::app::TestApp;
@@ -367,4 +367,86 @@ backend_tests! {
         busy.stop().await;
         idle.stop().await;
     }
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn keepalive_backlog_and_failed_salesforce_calls_are_counted(db) {
+        let b = &db.backend;
+        let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
+        // The background sweeper looks once an hour: the test runs the sweeps itself.
+        let app = TestApp::spawn_with(
+            &db,
+            &fake,
+            &[
+                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
+            ],
+        )
+        .await;
+        app.connect("acme").await;
+        app.advance(Duration::from_secs(601));
+        fake.inject(Endpoint::Token, Fault::Status(503));
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        assert_eq!((report.due, report.failed), (1, 1), "{b}");
+        let m = scrape(&app).await;
+        assert_eq!(m.value("valo_oauth_keepalive_backlog", &[]), Some(1.0), "{b}: due, not refreshed");
+        assert_eq!(
+            m.value(
+                "valo_oauth_salesforce_call_duration_seconds_count",
+                &[("endpoint", "token"), ("outcome", "server_error")],
+            ),
+            Some(1.0),
+            "{b}"
+        );
+        assert_eq!(
+            m.value("valo_oauth_refreshes_total", &[("outcome", "upstream_unavailable")]),
+            Some(1.0),
+            "{b}"
+        );
+
+        // Past the back-off, the next sweep refreshes it.
+        app.advance(Duration::from_secs(5));
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        assert_eq!((report.due, report.refreshed), (1, 1), "{b}");
+        let m = scrape(&app).await;
+        assert_eq!(m.value("valo_oauth_keepalive_backlog", &[]), Some(0.0), "{b}");
+        assert_eq!(m.value("valo_oauth_keepalive_refreshes_total", &[]), Some(1.0), "{b}");
+        app.stop().await;
+    }
+}
+
+/// Two replicas asked for a new token at once: one refreshes, the other waits for its lease
+/// and counts the wait (Postgres: the replicas share one database server).
+#[cfg_attr(
+    not(test_postgres),
+    ignore = "TEST_DATABASE_URL was not set when the tests were built"
+)]
+#[tokio::test]
+async fn a_wait_for_another_replicas_lease_is_counted_and_timed() {
+    let db = valo_testkit::db::TestDatabase::postgres()
+        .await
+        .expect("TEST_DATABASE_URL is not set");
+    let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
+    let a = TestApp::spawn_with(&db, &fake, &[]).await;
+    let b = TestApp::spawn_with(&db, &fake, &[]).await;
+    let id = a.connect("acme").await;
+    let current = a.access_token("acme", id, None).await;
+    let current: serde_json::Value = current.json().await.unwrap();
+    fake.set_latency(Duration::from_millis(300));
+    let body = json!({"rejected_token": current["access_token"]});
+    let (ra, rb) = tokio::join!(
+        a.access_token("acme", id, Some(body.clone())),
+        b.access_token("acme", id, Some(body))
+    );
+    assert_eq!((ra.status(), rb.status()), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(fake.counters().refreshes, 1);
+    let (ma, mb) = (scrape(&a).await, scrape(&b).await);
+    let both = |name: &str| ma.value(name, &[]).unwrap() + mb.value(name, &[]).unwrap();
+    assert_eq!(both("valo_oauth_refresh_lease_waits_total"), 1.0);
+    assert_eq!(both("valo_oauth_refresh_lease_wait_seconds_count"), 1.0);
+    // The waiter waited for the holder's Salesforce call (300 ms of latency).
+    assert!(both("valo_oauth_refresh_lease_wait_seconds_sum") >= 0.1);
+    a.stop().await;
+    b.stop().await;
 }
