@@ -198,6 +198,20 @@ impl HttpMethod {
     }
 }
 
+/// What the counters without labels count (see [`Metrics::count`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    TokenCacheHit,
+    TokenCacheMiss,
+    TokenCacheEviction,
+    RefreshCommitRetry,
+    RotatedRefreshTokenLost,
+    InvalidSignature,
+    WebhookGivenUp,
+    AuditFlushFailure,
+    AuditDropped,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RefreshLabels {
     outcome: RefreshOutcome,
@@ -459,26 +473,24 @@ impl Metrics {
             .inc();
     }
 
-    pub fn token_cache_hit(&self) {
-        self.inner.token_cache_hits.inc();
+    /// Counts one `event` (the counters without labels).
+    pub fn count(&self, event: Event) {
+        let i = &self.inner;
+        let counter = match event {
+            Event::TokenCacheHit => &i.token_cache_hits,
+            Event::TokenCacheMiss => &i.token_cache_misses,
+            Event::TokenCacheEviction => &i.token_cache_evictions,
+            Event::RefreshCommitRetry => &i.refresh_commit_retries,
+            Event::RotatedRefreshTokenLost => &i.rotated_refresh_tokens_lost,
+            Event::InvalidSignature => &i.invalid_signatures,
+            Event::WebhookGivenUp => &i.webhook_given_up,
+            Event::AuditFlushFailure => &i.audit_flush_failures,
+            Event::AuditDropped => &i.audit_dropped,
+        };
+        counter.inc();
     }
 
-    pub fn token_cache_miss(&self) {
-        self.inner.token_cache_misses.inc();
-    }
-
-    pub fn token_cache_eviction(&self) {
-        self.inner.token_cache_evictions.inc();
-    }
-
-    pub fn refresh_commit_retry(&self) {
-        self.inner.refresh_commit_retries.inc();
-    }
-
-    pub fn rotated_refresh_token_lost(&self) {
-        self.inner.rotated_refresh_tokens_lost.inc();
-    }
-
+    /// One keep-alive refresh done: counted, and out of the backlog.
     pub fn keepalive_refresh(&self) {
         self.inner.keepalive_refreshes.inc();
         self.inner.keepalive_backlog.dec();
@@ -487,22 +499,6 @@ impl Metrics {
     /// A sweep found `due` connections to refresh (its batch, at most the sweep limit).
     pub fn keepalive_due(&self, due: usize) {
         self.inner.keepalive_backlog.set(gauge_value(due));
-    }
-
-    pub fn invalid_signature(&self) {
-        self.inner.invalid_signatures.inc();
-    }
-
-    pub fn webhook_given_up(&self) {
-        self.inner.webhook_given_up.inc();
-    }
-
-    pub fn audit_flush_failure(&self) {
-        self.inner.audit_flush_failures.inc();
-    }
-
-    pub fn audit_dropped(&self) {
-        self.inner.audit_dropped.inc();
     }
 
     /// Sets the gauges read from state held elsewhere, just before a scrape.
@@ -719,17 +715,22 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
+    /// `text` holds `line` (a whole sample line).
+    fn assert_has(text: &str, line: &str) {
+        assert!(text.contains(&format!("{line}\n")), "{line} in {text}");
+    }
+
     #[test]
     fn instances_count_apart() {
         let (a, b) = (Metrics::new(), Metrics::new());
         a.refresh(RefreshOutcome::Success);
-        assert!(
-            a.render()
-                .contains("valo_oauth_refreshes_total{outcome=\"success\"} 1\n")
+        assert_has(
+            &a.render(),
+            "valo_oauth_refreshes_total{outcome=\"success\"} 1",
         );
-        assert!(
-            b.render()
-                .contains("valo_oauth_refreshes_total{outcome=\"success\"} 0\n")
+        assert_has(
+            &b.render(),
+            "valo_oauth_refreshes_total{outcome=\"success\"} 0",
         );
     }
 
@@ -741,33 +742,38 @@ mod tests {
         m.http_response(Some("/v1/tenants/{tenant}/apps"), HttpMethod::Get, 200, ok);
         m.http_response(None, HttpMethod::Other, 404, ok);
         let text = m.render();
-        assert!(text.contains(
-            "valo_oauth_http_request_duration_seconds_count{route=\"/v1/tenants/{tenant}/apps\",method=\"GET\",status_class=\"2xx\"} 2\n"
-        ), "{text}");
-        assert!(text.contains(
-            "valo_oauth_http_request_duration_seconds_count{route=\"unmatched\",method=\"other\",status_class=\"4xx\"} 1\n"
-        ), "{text}");
-        assert!(text.contains("valo_oauth_http_responses_total{class=\"2xx\"} 2\n"));
+        let count = "valo_oauth_http_request_duration_seconds_count";
+        assert_has(
+            &text,
+            &format!(
+                "{count}{{route=\"/v1/tenants/{{tenant}}/apps\",method=\"GET\",status_class=\"2xx\"}} 2"
+            ),
+        );
+        assert_has(
+            &text,
+            &format!("{count}{{route=\"unmatched\",method=\"other\",status_class=\"4xx\"}} 1"),
+        );
+        assert_has(&text, "valo_oauth_http_responses_total{class=\"2xx\"} 2");
     }
 
     #[test]
     fn an_unfinished_salesforce_call_counts_as_a_timeout_and_leaves_the_gauge() {
         let m = Metrics::new();
         let call = m.salesforce_call(SalesforceEndpoint::Token);
-        assert!(
-            m.render()
-                .contains("valo_oauth_salesforce_calls_in_flight 1\n")
-        );
+        assert_has(&m.render(), "valo_oauth_salesforce_calls_in_flight 1");
         drop(call);
         m.salesforce_call(SalesforceEndpoint::Revoke)
             .finish(CallOutcome::Success);
         let text = m.render();
-        assert!(text.contains("valo_oauth_salesforce_calls_in_flight 0\n"));
-        assert!(text.contains(
-            "valo_oauth_salesforce_call_duration_seconds_count{endpoint=\"token\",outcome=\"timeout\"} 1\n"
-        ), "{text}");
-        assert!(text.contains(
-            "valo_oauth_salesforce_call_duration_seconds_count{endpoint=\"revoke\",outcome=\"success\"} 1\n"
-        ), "{text}");
+        let count = "valo_oauth_salesforce_call_duration_seconds_count";
+        assert_has(&text, "valo_oauth_salesforce_calls_in_flight 0");
+        assert_has(
+            &text,
+            &format!("{count}{{endpoint=\"token\",outcome=\"timeout\"}} 1"),
+        );
+        assert_has(
+            &text,
+            &format!("{count}{{endpoint=\"revoke\",outcome=\"success\"}} 1"),
+        );
     }
 }

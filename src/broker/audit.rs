@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{Broker, BrokerError, TenantId};
-use crate::metrics::Metrics;
+use crate::metrics::{Event, Metrics};
 use crate::store::{AuditEntry, AuditQuery, AuditRecord, Millis};
 
 /// Maps of pending counters; a power of two well above the cores.
@@ -168,7 +168,7 @@ impl AuditLog {
         let full = shard.len() >= MAX_PENDING;
         match shard.get_mut(&key) {
             Some(total) => *total = total.saturating_add(count),
-            None if full => self.metrics.audit_dropped(),
+            None if full => self.metrics.count(Event::AuditDropped),
             None => {
                 shard.insert(key, count);
             }
@@ -271,7 +271,7 @@ impl Broker {
         match self.store.write_audit(&records).await {
             Ok(()) => Ok(records.len()),
             Err(e) => {
-                self.metrics.audit_flush_failure();
+                self.metrics.count(Event::AuditFlushFailure);
                 for (key, count) in pending {
                     self.audit.add(key, count);
                 }

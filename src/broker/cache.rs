@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use uuid::Uuid;
 
 use super::tokens::AccessToken;
-use crate::metrics::Metrics;
+use crate::metrics::{Event, Metrics};
 use crate::store::Millis;
 
 /// One cached token and when this replica last checked it against the database.
@@ -133,7 +133,7 @@ impl TokenCache {
             .expire_after(UntilTokenExpiry)
             .eviction_listener(move |_id, _entry, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    metrics.token_cache_eviction();
+                    metrics.count(Event::TokenCacheEviction);
                 }
             })
             .build();

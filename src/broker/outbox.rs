@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use super::{Broker, BrokerError};
 use crate::config::WebhookSettings;
-use crate::metrics::WebhookOutcome;
+use crate::metrics::{Event, WebhookOutcome};
 use crate::store::{ClaimedEvent, DeliveryOutcome, Millis};
 use crate::webhooks::{Attempt, WebhookSender};
 
@@ -201,7 +201,7 @@ impl Broker {
                 .created_at
                 .saturating_add(millis(outbox.settings.retry_period));
             if next > give_up_at {
-                self.metrics.webhook_given_up();
+                self.metrics.count(Event::WebhookGivenUp);
                 tracing::error!(event = %event.id, event_type = %event.event_type, attempts, error = %error, "webhook given up: the retry period is over");
                 DeliveryOutcome::GiveUp { now, error }
             } else {

@@ -43,7 +43,7 @@ use super::audit::{Actor, AuditAction};
 use super::events::EventType;
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
-use crate::metrics::{LeaseWait, RefreshOutcome};
+use crate::metrics::{Event, LeaseWait, RefreshOutcome};
 use crate::salesforce::{AppCredentials, ErrorClass, RefreshAnswer, SalesforceError, TokenGrant};
 use crate::store::{
     AppStatus, ConnectionRecord, ConnectionStatus, LeaseAttempt, Millis, RefreshFailure,
@@ -195,10 +195,10 @@ impl Broker {
     ) -> Result<AccessToken, BrokerError> {
         let now = self.now();
         if let Some(hit) = self.cached(tenant, id, &want, now) {
-            self.metrics.token_cache_hit();
+            self.metrics.count(Event::TokenCacheHit);
             return Ok(hit);
         }
-        self.metrics.token_cache_miss();
+        self.metrics.count(Event::TokenCacheMiss);
         let this = self.clone();
         let tenant = tenant.clone();
         let actor = actor.cloned();
@@ -689,7 +689,7 @@ impl Broker {
                 Err(StoreError::LeaseLost) => return Err(CommitLost::LeaseLost),
                 Err(StoreError::Unavailable(e)) if Instant::now() + pause < lease_end => {
                     tracing::warn!(connection = %lease.record().id, error = %e, "database unreachable while committing a refresh; retrying until the lease ends");
-                    self.metrics.refresh_commit_retry();
+                    self.metrics.count(Event::RefreshCommitRetry);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(COMMIT_RETRY_MAX);
                 }
@@ -733,7 +733,7 @@ impl Broker {
             }
             return;
         }
-        self.metrics.rotated_refresh_token_lost();
+        self.metrics.count(Event::RotatedRefreshTokenLost);
         let error = match &why {
             CommitLost::LeaseLost => "the refresh lease was taken over".to_owned(),
             CommitLost::Unreachable(e) => e.to_string(),

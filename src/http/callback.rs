@@ -18,7 +18,7 @@ use super::AppState;
 use super::pages;
 use crate::broker::flow::{CallbackParams, FlowErrorCode, StateProblem};
 use crate::config::CALLBACK_PATH;
-use crate::metrics::CallbackOutcome;
+use crate::metrics::{CallbackOutcome, Event};
 
 pub fn router() -> Router<AppState> {
     Router::new().route(CALLBACK_PATH, get(callback))
@@ -66,7 +66,7 @@ async fn callback(
         Ok(_) => metrics.callback(CallbackOutcome::Connected),
         Err(e) => {
             if e.code == FlowErrorCode::InvalidSignature {
-                metrics.invalid_signature();
+                metrics.count(Event::InvalidSignature);
             }
             metrics.callback(CallbackOutcome::Error);
         }

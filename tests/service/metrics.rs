@@ -184,7 +184,9 @@ fn parse(text: &str) -> Exposition {
 /// Each histogram series: buckets non-decreasing in `le` and in count, the last `+Inf`,
 /// equal to `_count`.
 fn check_histograms(exposition: &Exposition) {
-    let mut series: BTreeMap<(String, Vec<(String, String)>), Vec<(f64, f64)>> = BTreeMap::new();
+    // (family, labels without `le`) → its buckets as (le, count).
+    type Series = (String, Vec<(String, String)>);
+    let mut series: BTreeMap<Series, Vec<(f64, f64)>> = BTreeMap::new();
     for sample in &exposition.samples {
         let Some(base) = sample.name.strip_suffix("_bucket") else {
             continue;
@@ -416,37 +418,32 @@ backend_tests! {
     }
 }
 
-/// Two replicas asked for a new token at once: one refreshes, the other waits for its lease
-/// and counts the wait (Postgres: the replicas share one database server).
-#[cfg_attr(
-    not(test_postgres),
-    ignore = "TEST_DATABASE_URL was not set when the tests were built"
-)]
-#[tokio::test]
-async fn a_wait_for_another_replicas_lease_is_counted_and_timed() {
-    let db = valo_testkit::db::TestDatabase::postgres()
-        .await
-        .expect("TEST_DATABASE_URL is not set");
-    let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
-    let a = TestApp::spawn_with(&db, &fake, &[]).await;
-    let b = TestApp::spawn_with(&db, &fake, &[]).await;
-    let id = a.connect("acme").await;
-    let current = a.access_token("acme", id, None).await;
-    let current: serde_json::Value = current.json().await.unwrap();
-    fake.set_latency(Duration::from_millis(300));
-    let body = json!({"rejected_token": current["access_token"]});
-    let (ra, rb) = tokio::join!(
-        a.access_token("acme", id, Some(body.clone())),
-        b.access_token("acme", id, Some(body))
-    );
-    assert_eq!((ra.status(), rb.status()), (StatusCode::OK, StatusCode::OK));
-    assert_eq!(fake.counters().refreshes, 1);
-    let (ma, mb) = (scrape(&a).await, scrape(&b).await);
-    let both = |name: &str| ma.value(name, &[]).unwrap() + mb.value(name, &[]).unwrap();
-    assert_eq!(both("valo_oauth_refresh_lease_waits_total"), 1.0);
-    assert_eq!(both("valo_oauth_refresh_lease_wait_seconds_count"), 1.0);
-    // The waiter waited for the holder's Salesforce call (300 ms of latency).
-    assert!(both("valo_oauth_refresh_lease_wait_seconds_sum") >= 0.1);
-    a.stop().await;
-    b.stop().await;
+backend_tests! {
+    /// Two replicas asked for a new token at once: one refreshes, the other waits for its
+    /// lease and counts the wait.
+    #[tokio::test]
+    async fn a_wait_for_another_replicas_lease_is_counted_and_timed(db) {
+        let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
+        let a = TestApp::spawn_with(&db, &fake, &[]).await;
+        let b = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = a.connect("acme").await;
+        let current: serde_json::Value = a.access_token("acme", id, None).await.json().await.unwrap();
+        fake.set_latency(Duration::from_millis(300));
+        let body = json!({"rejected_token": current["access_token"]});
+        let (ra, rb) = tokio::join!(
+            a.access_token("acme", id, Some(body.clone())),
+            b.access_token("acme", id, Some(body))
+        );
+        let backend = &db.backend;
+        assert_eq!((ra.status(), rb.status()), (StatusCode::OK, StatusCode::OK), "{backend}");
+        assert_eq!(fake.counters().refreshes, 1, "{backend}");
+        let (ma, mb) = (scrape(&a).await, scrape(&b).await);
+        let both = |name: &str| ma.value(name, &[]).unwrap() + mb.value(name, &[]).unwrap();
+        assert_eq!(both("valo_oauth_refresh_lease_waits_total"), 1.0, "{backend}");
+        assert_eq!(both("valo_oauth_refresh_lease_wait_seconds_count"), 1.0, "{backend}");
+        // The waiter waited for the holder's Salesforce call (300 ms of latency).
+        assert!(both("valo_oauth_refresh_lease_wait_seconds_sum") >= 0.1, "{backend}");
+        a.stop().await;
+        b.stop().await;
+    }
 }
