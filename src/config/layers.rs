@@ -56,7 +56,7 @@ const SETTINGS: &[(&str, Option<&str>, bool)] = &[
     ("keepalive_interval_secs", Some("604800"), false),
     ("keepalive_sweep_secs", Some("60"), false),
     ("keepalive_concurrency", Some("4"), false),
-    ("token_cache_revalidate_secs", Some("30"), false),
+    ("token_cache_revalidate_secs", Some("5"), false),
     ("token_cache_capacity", Some("100000"), false),
     ("shutdown_grace_secs", Some("20"), false),
     ("header_read_timeout_secs", Some("10"), false),
