@@ -325,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_change_drops_older_versions_and_keeps_newer_ones() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let refreshed_elsewhere = Uuid::new_v4();
         let refreshed_here = Uuid::new_v4();
         cache.put(refreshed_elsewhere, "t", token(3_600_000), 3, 1_000);
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_read_from_before_a_change_is_not_cached_after_it() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let id = Uuid::new_v4();
         // The feed reports version 5 before a slow read of version 4 comes back.
         cache.apply_change(id, 5);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::json;
-use valo_testkit::app::TestApp;
+use valo_testkit::app::{KEEPALIVE_BY_HAND, TestApp};
 
 /// One sample: the metric name, its labels, its value.
 #[derive(Debug)]
@@ -376,14 +376,10 @@ backend_tests! {
     async fn keepalive_backlog_and_failed_salesforce_calls_are_counted(db) {
         let b = &db.backend;
         let fake = FakeSalesforce::start(FakeOptions::default()).await.unwrap();
-        // The background sweeper looks once an hour: the test runs the sweeps itself.
         let app = TestApp::spawn_with(
             &db,
             &fake,
-            &[
-                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-            ],
+            &KEEPALIVE_BY_HAND,
         )
         .await;
         app.connect("acme").await;
