@@ -27,8 +27,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// The `Content-Type` of the exposition (Prometheus text format 0.0.4).
-pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// The `Content-Type` of the exposition (Prometheus text format 0.0.4), as the service has
+/// always sent it and the OpenAPI document declares it (the format is UTF-8 by definition;
+/// `prometheus_client`'s constant adds `; charset=utf-8`).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// HTTP request durations, seconds: the cached-token path answers in well under a
 /// millisecond, a refresh waits up to the Salesforce timeout (10 s), a request is cut at the

@@ -235,7 +235,7 @@ async fn scrape(app: &TestApp) -> Exposition {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
+        "text/plain; version=0.0.4"
     );
     parse(&response.text().await.unwrap())
 }
