@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use uuid::Uuid;
 
 use super::tokens::AccessToken;
+use crate::metrics::{Event, Metrics};
 use crate::store::Millis;
 
 /// One cached token, the row version it was read from, and when it was cached.
@@ -134,13 +135,13 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens.
-    pub fn new(capacity: u64) -> Self {
+    pub fn new(capacity: u64, metrics: Metrics) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .expire_after(UntilTokenExpiry)
-            .eviction_listener(|_id, _entry, cause| {
+            .eviction_listener(move |_id, _entry, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    crate::metrics::TOKEN_CACHE_EVICTIONS.inc();
+                    metrics.count(Event::TokenCacheEviction);
                 }
             })
             .build();
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn the_capacity_holds_under_a_flood_of_distinct_connections() {
-        let cache = TokenCache::new(1_000);
+        let cache = TokenCache::new(1_000, Metrics::new());
         for _ in 0..20_000 {
             cache.put(Uuid::new_v4(), "t", token(3_600_000), 1, 0);
         }
@@ -288,7 +289,7 @@ mod tests {
 
     #[test]
     fn an_entry_gives_back_what_was_cached() {
-        let cache = TokenCache::new(10);
+        let cache = TokenCache::new(10, Metrics::new());
         let id = Uuid::new_v4();
         cache.put(id, "acme-é", token(3_600_000), 7, 1_000);
         let hit = cache.get(id).unwrap();
@@ -303,7 +304,7 @@ mod tests {
 
     #[test]
     fn an_entry_is_gone_when_its_token_expires() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let short = Uuid::new_v4();
         let long = Uuid::new_v4();
         cache.put(short, "t", token(1_050), 1, 1_000);
@@ -324,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_change_drops_older_versions_and_keeps_newer_ones() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let refreshed_elsewhere = Uuid::new_v4();
         let refreshed_here = Uuid::new_v4();
         cache.put(refreshed_elsewhere, "t", token(3_600_000), 3, 1_000);
@@ -346,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_read_from_before_a_change_is_not_cached_after_it() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let id = Uuid::new_v4();
         // The feed reports version 5 before a slow read of version 4 comes back.
         cache.apply_change(id, 5);
@@ -398,7 +399,7 @@ mod footprint {
     /// request (a row of about 1 KiB in ten strings, 32 requests alive at a time), as in
     /// the server.
     fn measure(threads: u64, requests: bool) -> u64 {
-        let cache = Arc::new(TokenCache::new(100_000));
+        let cache = Arc::new(TokenCache::new(100_000, Metrics::new()));
         let before = rss();
         let workers: Vec<_> = (0..threads)
             .map(|t| {

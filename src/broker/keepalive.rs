@@ -49,6 +49,7 @@ impl Broker {
             .store
             .connections_due_for_keepalive(refreshed_before, now, SWEEP_LIMIT)
             .await?;
+        self.metrics.keepalive_due(due.len());
         let mut report = SweepReport {
             due: due.len(),
             ..SweepReport::default()
@@ -96,7 +97,7 @@ impl Broker {
             match joined {
                 Ok((_, Ok(_))) => {
                     report.refreshed += 1;
-                    crate::metrics::KEEPALIVE_REFRESHES.inc();
+                    self.metrics.keepalive_refresh();
                 }
                 Ok((id, Err(e))) => {
                     report.failed += 1;

@@ -38,6 +38,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{AuditSettings, SalesforceSettings, Settings, TokenSettings, WebhookSettings};
 use crate::crypto::{Binding, Keyring, KeyringError};
+use crate::metrics::{Metrics, StateGauges};
 use crate::salesforce::HostPolicy;
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
 use crate::store::{ConnectionRecord, Millis, Store, StoreError, TenantAppRecord};
@@ -193,6 +194,8 @@ pub struct BrokerParts {
     outbox: Option<Arc<outbox::Outbox>>,
     /// The audit counters not yet written.
     audit: Arc<audit::AuditLog>,
+    /// This application instance's metrics.
+    metrics: Metrics,
 }
 
 /// What the domain needs of the process's settings, and nothing more (no listener, no
@@ -260,12 +263,16 @@ impl Broker {
         salesforce: SalesforceClient,
         clock: Arc<dyn Clock>,
         settings: BrokerSettings,
+        metrics: Metrics,
     ) -> Self {
         let outbox = settings
             .webhooks
             .clone()
             .map(|w| Arc::new(outbox::Outbox::new(w)));
-        let audit = Arc::new(audit::AuditLog::new(settings.audit.enabled));
+        let audit = Arc::new(audit::AuditLog::new(
+            settings.audit.enabled,
+            metrics.clone(),
+        ));
         let settings = Arc::new(settings);
         Self(Arc::new(BrokerParts {
             store,
@@ -276,12 +283,16 @@ impl Broker {
             refresh_db: Arc::new(tokio::sync::Semaphore::new(refresh_db_slots(
                 settings.db_pool_size,
             ))),
-            tokens: Arc::new(cache::TokenCache::new(settings.tokens.cache_capacity)),
+            tokens: Arc::new(cache::TokenCache::new(
+                settings.tokens.cache_capacity,
+                metrics.clone(),
+            )),
             settings,
             lifecycle: Arc::new(lifecycle::Lifecycle::default()),
             holder: lease_holder_name().into(),
             outbox,
             audit,
+            metrics,
         }))
     }
 
@@ -304,16 +315,24 @@ impl Broker {
         self.store.backend_name()
     }
 
-    /// What this replica is doing now, for the metrics endpoint.
-    pub fn gauges(&self) -> Gauges {
+    /// This application instance's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sets the gauges that mirror this replica's state (cache, refreshes, the Salesforce
+    /// queue, the outbox), for a scrape of the metrics endpoint.
+    pub fn publish_gauges(&self) {
         // The cache counts its entries lazily: settle it first (cheap at scrape intervals).
         self.tokens.run_pending_tasks();
-        Gauges {
+        let outbox = self.outbox_gauges();
+        self.metrics.set_state(&StateGauges {
             cached_tokens: self.tokens.len(),
-            salesforce_calls_in_flight: self.limiter.in_flight(),
-            salesforce_calls_waiting: self.limiter.waiting(),
             refreshes_in_flight: self.lifecycle.in_flight(),
-        }
+            salesforce_calls_waiting: self.limiter.waiting(),
+            outbox_depth: outbox.pending,
+            outbox_oldest_age_secs: outbox.oldest_age_secs,
+        });
     }
 
     /// Stops new refreshes (and keep-alive items) from starting: the first step of a
@@ -403,15 +422,6 @@ impl Broker {
             .keyring
             .open(sealed, Binding::new("tenant_apps", &app.tenant_id, column))?)
     }
-}
-
-/// This replica's activity, as the metrics endpoint shows it.
-#[derive(Clone, Copy, Debug)]
-pub struct Gauges {
-    pub cached_tokens: usize,
-    pub salesforce_calls_in_flight: usize,
-    pub salesforce_calls_waiting: usize,
-    pub refreshes_in_flight: usize,
 }
 
 /// The sealed token columns of a connection; each ciphertext is bound to its row and column

@@ -45,6 +45,7 @@ use super::audit::{Actor, AuditAction};
 use super::events::EventType;
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
+use crate::metrics::{Event, LeaseWait, RefreshOutcome};
 use crate::salesforce::{AppCredentials, ErrorClass, RefreshAnswer, SalesforceError, TokenGrant};
 use crate::store::{
     AppStatus, ConnectionRecord, ConnectionStatus, LeaseAttempt, Millis, RefreshFailure,
@@ -209,10 +210,10 @@ impl Broker {
     ) -> Result<AccessToken, BrokerError> {
         let now = self.now();
         if let Some(hit) = self.cached(tenant, id, &want, now) {
-            crate::metrics::TOKEN_CACHE_HITS.inc();
+            self.metrics.count(Event::TokenCacheHit);
             return Ok(hit);
         }
-        crate::metrics::TOKEN_CACHE_MISSES.inc();
+        self.metrics.count(Event::TokenCacheMiss);
         let this = self.clone();
         let tenant = tenant.clone();
         let actor = actor.cloned();
@@ -374,7 +375,8 @@ impl Broker {
     ) -> Result<(Leased, Instant), BrokerError> {
         let give_up = Instant::now() + self.settings.tokens.refresh_wait;
         let mut pause = LEASE_POLL_FIRST;
-        let mut waited = false;
+        // Set while waiting for another replica's lease: observed when this returns.
+        let mut waiting: Option<LeaseWait> = None;
         loop {
             // Taken before the statement: the Salesforce call's deadline counts from here,
             // so it ends before the lease (counted by the database from later) does.
@@ -403,9 +405,8 @@ impl Broker {
                     };
                 }
                 LeaseAttempt::Held(row) => {
-                    if !waited {
-                        waited = true;
-                        crate::metrics::REFRESH_LEASE_WAITS.inc();
+                    if waiting.is_none() {
+                        waiting = Some(self.metrics.lease_wait());
                     }
                     if let Some(token) = self.usable_without_refresh(&row, want, self.now())? {
                         return Ok((Leased::Served(token), started));
@@ -482,7 +483,7 @@ impl Broker {
             }) => {
                 // Salesforce has invalidated the old refresh token: keep the new one, never
                 // present the old one again, and report the answer as unusable.
-                crate::metrics::REFRESH_UPSTREAM.inc();
+                self.metrics.refresh(RefreshOutcome::UpstreamError);
                 let failure_count = row.failure_count.saturating_add(1);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh answer failed a check; its new refresh token is kept");
                 let failure = RefreshFailure::UnverifiedRotation {
@@ -578,7 +579,7 @@ impl Broker {
                 ));
             }
         };
-        crate::metrics::REFRESH_SUCCESS.inc();
+        self.metrics.refresh(RefreshOutcome::Success);
         tracing::info!(tenant = tenant.as_str(), connection = %id, rotated = rotated.is_some(), "access token refreshed");
         let version = saved.version;
         let token = AccessToken {
@@ -620,7 +621,7 @@ impl Broker {
             ErrorClass::AppCredentials => {
                 // The app's state, not the connection's: nothing was consumed, the refresh
                 // token stays good for when the credentials are fixed.
-                crate::metrics::REFRESH_APP_CREDENTIALS.inc();
+                self.metrics.refresh(RefreshOutcome::AppCredentialsInvalid);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: the tenant app's credentials are invalid");
                 let event = self.app_event(
                     EventType::AppCredentialsInvalid,
@@ -646,7 +647,7 @@ impl Broker {
                 return Err(upstream_error(&e, Duration::ZERO));
             }
             ErrorClass::Reauthorize => {
-                crate::metrics::REFRESH_REAUTHORIZE.inc();
+                self.metrics.refresh(RefreshOutcome::NeedsReauthorization);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: connection needs reauthorization");
                 RefreshFailure::NeedsReauthorization {
                     reason: e.summary(),
@@ -655,9 +656,9 @@ impl Broker {
             }
             ErrorClass::Transient | ErrorClass::Upstream => {
                 if class == ErrorClass::Transient {
-                    crate::metrics::REFRESH_TRANSIENT.inc();
+                    self.metrics.refresh(RefreshOutcome::UpstreamUnavailable);
                 } else {
-                    crate::metrics::REFRESH_UPSTREAM.inc();
+                    self.metrics.refresh(RefreshOutcome::UpstreamError);
                 }
                 let failure_count = row.failure_count.saturating_add(1);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), failures = failure_count, "refresh failed; refresh token kept");
@@ -724,7 +725,7 @@ impl Broker {
                 Err(StoreError::LeaseLost) => return Err(CommitLost::LeaseLost),
                 Err(StoreError::Unavailable(e)) if Instant::now() + pause < lease_end => {
                     tracing::warn!(connection = %lease.record().id, error = %e, "database unreachable while committing a refresh; retrying until the lease ends");
-                    crate::metrics::REFRESH_COMMIT_RETRIES.inc();
+                    self.metrics.count(Event::RefreshCommitRetry);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(COMMIT_RETRY_MAX);
                 }
@@ -768,7 +769,7 @@ impl Broker {
             }
             return;
         }
-        crate::metrics::ROTATED_REFRESH_TOKEN_LOST.inc();
+        self.metrics.count(Event::RotatedRefreshTokenLost);
         let error = match &why {
             CommitLost::LeaseLost => "the refresh lease was taken over".to_owned(),
             CommitLost::Unreachable(e) => e.to_string(),

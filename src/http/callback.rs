@@ -18,6 +18,7 @@ use super::AppState;
 use super::pages;
 use crate::broker::flow::{CallbackParams, FlowErrorCode, StateProblem};
 use crate::config::CALLBACK_PATH;
+use crate::metrics::{CallbackOutcome, Event};
 
 pub fn router() -> Router<AppState> {
     Router::new().route(CALLBACK_PATH, get(callback))
@@ -37,7 +38,10 @@ async fn callback(
         .to_owned();
     // Query decodes percent-encoding exactly once: Salesforce's codes end in "%3D%3D".
     let Ok(Query(mut query)) = query else {
-        crate::metrics::CALLBACK_INVALID_STATE.inc();
+        state
+            .broker
+            .metrics()
+            .callback(CallbackOutcome::InvalidState);
         return pages::invalid_state(StateProblem::Malformed, &request_id);
     };
     let params = CallbackParams {
@@ -50,17 +54,21 @@ async fn callback(
         Ok(outcome) => outcome,
         Err(problem) => {
             tracing::warn!(problem = ?problem, "callback with an unusable state");
-            crate::metrics::CALLBACK_INVALID_STATE.inc();
+            state
+                .broker
+                .metrics()
+                .callback(CallbackOutcome::InvalidState);
             return pages::invalid_state(problem, &request_id);
         }
     };
+    let metrics = state.broker.metrics();
     match &outcome.result {
-        Ok(_) => crate::metrics::CALLBACK_CONNECTED.inc(),
+        Ok(_) => metrics.callback(CallbackOutcome::Connected),
         Err(e) => {
             if e.code == FlowErrorCode::InvalidSignature {
-                crate::metrics::INVALID_SIGNATURES.inc();
+                metrics.count(Event::InvalidSignature);
             }
-            crate::metrics::CALLBACK_FAILED.inc();
+            metrics.callback(CallbackOutcome::Error);
         }
     }
     match outcome

@@ -59,43 +59,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The Prometheus text exposition of this instance's metrics, the state gauges read now.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let gauge = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let now = state.broker.gauges();
-    let outbox = state.broker.outbox_gauges();
-    let body = crate::metrics::render(&[
-        (
-            "valo_oauth_token_cache_entries",
-            "Access tokens held in this replica's memory.",
-            gauge(now.cached_tokens),
-        ),
-        (
-            "valo_oauth_salesforce_calls_in_flight",
-            "Calls to Salesforce under way on this replica (limit: salesforce_max_in_flight).",
-            gauge(now.salesforce_calls_in_flight),
-        ),
-        (
-            "valo_oauth_salesforce_calls_waiting",
-            "Calls to Salesforce queued for the in-flight limit on this replica.",
-            gauge(now.salesforce_calls_waiting),
-        ),
-        (
-            "valo_oauth_refreshes_in_flight",
-            "Refreshes under way on this replica.",
-            gauge(now.refreshes_in_flight),
-        ),
-        (
-            "valo_oauth_webhook_outbox_depth",
-            "Webhook events not yet delivered nor given up (the shared outbox, as this replica last counted it).",
-            outbox.pending,
-        ),
-        (
-            "valo_oauth_webhook_oldest_pending_age_seconds",
-            "Age of the oldest webhook event not yet delivered nor given up (0: none).",
-            outbox.oldest_age_secs,
-        ),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    state.broker.publish_gauges();
+    let body = state.broker.metrics().render();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn openapi() -> Response {

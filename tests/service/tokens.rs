@@ -8,7 +8,7 @@ use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use valo_testkit::app::TestApp;
+use valo_testkit::app::{KEEPALIVE_BY_HAND, TestApp};
 use valo_testkit::db::TestDatabase;
 
 async fn token_of(response: reqwest::Response) -> String {
@@ -393,14 +393,10 @@ backend_tests! {
     async fn keepalive_refreshes_idle_connections(db) {
         let b = db.backend;
         let fake = fake_with(FakeOptions::default()).await;
-        // The background sweeper looks once an hour: the test runs the sweeps itself.
         let app = TestApp::spawn_with(
             &db,
             &fake,
-            &[
-                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-            ],
+            &KEEPALIVE_BY_HAND,
         )
         .await;
         let id = app.connect("acme").await;
@@ -435,10 +431,7 @@ async fn keepalive_on_many_replicas_never_reuses_a_token() {
         .await
         .expect("TEST_DATABASE_URL is not set");
     let fake = fake_with(FakeOptions::default()).await;
-    let env = [
-        ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-        ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-    ];
+    let env = KEEPALIVE_BY_HAND;
     let a = TestApp::spawn_with(&db, &fake, &env).await;
     let b = TestApp::spawn_with(&db, &fake, &env).await;
     let c = TestApp::spawn_with(&db, &fake, &env).await;
