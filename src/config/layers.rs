@@ -152,6 +152,18 @@ impl Layers {
         }
     }
 
+    /// `value` of `key` must be more than `bound` of `other`; the error names both as written.
+    pub(super) fn more_than<T: PartialOrd>(
+        &self,
+        (key, value): (&str, T),
+        (other, bound): (&str, T),
+    ) -> Result<(), ConfigError> {
+        if value <= bound {
+            return Err(self.err(key, format!("must be more than {}", self.name(other))));
+        }
+        Ok(())
+    }
+
     /// Whether the operator set the value (rather than it being a default).
     pub(super) fn is_explicit(&self, key: &str) -> bool {
         !matches!(layer(self.figment.find_metadata(key)), Layer::Defaults)
@@ -219,7 +231,7 @@ impl Format for Toml {
     type Error = TomlError;
     const NAME: &'static str = "TOML";
 
-    fn from_str<'de, T: DeserializeOwned>(text: &'de str) -> Result<T, TomlError> {
+    fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
         toml::from_str(text).map_err(|e: toml::de::Error| {
             let line = e
                 .span()
@@ -264,12 +276,14 @@ struct SecretFiles {
 impl SecretFiles {
     fn new(layer: impl Provider, naming: fn(&str) -> String) -> Self {
         let mut from_files = BTreeSet::new();
-        let data = layer.data().and_then(|mut profiles| {
-            for dict in profiles.values_mut() {
-                read_secret_files(dict, naming, &mut from_files)?;
-            }
-            Ok(profiles)
-        });
+        let data = match layer.data() {
+            Ok(mut profiles) => profiles
+                .values_mut()
+                .try_for_each(|dict| read_secret_files(dict, naming, &mut from_files))
+                .map(|()| profiles)
+                .map_err(|(file_key, problem)| figment::Error::from(problem).with_path(&file_key)),
+            Err(e) => Err(e),
+        };
         let metadata = layer
             .metadata()
             .interpolater(move |_: &Profile, keys: &[&str]| {
@@ -294,17 +308,19 @@ impl Provider for SecretFiles {
     }
 }
 
+/// Replaces each secret's `…_file` in one layer by the file's content; an error is the
+/// `…_file` key and the problem.
 fn read_secret_files(
     dict: &mut Dict,
     naming: fn(&str) -> String,
     from_files: &mut BTreeSet<String>,
-) -> Result<(), figment::Error> {
+) -> Result<(), (String, String)> {
     for key in SECRETS {
         let file_key = format!("{key}_file");
         let Some(path) = dict.remove(&file_key) else {
             continue;
         };
-        let fail = |problem: String| figment::Error::from(problem).with_path(&file_key);
+        let fail = |problem: String| (file_key.clone(), problem);
         let set = dict
             .get(key)
             .is_some_and(|v| v.as_str().is_none_or(|s| !s.trim().is_empty()));

@@ -55,11 +55,9 @@ fn protection(l: &Layers) -> Result<Protection, ConfigError> {
         trust_forwarded_for: l.raw.trust_forwarded_for,
     };
     // The idle timeout must not cut a request still being answered.
-    if p.idle_timeout <= p.request_timeout {
-        return Err(l.err(
-            "idle_timeout_secs",
-            format!("must be more than {}", l.name("request_timeout_secs")),
-        ));
-    }
+    l.more_than(
+        ("idle_timeout_secs", p.idle_timeout),
+        ("request_timeout_secs", p.request_timeout),
+    )?;
     Ok(p)
 }

@@ -96,9 +96,10 @@ pub struct Settings {
     /// Signed webhooks to the Valo backend; None: no events are written.
     pub webhooks: Option<WebhookSettings>,
     pub audit: AuditSettings,
+    /// What protects both listeners from slow, idle, too many or too eager clients.
+    pub protection: Protection,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
-    pub protection: Protection,
     pub warnings: Vec<String>,
 }
 

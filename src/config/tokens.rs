@@ -48,12 +48,10 @@ pub(super) fn resolve(
         cache_capacity: l.raw.token_cache_capacity,
     };
     // A caller must be able to wait for one whole Salesforce call.
-    if tokens.refresh_wait <= salesforce.request_timeout {
-        return Err(l.err(
-            "refresh_wait_ms",
-            format!("must be more than {}", l.name("salesforce_timeout_ms")),
-        ));
-    }
+    l.more_than(
+        ("refresh_wait_ms", tokens.refresh_wait),
+        ("salesforce_timeout_ms", salesforce.request_timeout),
+    )?;
     Ok(tokens)
 }
 
