@@ -45,19 +45,19 @@ pub(super) fn resolve(l: &Layers) -> Result<Limits, ConfigError> {
 }
 
 fn protection(l: &Layers) -> Result<Protection, ConfigError> {
-    let p = Protection {
+    let (idle_timeout, request_timeout) = (l.raw.idle_timeout_secs, l.raw.request_timeout_secs);
+    // The idle timeout must not cut a request still being answered.
+    l.more_than(
+        ("idle_timeout_secs", idle_timeout),
+        ("request_timeout_secs", request_timeout),
+    )?;
+    Ok(Protection {
         header_read_timeout: l.raw.header_read_timeout_secs,
-        idle_timeout: l.raw.idle_timeout_secs,
-        request_timeout: l.raw.request_timeout_secs,
+        idle_timeout,
+        request_timeout,
         max_concurrent_requests: l.raw.max_concurrent_requests,
         callback_rate_per_minute: l.raw.callback_rate_limit_per_minute,
         callback_burst: l.raw.callback_rate_limit_burst,
         trust_forwarded_for: l.raw.trust_forwarded_for,
-    };
-    // The idle timeout must not cut a request still being answered.
-    l.more_than(
-        ("idle_timeout_secs", p.idle_timeout),
-        ("request_timeout_secs", p.request_timeout),
-    )?;
-    Ok(p)
+    })
 }

@@ -62,8 +62,9 @@ pub enum Environment {
     Production,
 }
 
-/// The validated settings of one process.
-#[derive(Clone)]
+/// The validated settings of one process. `Debug` shows no secret: every type holding one
+/// redacts it.
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub env: Environment,
     /// The public listener: the callback, its pages and `/healthz` (and everything else
@@ -101,21 +102,6 @@ pub struct Settings {
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
     pub warnings: Vec<String>,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("env", &self.env)
-            .field("listen", &self.listen)
-            .field("internal_listen", &self.internal_listen)
-            .field("public_url", &self.public_url.as_str())
-            .field("database_url", &"[redacted]")
-            .field("keyring", &self.keyring)
-            .field("api_auth", &self.api_auth)
-            .field("webhooks", &self.webhooks)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Settings {

@@ -299,14 +299,8 @@ fn secrets_come_from_files_named_by_file_variables() {
 
     // The environment's value wins over the file layer's secret file.
     let file = dir.join("secrets.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "encryption_keys_file = {:?}\n",
-            keys_file.display().to_string()
-        ),
-    )
-    .unwrap();
+    let line = format!("encryption_keys_file = '{}'\n", keys_file.display());
+    std::fs::write(&file, line).unwrap();
     let other = Keyring::generate_key_spec("e1");
     let s = load(
         &dir.join("none.toml"),

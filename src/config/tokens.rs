@@ -37,7 +37,12 @@ pub(super) fn resolve(
 ) -> Result<TokenSettings, ConfigError> {
     let keepalive_interval = l.raw.keepalive_interval_secs;
     let lease_grace = lease_grace(l)?;
-    let tokens = TokenSettings {
+    // A caller must be able to wait for one whole Salesforce call.
+    l.more_than(
+        ("refresh_wait_ms", l.raw.refresh_wait_ms),
+        ("salesforce_timeout_ms", salesforce.request_timeout),
+    )?;
+    Ok(TokenSettings {
         refresh_wait: l.raw.refresh_wait_ms,
         lease_duration: salesforce.request_timeout + lease_grace,
         backoff_max: l.raw.refresh_backoff_max_secs,
@@ -46,13 +51,7 @@ pub(super) fn resolve(
         keepalive_concurrency: l.raw.keepalive_concurrency,
         cache_revalidate: l.raw.token_cache_revalidate_secs,
         cache_capacity: l.raw.token_cache_capacity,
-    };
-    // A caller must be able to wait for one whole Salesforce call.
-    l.more_than(
-        ("refresh_wait_ms", tokens.refresh_wait),
-        ("salesforce_timeout_ms", salesforce.request_timeout),
-    )?;
-    Ok(tokens)
+    })
 }
 
 /// `refresh_lease_grace_secs`, at least [`MIN_LEASE_GRACE`].
