@@ -17,7 +17,7 @@ use figment::error::{Actual, Kind};
 use figment::providers::{Data, Format};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
-use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+use serde::de::{self, DeserializeOwned};
 
 use super::raw::Raw;
 use super::{ConfigError, Settings};
@@ -52,8 +52,8 @@ pub fn env_var_name(key: &str) -> String {
 fn keys_and_files() -> Vec<String> {
     let mut keys = Vec::new();
     for key in setting_keys() {
-        keys.push((*key).to_owned());
-        if SECRETS.contains(key) {
+        keys.push(key.to_owned());
+        if SECRETS.contains(&key) {
             keys.push(format!("{key}_file"));
         }
     }
@@ -68,39 +68,14 @@ pub fn environment_names() -> Vec<String> {
     names
 }
 
-/// The settings' names, in the order [`Raw`] declares them: the field names serde's derive
-/// hands to `deserialize_struct`, read by a deserializer that only records them.
-fn setting_keys() -> &'static [&'static str] {
-    struct FieldNames<'a>(&'a mut &'static [&'static str]);
-
-    impl<'de> Deserializer<'de> for FieldNames<'_> {
-        type Error = de::value::Error;
-
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("only a struct's field names are read"))
-        }
-
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            visitor: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            self.deserialize_any(visitor)
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-            identifier ignored_any
-        }
-    }
-
-    let mut fields: &'static [&'static str] = &[];
-    // The error is the point: only the names were wanted.
-    let _ = <Raw as serde::Deserialize>::deserialize(FieldNames(&mut fields));
-    fields
+/// The settings' names, in the order `defaults.toml` lists them. It holds every setting:
+/// [`Raw`] has no serde defaults and refuses unknown keys, so every load checks that the two
+/// agree.
+fn setting_keys() -> impl Iterator<Item = &'static str> {
+    DEFAULTS
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| Some(line.split_once(" = ")?.0))
 }
 
 /// The layer a value came from.

@@ -1,17 +1,18 @@
 //! Layered settings, validated once at start.
 //!
-//! Layers, later ones win: built-in defaults → `config/default.toml` (if present) → the file
-//! named by `--config` / `VALO_OAUTH_CONFIG` → environment variables. Every setting has one
-//! name: `snake_case` in TOML and `VALO_OAUTH_` + upper case in the environment
-//! (`listen` ↔ `VALO_OAUTH_LISTEN`); the database URL is also read from the conventional
-//! `DATABASE_URL`. Secrets also accept a `…_FILE` variant (`VALO_OAUTH_API_JWT_SECRET_FILE`,
-//! or `api_jwt_secret_file` in TOML) for container secrets.
+//! Layers, later ones win: built-in defaults (`defaults.toml`) → `config/default.toml` (if
+//! present) → the file named by `--config` / `VALO_OAUTH_CONFIG` → environment variables.
+//! Every setting has one name: `snake_case` in TOML and `VALO_OAUTH_` + upper case in the
+//! environment (`listen` ↔ `VALO_OAUTH_LISTEN`), except the database URL, which is the
+//! conventional `DATABASE_URL`. Secrets also accept a `…_FILE` variant
+//! (`VALO_OAUTH_API_JWT_SECRET_FILE`, or `api_jwt_secret_file` in TOML) for container secrets.
 //!
 //! A bad value is a [`ConfigError`] naming where the value came from and what is wrong;
 //! `main` prints it on one line and exits with code 2.
 //!
-//! `layers` loads the raw values; `resolve` turns them into [`Settings`] one section at
-//! a time (one file each).
+//! `layers` merges the layers with figment and extracts `raw::Raw` (each value parsed to
+//! its type, unknown keys refused); `resolve` turns it into [`Settings`] one section at a time
+//! (one file each), checking what involves more than one setting or the environment.
 
 mod api_auth;
 mod database;

@@ -7,7 +7,7 @@
 //! setting against another, production rules) is checked by the section resolvers.
 //!
 //! Unknown keys are refused (`deny_unknown_fields`): a typo in a TOML file does not pass
-//! silently. The field names are the settings' names (`layers::setting_keys` lists them).
+//! silently. The field names are the settings' names; `defaults.toml` lists every one.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,130 +18,48 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Error as _, SeqAccess, Unexpected, Visitor};
 
-/// The settings after layering; blank text is unset (`None`).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Raw {
-    // Server.
-    #[serde(default, deserialize_with = "text")]
-    pub(super) env: Option<String>,
-    #[serde(deserialize_with = "socket")]
-    pub(super) listen: SocketAddr,
-    #[serde(default, deserialize_with = "internal_socket")]
-    pub(super) internal_listen: Option<SocketAddr>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) public_url: Option<String>,
-    // Database.
-    #[serde(default, deserialize_with = "secret")]
-    pub(super) database_url: Option<SecretString>,
-    #[serde(deserialize_with = "flag")]
-    pub(super) migrate_on_start: bool,
-    #[serde(deserialize_with = "positive")]
-    pub(super) db_max_connections: u32,
-    #[serde(deserialize_with = "millis")]
-    pub(super) db_acquire_timeout_ms: Duration,
-    #[serde(deserialize_with = "flag")]
-    pub(super) db_transaction_pooler: bool,
-    // Keys and API auth.
-    #[serde(default, deserialize_with = "secret")]
-    pub(super) encryption_keys: Option<SecretString>,
-    #[serde(default, deserialize_with = "secret")]
-    pub(super) api_jwt_secret: Option<SecretString>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) api_jwt_public_key_file: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) api_jwt_audience: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) api_jwt_issuer: Option<String>,
-    #[serde(deserialize_with = "whole")]
-    pub(super) api_jwt_cache_capacity: usize,
-    // Redirects and logging.
-    #[serde(default, deserialize_with = "text")]
-    pub(super) login_hosts: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) return_to_origins: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) log: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) log_format: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) data_dir: Option<String>,
-    #[serde(deserialize_with = "bytes")]
-    pub(super) body_limit_bytes: usize,
-    // Salesforce.
-    #[serde(default, deserialize_with = "text")]
-    pub(super) salesforce_scopes: Option<String>,
-    #[serde(default, deserialize_with = "text")]
-    pub(super) salesforce_prompt: Option<String>,
-    #[serde(deserialize_with = "millis")]
-    pub(super) salesforce_connect_timeout_ms: Duration,
-    #[serde(deserialize_with = "positive_millis")]
-    pub(super) salesforce_timeout_ms: Duration,
-    #[serde(deserialize_with = "bytes")]
-    pub(super) salesforce_max_response_bytes: usize,
-    #[serde(deserialize_with = "positive")]
-    pub(super) salesforce_max_in_flight: usize,
-    #[serde(deserialize_with = "secs")]
-    pub(super) assumed_token_lifetime_secs: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) authorization_ttl_secs: Duration,
-    // Tokens.
-    #[serde(deserialize_with = "millis")]
-    pub(super) refresh_wait_ms: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) refresh_lease_grace_secs: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) refresh_backoff_max_secs: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) keepalive_interval_secs: Duration,
-    #[serde(deserialize_with = "positive_secs")]
-    pub(super) keepalive_sweep_secs: Duration,
-    #[serde(deserialize_with = "positive")]
-    pub(super) keepalive_concurrency: usize,
-    #[serde(deserialize_with = "secs")]
-    pub(super) token_cache_revalidate_secs: Duration,
-    #[serde(deserialize_with = "positive")]
-    pub(super) token_cache_capacity: u64,
-    // Limits and protection.
-    #[serde(deserialize_with = "secs")]
-    pub(super) shutdown_grace_secs: Duration,
-    #[serde(deserialize_with = "positive_secs")]
-    pub(super) header_read_timeout_secs: Duration,
-    #[serde(deserialize_with = "positive_secs")]
-    pub(super) idle_timeout_secs: Duration,
-    #[serde(deserialize_with = "positive_secs")]
-    pub(super) request_timeout_secs: Duration,
-    #[serde(deserialize_with = "positive")]
-    pub(super) max_concurrent_requests: usize,
-    #[serde(deserialize_with = "whole")]
-    pub(super) callback_rate_limit_per_minute: u32,
-    #[serde(deserialize_with = "positive")]
-    pub(super) callback_rate_limit_burst: u32,
-    #[serde(deserialize_with = "flag")]
-    pub(super) trust_forwarded_for: bool,
-    // Events: webhooks and audit.
-    #[serde(default, deserialize_with = "text")]
-    pub(super) webhook_url: Option<String>,
-    #[serde(default, deserialize_with = "secret")]
-    pub(super) webhook_secret: Option<SecretString>,
-    #[serde(deserialize_with = "millis")]
-    pub(super) webhook_timeout_ms: Duration,
-    #[serde(deserialize_with = "millis")]
-    pub(super) webhook_retry_base_ms: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) webhook_retry_max_interval_secs: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) webhook_retry_period_secs: Duration,
-    #[serde(deserialize_with = "secs")]
-    pub(super) webhook_retention_secs: Duration,
-    #[serde(deserialize_with = "millis")]
-    pub(super) webhook_poll_ms: Duration,
-    #[serde(deserialize_with = "flag")]
-    pub(super) audit_enabled: bool,
-    #[serde(deserialize_with = "millis")]
-    pub(super) audit_flush_ms: Duration,
-    #[serde(deserialize_with = "days")]
-    pub(super) audit_retention_days: Duration,
+/// Declares [`Raw`], one field per setting: each line is a deserializer, the type it gives and
+/// the settings parsed so. No field has a serde default: `defaults.toml` holds every setting
+/// (blank where there is no default), so a setting missing there fails every load.
+macro_rules! raw_settings {
+    ($($with:literal -> $ty:ty: $($field:ident),+;)+) => {
+        /// The settings after layering; blank text is unset (`None`).
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub(super) struct Raw {
+            $($(
+                #[serde(deserialize_with = $with)]
+                pub(super) $field: $ty,
+            )+)+
+        }
+    };
+}
+
+raw_settings! {
+    "socket" -> SocketAddr: listen;
+    "internal_socket" -> Option<SocketAddr>: internal_listen;
+    "text" -> Option<String>: env, public_url, api_jwt_public_key_file, api_jwt_audience,
+        api_jwt_issuer, login_hosts, return_to_origins, log, log_format, data_dir,
+        salesforce_scopes, salesforce_prompt, webhook_url;
+    "secret" -> Option<SecretString>: database_url, encryption_keys, api_jwt_secret,
+        webhook_secret;
+    "flag" -> bool: migrate_on_start, db_transaction_pooler, trust_forwarded_for, audit_enabled;
+    "whole" -> u32: callback_rate_limit_per_minute;
+    "whole" -> usize: api_jwt_cache_capacity;
+    "positive" -> u32: db_max_connections, callback_rate_limit_burst;
+    "positive" -> usize: salesforce_max_in_flight, keepalive_concurrency, max_concurrent_requests;
+    "positive" -> u64: token_cache_capacity;
+    "bytes" -> usize: body_limit_bytes, salesforce_max_response_bytes;
+    "millis" -> Duration: db_acquire_timeout_ms, salesforce_connect_timeout_ms, refresh_wait_ms,
+        webhook_timeout_ms, webhook_retry_base_ms, webhook_poll_ms, audit_flush_ms;
+    "positive_millis" -> Duration: salesforce_timeout_ms;
+    "secs" -> Duration: assumed_token_lifetime_secs, authorization_ttl_secs,
+        refresh_lease_grace_secs, refresh_backoff_max_secs, keepalive_interval_secs,
+        token_cache_revalidate_secs, shutdown_grace_secs, webhook_retry_max_interval_secs,
+        webhook_retry_period_secs, webhook_retention_secs;
+    "positive_secs" -> Duration: keepalive_sweep_secs, header_read_timeout_secs,
+        idle_timeout_secs, request_timeout_secs;
+    "days" -> Duration: audit_retention_days;
 }
 
 /// A setting's value as text: a string as it is, a number or boolean as written, a list
