@@ -267,6 +267,14 @@ fn secrets_come_from_files_named_by_file_variables() {
     .unwrap();
     assert_eq!(s.keyring.primary_key_id(), "f1");
     assert_eq!(s.database_url.expose_secret(), db_url);
+    // Only the trailing newline goes (the API secret is used as it is).
+    let jwt_file = dir.join("jwt");
+    std::fs::write(&jwt_file, " a-secret-from-a-file-0123456789abcdef\r\n").unwrap();
+    let s = load_env(&[("VALO_OAUTH_API_JWT_SECRET_FILE", jwt_file.to_str().unwrap())]).unwrap();
+    match &s.api_auth.key {
+        ApiKey::Hs256(k) => assert_eq!(k.expose_secret(), " a-secret-from-a-file-0123456789abcdef"),
+        ApiKey::PublicKeyPem(_) => unreachable!(),
+    }
 
     // A bad value read from a file is named by the variable that named the file, unechoed.
     let short = dir.join("short");
