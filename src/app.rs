@@ -122,6 +122,7 @@ impl Application {
         let broker = self.state.broker.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx.clone()));
+        let changes = tokio::spawn(broker.clone().run_change_feed(stop_rx.clone()));
         let outbox = tokio::spawn(broker.clone().run_outbox(stop_rx));
         // The audit flusher stops only after the last request was answered: its final
         // flush then holds every read this replica served.
@@ -202,6 +203,7 @@ impl Application {
         };
         let _ = audit_stop_tx.send(true);
         let _ = tokio::time::timeout_at(deadline, keepalive).await;
+        let _ = tokio::time::timeout_at(deadline, changes).await;
         let _ = tokio::time::timeout_at(deadline, outbox).await;
         let _ = tokio::time::timeout_at(deadline, audit).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -19,6 +19,7 @@
 pub mod apps;
 pub mod audit;
 pub mod cache;
+pub mod changes;
 pub mod connections;
 pub mod eca;
 pub mod events;

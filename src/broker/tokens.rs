@@ -8,9 +8,10 @@
 //! So:
 //!
 //! 1. **Hot path**: a decrypted token valid for the caller's `min_ttl` is served from this
-//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the database. Entries are re-read
-//!    from the database after `token_cache_revalidate_secs`, so a refresh, a reauthorization
-//!    or a deletion on another replica is noticed.
+//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the
+//!    database. A refresh, a reauthorization, a status change or a deletion on another
+//!    replica reaches the cache through the change feed ([`super::changes`]) within
+//!    `token_cache_revalidate_secs`.
 //! 2. **In one process** callers of one connection queue on one async mutex ("flight"); the
 //!    first refreshes, the others find the new token when they get the mutex.
 //! 3. **Across replicas** a refresh runs under a fenced lease kept in the connection's row
@@ -31,6 +32,7 @@
 //! 6. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
 //!    between Salesforce's answer and the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -62,6 +64,12 @@ pub struct AccessToken {
     pub expires_at: Millis,
 }
 
+/// Held while one refresh calls Salesforce (dropped once it answered).
+struct SalesforceSlot {
+    _replica: Permit,
+    _sweep: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// Why a token is wanted, which decides whether the current one will do.
 pub enum Want {
     /// Valid for at least this long.
@@ -72,8 +80,13 @@ pub enum Want {
         rejected: SecretString,
         min_ttl_ms: Millis,
     },
-    /// Keep-alive: a refresh if the last one is older than `refreshed_before`.
-    KeepAlive { refreshed_before: Millis },
+    /// Keep-alive: a refresh if the last one is older than `refreshed_before`. `calls`
+    /// bounds the sweep's Salesforce calls in flight (`keepalive_concurrency`); it is held
+    /// only around the call, so the sweep's reads and commits overlap other calls.
+    KeepAlive {
+        refreshed_before: Millis,
+        calls: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 impl Want {
@@ -104,7 +117,9 @@ impl Want {
     /// Whether the stored row needs a refresh (checked again under the lock).
     fn needs_refresh(&self, row: &ConnectionRecord, token: &SecretString, now: Millis) -> bool {
         match self {
-            Self::KeepAlive { refreshed_before } => row.last_refreshed_at < *refreshed_before,
+            Self::KeepAlive {
+                refreshed_before, ..
+            } => row.last_refreshed_at < *refreshed_before,
             Self::Replacing { .. } if self.rejects(token) => true,
             _ => {
                 let expired = row.access_expires_at <= now;
@@ -231,9 +246,9 @@ impl Broker {
     /// The hot path: a cached token, recently checked, that serves the want.
     fn cached(&self, tenant: &TenantId, id: Uuid, want: &Want, now: Millis) -> Option<AccessToken> {
         let hit = self.tokens.get(id)?;
-        let revalidate =
-            i64::try_from(self.settings.tokens.cache_revalidate.as_millis()).unwrap_or(0);
-        if hit.tenant_id() != tenant.as_str() || now.saturating_sub(hit.checked_at) >= revalidate {
+        // Changes made on other replicas reach the cache through the change feed
+        // (`super::changes`), not by re-reading each entry.
+        if hit.tenant_id() != tenant.as_str() {
             return None;
         }
         let token = hit.token();
@@ -297,14 +312,21 @@ impl Broker {
         // counted from the lease, is never eaten by the queue. A queue longer than the wait
         // answers 503 with nothing taken and nothing recorded.
         let give_up = Instant::now() + self.settings.tokens.refresh_wait;
-        let Ok(slot) =
-            tokio::time::timeout_at(give_up, self.limiter.acquire(tenant.as_str())).await
+        let Ok(slot) = tokio::time::timeout_at(give_up, self.salesforce_slot(tenant, want)).await
         else {
             return Err(BrokerError::Busy {
                 reason: "too many refreshes queue for Salesforce on this replica; retry".into(),
                 retry_after: Duration::from_secs(1),
             });
         };
+        // A shutdown that began while this refresh queued for its slot: start nothing now
+        // (the lease is not taken, nothing was sent).
+        if self.lifecycle.is_draining() {
+            return Err(BrokerError::Busy {
+                reason: "the service is shutting down; retry on another replica".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
         let (lease, lease_started) = self.take_lease(tenant, id, want).await?;
         let lease = match lease {
             Leased::Ours(lease) => lease,
@@ -320,6 +342,19 @@ impl Broker {
         )
         .await
         .map(|token| (token, true))
+    }
+
+    /// The right to call Salesforce for this refresh: a slot of the replica's limit and,
+    /// for a keep-alive, one of the sweep's calls too.
+    async fn salesforce_slot(&self, tenant: &TenantId, want: &Want) -> SalesforceSlot {
+        let sweep = match want {
+            Want::KeepAlive { calls, .. } => calls.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
+        SalesforceSlot {
+            _replica: self.limiter.acquire(tenant.as_str()).await,
+            _sweep: sweep,
+        }
     }
 
     /// Runs one statement of the refresh path within the path's share of the pool.
@@ -398,7 +433,7 @@ impl Broker {
         tenant: &TenantId,
         lease: &RefreshLease,
         lease_started: Instant,
-        salesforce_slot: Permit,
+        salesforce_slot: SalesforceSlot,
         credentials: &AppCredentials,
         credentials_version: i64,
     ) -> Result<AccessToken, BrokerError> {
@@ -545,6 +580,7 @@ impl Broker {
         };
         crate::metrics::REFRESH_SUCCESS.inc();
         tracing::info!(tenant = tenant.as_str(), connection = %id, rotated = rotated.is_some(), "access token refreshed");
+        let version = saved.version;
         let token = AccessToken {
             access_token: grant.access_token,
             instance_url: saved.instance_url,
@@ -552,7 +588,7 @@ impl Broker {
             expires_at: saved.access_expires_at,
         };
         self.tokens
-            .put(id, tenant.as_str(), token.clone(), self.now());
+            .put(id, tenant.as_str(), token.clone(), version, self.now());
         if !measured {
             self.confirm_expiry_later(
                 tenant,
@@ -802,7 +838,8 @@ impl Broker {
                         expires_at: exp,
                         ..token
                     };
-                    this.tokens.put(id, tenant.as_str(), confirmed, this.now());
+                    this.tokens
+                        .put(id, tenant.as_str(), confirmed, version, this.now());
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -848,7 +885,8 @@ impl Broker {
             };
             // A keep-alive that found nothing to do must not warm the cache.
             if !matches!(want, Want::KeepAlive { .. }) {
-                self.tokens.put(row.id, &row.tenant_id, token.clone(), now);
+                self.tokens
+                    .put(row.id, &row.tenant_id, token.clone(), row.version, now);
             }
             return Ok(Some(token));
         }

@@ -22,8 +22,9 @@ pub struct TokenSettings {
     pub keepalive_interval: Option<Duration>,
     pub keepalive_sweep: Duration,
     pub keepalive_concurrency: usize,
-    /// How long a replica serves a cached token before re-reading the row (to notice a
-    /// refresh, reauthorization or deletion made by another replica).
+    /// How often a replica reads the connection change feed: the longest a refresh,
+    /// reauthorization, status change or deletion made by another replica goes unnoticed
+    /// by this replica's token cache.
     pub cache_revalidate: Duration,
     /// The most access tokens one replica keeps in memory (least recently used go first).
     pub cache_capacity: u64,
