@@ -1,6 +1,7 @@
-//! `docs/openapi.json` (served at `GET /openapi.json`) against the code it describes: the
-//! routes, the bearer security of the internal API, the problem codes (`ProblemCode::ALL`),
-//! the callback error codes of our own (`FlowErrorCode::OWN`), and `$ref`s.
+//! The OpenAPI document generated from the code (served at `GET /openapi.json`, printed by
+//! `valo-oauth openapi`) against the code it describes — the routes, the bearer security of
+//! the internal API, the problem codes (`ProblemCode::ALL`), the callback error codes of our
+//! own (`FlowErrorCode::OWN`), and `$ref`s — and the committed `docs/openapi.json` against it.
 
 use std::collections::BTreeSet;
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 use valo_oauth::broker::flow::FlowErrorCode;
 use valo_oauth::http::problem::ProblemCode;
 
-const OPENAPI: &str = include_str!("../../docs/openapi.json");
+const COMMITTED: &str = include_str!("../../docs/openapi.json");
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "patch", "head", "options", "trace",
@@ -71,7 +72,31 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
 ];
 
 fn spec() -> Value {
-    serde_json::from_str(OPENAPI).expect("docs/openapi.json is not valid JSON")
+    valo_oauth::http::openapi::document()
+}
+
+/// The committed file is the generator's output, byte for byte.
+fn check_committed(committed: &str) -> Result<(), String> {
+    if committed == valo_oauth::http::openapi::json() {
+        Ok(())
+    } else {
+        Err(
+            "docs/openapi.json differs from the document the code generates; regenerate it \
+             with `cargo run --bin valo-oauth -- openapi > docs/openapi.json`"
+                .into(),
+        )
+    }
+}
+
+#[test]
+fn the_committed_document_is_the_generated_one() {
+    check_committed(COMMITTED).unwrap();
+    let mut stale: Value = serde_json::from_str(COMMITTED).unwrap();
+    stale["info"]["version"] = "0.0.0-stale".into();
+    assert!(
+        check_committed(&serde_json::to_string_pretty(&stale).unwrap()).is_err(),
+        "a stale docs/openapi.json accepted"
+    );
 }
 
 /// The `(path, method)` pairs the document declares.
