@@ -158,9 +158,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object)),
 )]
 async fn openapi() -> Response {
+    // Generated once: the document only changes with the binary.
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(super::openapi::json);
     (
         [(header::CONTENT_TYPE, "application/json")],
-        super::openapi::json(),
+        DOCUMENT.as_str(),
     )
         .into_response()
 }

@@ -5,9 +5,11 @@
 
 use std::collections::BTreeSet;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 use valo_oauth::broker::flow::FlowErrorCode;
 use valo_oauth::http::problem::ProblemCode;
+use valo_testkit::app::TestApp;
 
 const COMMITTED: &str = include_str!("../../docs/openapi.json");
 
@@ -417,4 +419,36 @@ fn the_checks_catch_wrong_documents() {
     doc["paths"]["/healthz"]["get"]["responses"]["200"] =
         serde_json::json!({"$ref": "https://example.com/x.json"});
     assert!(check_refs(&doc).is_err(), "an external $ref accepted");
+}
+
+backend_tests! {
+    /// `/openapi.json` serves the generated document; `/docs` renders it from this origin only.
+    #[tokio::test]
+    async fn the_document_and_its_offline_docs_page_are_served(db) {
+        let app = TestApp::spawn(&db).await;
+        let get = |path: &str| app.client.get(app.url(path)).send();
+        let served = get("/openapi.json").await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.text().await.unwrap(), valo_oauth::http::openapi::json());
+
+        let page = get("/docs").await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "style-src 'self'"] {
+            assert!(csp.contains(directive), "{directive} missing from {csp}");
+        }
+        let html = page.text().await.unwrap();
+        assert!(html.contains("src=\"/docs/docs.js\"") && html.contains("href=\"/docs/docs.css\""));
+        for asset in ["/docs/docs.js", "/docs/docs.css"] {
+            let answer = get(asset).await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK, "{asset}");
+            assert!(answer.headers().contains_key("content-security-policy"), "{asset}");
+            let text = answer.text().await.unwrap();
+            assert!(!text.contains("http://") && !text.contains("https://") && !text.contains("//cdn"), "{asset} names another origin");
+        }
+        assert!(!html.contains("https://") && !html.contains("http://"), "the page names another origin");
+        let missing = get("/docs/swagger.js").await.unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        app.stop().await;
+    }
 }
