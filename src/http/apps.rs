@@ -15,9 +15,8 @@ use utoipa_axum::routes;
 use super::auth::{Authenticated, Scope};
 use super::extract::{JsonBody, RequestId, Target, force_flag, rfc3339};
 use super::openapi::{
-    Forbidden, ForceQuery, InternalError, InvalidCredentials, InvalidRequest, NotFound,
-    PayloadTooLarge, ServiceUnavailable, TenantPath, Unauthenticated, Unavailable,
-    UnsupportedMediaType, UpstreamError,
+    BodyErrors, ForceQuery, InvalidCredentials, NotFound, RevocationErrors, ServiceUnavailable,
+    TenantErrors, TenantPath, Unavailable, UpstreamError,
 };
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
@@ -156,15 +155,11 @@ fn view(state: &AppState, m: AppMetadata) -> AppView {
     responses(
         (status = 200, description = "Replaced.", body = AppView),
         (status = 201, description = "Created.", body = AppView),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
         (status = 422, response = InvalidCredentials),
-        (status = 500, response = InternalError),
         (status = 502, response = UpstreamError),
         (status = 503, response = Unavailable),
+        TenantErrors,
+        BodyErrors,
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]
@@ -213,12 +208,9 @@ async fn put_app(
     params(TenantPath),
     responses(
         (status = 200, description = "The app's metadata.", body = AppView),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),
+        TenantErrors,
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]
@@ -243,13 +235,8 @@ async fn get_app(
     params(TenantPath, ForceQuery),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = InternalError),
-        (status = 502, response = UpstreamError),
-        (status = 503, response = Unavailable),
+        TenantErrors,
+        RevocationErrors,
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]

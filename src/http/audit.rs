@@ -12,9 +12,7 @@ use uuid::Uuid;
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{Target, rfc3339};
-use super::openapi::{
-    Forbidden, InternalError, InvalidRequest, ServiceUnavailable, TenantPath, Unauthenticated,
-};
+use super::openapi::{ServiceUnavailable, TenantErrors, TenantPath};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::audit::AuditFilter;
@@ -183,11 +181,8 @@ fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
     params(TenantPath, AuditQuery),
     responses(
         (status = 200, description = "One page of entries.", body = Page),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
-        (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),
+        TenantErrors,
     ),
     security(("bearerAuth" = ["audit:read"])),
 )]

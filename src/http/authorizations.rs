@@ -11,10 +11,7 @@ use utoipa_axum::routes;
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, Target, rfc3339};
-use super::openapi::{
-    Forbidden, InternalError, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable,
-    TenantPath, Unauthenticated, UnsupportedMediaType,
-};
+use super::openapi::{BodyErrors, NotFound, ServiceUnavailable, TenantErrors, TenantPath};
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::flow::StartedAuthorization;
 
@@ -70,14 +67,10 @@ pub(super) struct Started {
     request_body(content = StartBody, description = "Optional; an empty body means no `return_to` and no `login_hint`."),
     responses(
         (status = 201, description = "Flow started.", body = Started),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),
+        TenantErrors,
+        BodyErrors,
     ),
     security(("bearerAuth" = ["connections:write"])),
 )]

@@ -14,9 +14,8 @@ use utoipa_axum::routes;
 use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, RequestId, Target, force_flag, rfc3339};
 use super::openapi::{
-    ConnectionPath, ConnectionStatus, Forbidden, ForceQuery, InternalError, InvalidRequest,
-    NeedsReauthorization, NotFound, PayloadTooLarge, ServiceUnavailable, TenantPath,
-    Unauthenticated, Unavailable, UnsupportedMediaType, UpstreamError,
+    BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, NeedsReauthorization, NotFound,
+    RevocationErrors, ServiceUnavailable, TenantErrors, TenantPath, Unavailable, UpstreamError,
 };
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
@@ -66,14 +65,10 @@ struct ReauthorizeBody {
     request_body(content = ReauthorizeBody, description = "Optional; an empty body means no `return_to`."),
     responses(
         (status = 201, description = "Flow started.", body = super::authorizations::Started),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),
+        TenantErrors,
+        BodyErrors,
     ),
     security(("bearerAuth" = ["connections:write"])),
 )]
@@ -179,11 +174,8 @@ struct ConnectionList {
     params(TenantPath),
     responses(
         (status = 200, description = "The connections.", body = ConnectionList),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
-        (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),
+        TenantErrors,
     ),
     security(("bearerAuth" = ["connections:read"])),
 )]
@@ -210,12 +202,9 @@ async fn list(
     params(ConnectionPath),
     responses(
         (status = 200, description = "The connection.", body = ConnectionView),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
-        (status = 500, response = InternalError),
         (status = 503, response = ServiceUnavailable),
+        TenantErrors,
     ),
     security(("bearerAuth" = ["connections:read"])),
 )]
@@ -246,13 +235,8 @@ async fn read(
     params(ConnectionPath, ForceQuery),
     responses(
         (status = 204, description = "Deleted."),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
-        (status = 404, response = NotFound),
-        (status = 500, response = InternalError),
-        (status = 502, response = UpstreamError),
-        (status = 503, response = Unavailable),
+        TenantErrors,
+        RevocationErrors,
     ),
     security(("bearerAuth" = ["connections:write"])),
 )]
@@ -331,16 +315,12 @@ struct TokenResponse<'a> {
     request_body(content = TokenRequest, description = "Optional; an empty body means `min_ttl_seconds` 300 and no `rejected_token`."),
     responses(
         (status = 200, description = "A valid access token.", body = TokenResponse),
-        (status = 400, response = InvalidRequest),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
         (status = 404, response = NotFound),
         (status = 409, response = NeedsReauthorization),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 500, response = InternalError),
         (status = 502, response = UpstreamError),
         (status = 503, response = Unavailable),
+        TenantErrors,
+        BodyErrors,
     ),
     security(("bearerAuth" = ["tokens:read"])),
 )]

@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Authenticated, Scope};
-use super::openapi::{Forbidden, InternalError, Unauthenticated};
+use super::openapi::BearerErrors;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::eca::EcaSettings;
 
@@ -92,9 +92,7 @@ impl From<EcaSettings> for EcaSettingsView {
     get, path = "/v1/salesforce/eca-settings", operation_id = "getEcaSettings", tag = "apps",
     responses(
         (status = 200, description = "The settings.", body = EcaSettingsView),
-        (status = 401, response = Unauthenticated),
-        (status = 403, response = Forbidden),
-        (status = 500, response = InternalError),
+        BearerErrors,
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]

@@ -443,6 +443,42 @@ problem_response_refs!(
     InvalidCredentials,
 );
 
+/// Sets of problem responses many operations share, for `responses(…, Set)`: each maps
+/// statuses to `$ref`s of [`PROBLEM_RESPONSES`].
+macro_rules! problem_response_sets {
+    ($($(#[$doc:meta])* $set:ident: [$($status:literal => $name:ident),* $(,)?];)*) => {$(
+        $(#[$doc])*
+        pub struct $set;
+
+        impl utoipa::IntoResponses for $set {
+            fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
+                [$(($status, <$name as ToResponse>::response().0)),*]
+                    .into_iter()
+                    .map(|(status, name): (&str, &str)| {
+                        (status.to_owned(), RefOr::Ref(utoipa::openapi::Ref::from_response_name(name)))
+                    })
+                    .collect()
+            }
+        }
+    )*};
+}
+
+problem_response_sets! {
+    /// What every bearer-authenticated operation may answer.
+    BearerErrors: ["401" => Unauthenticated, "403" => Forbidden, "500" => InternalError];
+    /// [`BearerErrors`] and the 400 of a malformed `{tenant}`.
+    TenantErrors: [
+        "400" => InvalidRequest,
+        "401" => Unauthenticated,
+        "403" => Forbidden,
+        "500" => InternalError,
+    ];
+    /// What a request body may get before the operation runs.
+    BodyErrors: ["413" => PayloadTooLarge, "415" => UnsupportedMediaType];
+    /// A deletion that revokes at Salesforce first.
+    RevocationErrors: ["404" => NotFound, "502" => UpstreamError, "503" => Unavailable];
+}
+
 fn problem_responses() -> Value {
     let mut responses = Map::new();
     for response in PROBLEM_RESPONSES {
