@@ -100,6 +100,7 @@ struct Page {
     /// Oldest first (by `at`, then insertion).
     entries: Vec<EntryView>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 

@@ -34,10 +34,10 @@ struct StartBody {
     /// appended to the query. Must be an absolute http(s) URL without credentials or fragment
     /// whose origin is listed in `return_to_origins` (exact match). Without it the callback
     /// renders an HTML page.
-    #[schema(value_type = String, format = Uri)]
+    #[schema(value_type = String, format = Uri, required = false)]
     return_to: Option<String>,
     /// Passed to Salesforce to prefill the username; 1-256 printable characters.
-    #[schema(value_type = String, min_length = 1, max_length = 256)]
+    #[schema(value_type = String, min_length = 1, max_length = 256, required = false)]
     login_hint: Option<String>,
 }
 
@@ -64,7 +64,7 @@ pub(super) struct Started {
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/authorizations", operation_id = "startAuthorization", tag = "authorizations",
     params(TenantPath),
-    request_body(content = StartBody, description = "Optional; an empty body means no `return_to` and no `login_hint`."),
+    request_body(content = Option<StartBody>, description = "Optional; an empty body means no `return_to` and no `login_hint`."),
     responses(
         (status = 201, description = "Flow started.", body = Started),
         (status = 404, response = NotFound),

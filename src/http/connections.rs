@@ -47,7 +47,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 struct ReauthorizeBody {
     /// Where the callback redirects when the flow ends; must be on an allowed origin
     /// (`VALO_OAUTH_RETURN_TO_ORIGINS`).
-    #[schema(value_type = String, format = Uri)]
+    #[schema(value_type = String, format = Uri, required = false)]
     return_to: Option<String>,
 }
 
@@ -62,7 +62,7 @@ struct ReauthorizeBody {
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/connections/{id}/reauthorize", operation_id = "reauthorizeConnection", tag = "connections",
     params(ConnectionPath),
-    request_body(content = ReauthorizeBody, description = "Optional; an empty body means no `return_to`."),
+    request_body(content = Option<ReauthorizeBody>, description = "Optional; an empty body means no `return_to`."),
     responses(
         (status = 201, description = "Flow started.", body = super::authorizations::Started),
         (status = 404, response = NotFound),
@@ -271,13 +271,13 @@ struct TokenRequest {
     /// Default 300, at most 86400 (400 above). If the org's session lifetime is shorter than
     /// this, the service does not refresh more than about once a minute to satisfy it: read
     /// `expires_at`.
-    #[schema(value_type = u64, minimum = 0, maximum = 86400, default = 300)]
+    #[schema(value_type = u64, minimum = 0, maximum = 86400, default = 300, required = false)]
     min_ttl_seconds: Option<u64>,
     /// The access token Salesforce just answered 401 to. If it is still the current token,
     /// the service refreshes it — once, however many callers report it at the same time —
     /// and answers the new one; if a newer token already exists, it answers that without
     /// refreshing. Must not be empty.
-    #[schema(value_type = String, min_length = 1, write_only)]
+    #[schema(value_type = String, min_length = 1, write_only, required = false)]
     rejected_token: Option<SecretString>,
 }
 
@@ -312,7 +312,7 @@ struct TokenResponse<'a> {
 #[utoipa::path(
     post, path = "/v1/tenants/{tenant}/connections/{id}/access-token", operation_id = "getAccessToken", tag = "tokens",
     params(ConnectionPath),
-    request_body(content = TokenRequest, description = "Optional; an empty body means `min_ttl_seconds` 300 and no `rejected_token`."),
+    request_body(content = Option<TokenRequest>, description = "Optional; an empty body means `min_ttl_seconds` 300 and no `rejected_token`."),
     responses(
         (status = 200, description = "A valid access token.", body = TokenResponse),
         (status = 404, response = NotFound),

@@ -101,6 +101,7 @@ pub fn document() -> Value {
     }
     page_headers(&mut doc["paths"][CALLBACK_PATH]["get"]["responses"]);
     no_store_headers(&mut doc["paths"]);
+    optional_bodies(&mut doc["paths"]);
     doc["webhooks"] = fragment["webhooks"].clone();
     let components = &mut doc["components"];
     components["securitySchemes"] = json!({ "bearerAuth": bearer_scheme() });
@@ -173,6 +174,38 @@ fn no_store_headers(paths: &mut Value) {
                         "Cache-Control": { "$ref": "#/components/headers/CacheControlNoStore" }
                     });
                 }
+            }
+        }
+    }
+}
+
+/// `request_body(content = Option<T>)` is how an annotation says the body may be omitted
+/// ([`super::extract::OptionalJsonBody`]); utoipa also admits a JSON `null` for it, which the
+/// service refuses (400). The body stays optional, and its schema is `T`'s alone.
+fn optional_bodies(paths: &mut Value) {
+    let Some(paths) = paths.as_object_mut() else {
+        return;
+    };
+    let operations = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        // `get_mut`, not indexing: indexing a `Value` mutably inserts what is missing.
+        let content = operation
+            .get_mut("requestBody")
+            .and_then(|body| body.get_mut("content"))
+            .and_then(Value::as_object_mut);
+        for media in content.into_iter().flat_map(|c| c.values_mut()) {
+            let alternatives = media
+                .pointer("/schema/oneOf")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let [schema, null] = alternatives.as_slice()
+                && null == &json!({ "type": "null" })
+            {
+                media["schema"] = schema.clone();
             }
         }
     }
