@@ -72,11 +72,8 @@ struct AppView {
     /// The callback URL to configure in the ECA.
     #[schema(format = Uri, examples("https://api.valo.ai/oauth2/v1/callback/salesforce"))]
     callback_url: String,
-    /// `active`, or `credentials_invalid` once Salesforce refused the consumer key or secret
-    /// on a refresh (`invalid_client`, `invalid_client_id`): token requests that need a
-    /// refresh answer 409 `app_credentials_invalid` until a PUT replaces the credentials,
-    /// which makes it `active` again.
-    #[schema(value_type = String, pattern = "^(active|credentials_invalid)$")]
+    /// `active` or `credentials_invalid` ([`app_status`] documents them).
+    #[schema(schema_with = app_status)]
     status: &'static str,
     /// Why the credentials were refused (Salesforce's error, sanitised); only with
     /// `credentials_invalid`.
@@ -92,6 +89,16 @@ struct AppView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false, value_type = bool)]
     credentials_verified: Option<bool>,
+}
+
+fn app_status() -> utoipa::openapi::Object {
+    super::openapi::string_enum(
+        &["active", "credentials_invalid"],
+        "`credentials_invalid` once Salesforce refused the consumer key or secret on a refresh \
+         (`invalid_client`, `invalid_client_id`): token requests that need a refresh answer 409 \
+         `app_credentials_invalid` until a PUT replaces the credentials, which makes it \
+         `active` again.",
+    )
 }
 
 /// `?verify` of the PUT ([`verify_flag`]).

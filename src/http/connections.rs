@@ -288,7 +288,7 @@ struct TokenRequest {
 struct TokenResponse<'a> {
     /// Send as `Authorization: Bearer …` to `instance_url`.
     access_token: &'a str,
-    #[schema(value_type = String, pattern = "^Bearer$")]
+    #[schema(schema_with = bearer)]
     token_type: &'static str,
     /// The org's API base URL (may change after a refresh).
     #[schema(format = Uri)]
@@ -299,6 +299,10 @@ struct TokenResponse<'a> {
     /// `assumed_token_lifetime_secs`, default 7200 s, when introspection gives nothing).
     #[schema(value_type = super::openapi::Timestamp)]
     expires_at: String,
+}
+
+fn bearer() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["Bearer"], "")
 }
 
 /// Get a fresh access token

@@ -57,8 +57,12 @@ struct EcaSettingsView {
     /// Security → Enable Refresh Token Rotation.
     enable_refresh_token_rotation: bool,
     /// Basic Information → Distribution State.
-    #[schema(value_type = String, examples("Local"))]
+    #[schema(schema_with = distribution_state)]
     distribution_state: &'static str,
+}
+
+fn distribution_state() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["Local"], "")
 }
 
 impl From<EcaSettings> for EcaSettingsView {

@@ -218,6 +218,17 @@ pub fn json() -> String {
     text
 }
 
+/// A string schema that admits only `values`: the closed sets `&'static str` fields hold,
+/// for `#[schema(schema_with = …)]`.
+/// (`schema_with` replaces the field's schema, doc comment included: `description` carries it.)
+pub fn string_enum(values: &[&str], description: &str) -> utoipa::openapi::Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description((!description.is_empty()).then_some(description))
+        .build()
+}
+
 /// An RFC 3339 timestamp as this API writes them ([`super::extract::rfc3339`]).
 pub struct Timestamp;
 

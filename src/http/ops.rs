@@ -46,18 +46,30 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[derive(ToSchema)]
 #[allow(dead_code)] // The schema of the `json!` answer below.
 struct Health {
-    #[schema(pattern = "^ok$")]
+    #[schema(schema_with = ok)]
     status: String,
 }
 
 #[derive(ToSchema)]
 #[allow(dead_code)] // The schema of the `json!` answer below.
 struct Ready {
-    #[schema(pattern = "^ready$")]
+    #[schema(schema_with = ready)]
     status: String,
-    /// The storage backend in use: `postgres` or `sqlite`.
-    #[schema(pattern = "^(postgres|sqlite)$")]
+    /// The storage backend in use.
+    #[schema(schema_with = database)]
     database: String,
+}
+
+fn ok() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["ok"], "")
+}
+
+fn ready() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["ready"], "")
+}
+
+fn database() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["postgres", "sqlite"], "")
 }
 
 /// Liveness
