@@ -73,6 +73,8 @@ enum Command {
     Keys,
     /// Print every environment variable the service reads, one per line.
     Settings,
+    /// Print the OpenAPI document of the API (what /openapi.json serves; docs/openapi.json).
+    Openapi,
 }
 
 fn main() -> ExitCode {
@@ -82,6 +84,11 @@ fn main() -> ExitCode {
         for name in config::environment_names() {
             println!("{name}");
         }
+        return ExitCode::SUCCESS;
+    }
+    if matches!(cli.command, Some(Command::Openapi)) {
+        // Needs no settings: the document is generated from the code alone.
+        print!("{}", valo_oauth::http::openapi::json());
         return ExitCode::SUCCESS;
     }
     if let Some(Command::Keygen {
