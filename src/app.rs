@@ -17,6 +17,7 @@ use crate::broker::{Broker, BrokerSettings, Clock, SystemClock};
 use crate::config::Settings;
 use crate::http::serve::{ConnectionTimeouts, serve};
 use crate::http::{self, AppState, auth::ApiAuth};
+use crate::metrics::Metrics;
 use crate::salesforce::{ClientSettings, SalesforceClient};
 use crate::store::{Store, StoreOptions};
 
@@ -53,6 +54,8 @@ impl Application {
                 .await
                 .context("cannot migrate the database")?;
         }
+        // One registry per application instance: instances in one process count apart.
+        let metrics = Metrics::new();
         let salesforce = SalesforceClient::new(
             ClientSettings {
                 connect_timeout: settings.salesforce.connect_timeout,
@@ -60,6 +63,7 @@ impl Application {
                 max_response_bytes: settings.salesforce.max_response_bytes,
             },
             settings.login_hosts.clone(),
+            metrics.clone(),
         )
         .context("cannot build the HTTP client for Salesforce")?;
         let auth = ApiAuth::new(&settings.api_auth)
@@ -77,7 +81,13 @@ impl Application {
         };
         let body_limit_bytes = settings.body_limit_bytes;
         let protection = settings.protection.clone();
-        let broker = Broker::new(store, salesforce, clock, BrokerSettings::from(&settings));
+        let broker = Broker::new(
+            store,
+            salesforce,
+            clock,
+            BrokerSettings::from(&settings),
+            metrics,
+        );
         Ok(Self {
             listener,
             internal,
@@ -122,6 +132,7 @@ impl Application {
         let broker = self.state.broker.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let keepalive = tokio::spawn(broker.clone().run_keepalive(stop_rx.clone()));
+        let changes = tokio::spawn(broker.clone().run_change_feed(stop_rx.clone()));
         let outbox = tokio::spawn(broker.clone().run_outbox(stop_rx));
         // The audit flusher stops only after the last request was answered: its final
         // flush then holds every read this replica served.
@@ -202,6 +213,7 @@ impl Application {
         };
         let _ = audit_stop_tx.send(true);
         let _ = tokio::time::timeout_at(deadline, keepalive).await;
+        let _ = tokio::time::timeout_at(deadline, changes).await;
         let _ = tokio::time::timeout_at(deadline, outbox).await;
         let _ = tokio::time::timeout_at(deadline, audit).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -23,6 +23,8 @@ pub struct WrkResult {
     pub cpu_server: f64,
     pub cpu_wrk: f64,
     pub cpu_other: f64,
+    /// Of `cpu_other`, this harness (the fake Salesforce lives here).
+    pub cpu_harness: f64,
 }
 
 /// Clock ticks per second of /proc (USER_HZ, 100 on Linux).
@@ -176,6 +178,7 @@ pub async fn wrk(
     command.arg(url);
     let (busy0, total0) = cpu_ticks();
     let server0 = process_ticks(server_pid);
+    let harness0 = process_ticks(std::process::id());
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -184,6 +187,7 @@ pub async fn wrk(
     let stdout = valo_testkit::process::stdout_of(&output, "wrk");
     let (busy1, total1) = cpu_ticks();
     let server1 = process_ticks(server_pid);
+    let harness1 = process_ticks(std::process::id());
     std::fs::write(opts.work_dir.join(format!("wrk-{label}.txt")), &stdout).ok();
     let mut result = parse_wrk(&stdout);
     let cores = std::thread::available_parallelism()
@@ -206,20 +210,22 @@ pub async fn wrk(
         result.cpu_wrk = wrk_secs / elapsed;
         let busy = (busy1 - busy0) as f64 / TICKS / elapsed;
         result.cpu_other = (busy - result.cpu_server - result.cpu_wrk).max(0.0);
+        result.cpu_harness = (harness1 - harness0) as f64 / TICKS / elapsed;
     }
     assert!(
         result.requests_per_sec.is_finite() && result.requests > 0,
         "cannot parse wrk output:\n{stdout}"
     );
     eprintln!(
-        "  {label:<28} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  non-2xx {}  cpu server {:.2} wrk {:.2} other {:.2}",
+        "  {label:<28} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  non-2xx {}  cpu server {:.2} wrk {:.2} other {:.2} (harness {:.2})",
         result.requests_per_sec,
         result.p50_ms,
         result.p99_ms,
         result.non_2xx,
         result.cpu_server,
         result.cpu_wrk,
-        result.cpu_other
+        result.cpu_other,
+        result.cpu_harness
     );
     result
 }
@@ -236,8 +242,9 @@ pub fn write_token_script(opts: &Options, name: &str, jwt: &str, paths: &[String
          wrk.headers[\"Content-Type\"] = \"application/json\"\n\
          wrk.headers[\"Authorization\"] = \"Bearer {jwt}\"\n"
     );
-    if paths.len() > 1 {
-        // A Lua table of the paths; `request` walks it round-robin.
+    if !paths.is_empty() {
+        // A Lua table of the paths; `request` walks it round-robin (also for one path, so
+        // that a one-path baseline costs wrk the same Lua call per request as a spread).
         script.push_str("local paths = {\n");
         for p in paths {
             script.push_str(&format!("  \"{p}\",\n"));

@@ -13,7 +13,8 @@
 //! The sections, one module each, every one on its own throw-away Postgres database
 //! (`valo_test_<uuid>` on the server of `BENCH_DATABASE_URL`, dropped at the end):
 //!
-//! - `hotpath` ([`hotpath`]): the access-token endpoint vs `/healthz` with wrk;
+//! - `hotpath` ([`hotpath`]): the access-token endpoint vs a bare axum handler ([`bare`])
+//!   and `/healthz` with wrk;
 //! - `storm` ([`storm`]): 300 callers reporting one rejected token on 3 replicas;
 //! - `memory` ([`memory`]): resident memory with 100,000 stored connections;
 //! - `fanout` ([`fanout`]): 1,000 connections refreshing at once on one replica;
@@ -39,6 +40,7 @@
 
 mod api;
 mod audit;
+mod bare;
 mod fanout;
 mod hotpath;
 mod load;
@@ -50,6 +52,11 @@ mod server;
 mod storm;
 
 use std::path::PathBuf;
+
+/// The service's allocator here too, so that the bare handler (this harness re-run, see
+/// [`bare`]) is measured with the same allocator as the service it is compared with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The sections, in the order they run.
 const SECTIONS: [&str; 6] = ["hotpath", "storm", "memory", "fanout", "scale", "audit"];
@@ -103,6 +110,7 @@ impl Options {
 
 #[tokio::main]
 async fn main() {
+    bare::serve_if_asked().await;
     let opts = Options::from_env();
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let selected: Vec<&str> = if only.trim().is_empty() {

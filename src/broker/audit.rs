@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::{Broker, BrokerError, TenantId};
+use crate::metrics::{Event, Metrics};
 use crate::store::{AuditEntry, AuditQuery, AuditRecord, Millis};
 
 /// Maps of pending counters; a power of two well above the cores.
@@ -113,13 +114,16 @@ struct Key {
 /// The counters not yet written.
 pub struct AuditLog {
     enabled: bool,
+    /// Where dropped aggregates are counted.
+    metrics: Metrics,
     shards: Vec<Mutex<HashMap<Key, i64>>>,
 }
 
 impl AuditLog {
-    pub(super) fn new(enabled: bool) -> Self {
+    pub(super) fn new(enabled: bool, metrics: Metrics) -> Self {
         Self {
             enabled,
+            metrics,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
     }
@@ -164,7 +168,7 @@ impl AuditLog {
         let full = shard.len() >= MAX_PENDING;
         match shard.get_mut(&key) {
             Some(total) => *total = total.saturating_add(count),
-            None if full => crate::metrics::AUDIT_DROPPED.inc(),
+            None if full => self.metrics.count(Event::AuditDropped),
             None => {
                 shard.insert(key, count);
             }
@@ -267,7 +271,7 @@ impl Broker {
         match self.store.write_audit(&records).await {
             Ok(()) => Ok(records.len()),
             Err(e) => {
-                crate::metrics::AUDIT_FLUSH_FAILURES.inc();
+                self.metrics.count(Event::AuditFlushFailure);
                 for (key, count) in pending {
                     self.audit.add(key, count);
                 }
@@ -362,7 +366,7 @@ mod tests {
 
     #[test]
     fn reads_are_counted_per_actor_connection_and_minute() {
-        let log = AuditLog::new(true);
+        let log = AuditLog::new(true, Metrics::new());
         let actor = Actor::new("svc".into(), Some("r1".into()));
         let id = Uuid::new_v4();
         for now in [60_000, 60_001, 119_999, 120_000] {
@@ -390,7 +394,7 @@ mod tests {
             ]
         );
         assert!(log.drain().is_empty());
-        let off = AuditLog::new(false);
+        let off = AuditLog::new(false, Metrics::new());
         off.record("acme", &actor, AuditAction::TokenServed, Some(id), 0);
         assert!(off.drain().is_empty());
     }

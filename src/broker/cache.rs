@@ -22,9 +22,10 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use uuid::Uuid;
 
 use super::tokens::AccessToken;
+use crate::metrics::{Event, Metrics};
 use crate::store::Millis;
 
-/// One cached token and when this replica last checked it against the database.
+/// One cached token, the row version it was read from, and when it was cached.
 pub(super) struct CachedToken {
     /// The access token, the instance URL and the tenant id, one after the other in one
     /// allocation, wiped on drop.
@@ -33,13 +34,15 @@ pub(super) struct CachedToken {
     url_len: u32,
     issued_at: Millis,
     expires_at: Millis,
-    /// When the row was last read (or written) by this replica.
-    pub checked_at: Millis,
+    /// The connection row's version the token was read from (the change feed compares it).
+    version: i64,
+    /// When this replica cached it.
+    cached_at: Millis,
 }
 
 impl CachedToken {
     /// `None` when a part is too long to index with a `u32` (then it is simply not cached).
-    fn new(tenant_id: &str, token: &AccessToken, now: Millis) -> Option<Self> {
+    fn new(tenant_id: &str, token: &AccessToken, version: i64, now: Millis) -> Option<Self> {
         let secret = token.access_token.expose_secret();
         let mut text =
             String::with_capacity(secret.len() + token.instance_url.len() + tenant_id.len());
@@ -52,7 +55,8 @@ impl CachedToken {
             url_len: u32::try_from(token.instance_url.len()).ok()?,
             issued_at: token.issued_at,
             expires_at: token.expires_at,
-            checked_at: now,
+            version,
+            cached_at: now,
         })
     }
 
@@ -90,7 +94,7 @@ impl CachedToken {
     /// How long the entry may live: until the token expires (`put` caches only tokens that
     /// have not).
     fn ttl(&self) -> Duration {
-        Duration::from_millis(u64::try_from(self.expires_at - self.checked_at).unwrap_or(0))
+        Duration::from_millis(u64::try_from(self.expires_at - self.cached_at).unwrap_or(0))
     }
 }
 
@@ -122,23 +126,29 @@ impl moka::Expiry<Uuid, Arc<CachedToken>> for UntilTokenExpiry {
 pub struct TokenCache {
     entries: Cache<Uuid, Arc<CachedToken>>,
     flights: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per connection changed recently (the change feed, [`super::changes`]): the lowest row
+    /// version a token may come from to be cached, and when that was learnt. It stops a
+    /// read that began before a change from caching its older token after the change was
+    /// applied.
+    floors: Mutex<HashMap<Uuid, (i64, Instant)>>,
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens.
-    pub fn new(capacity: u64) -> Self {
+    pub fn new(capacity: u64, metrics: Metrics) -> Self {
         let entries = Cache::builder()
             .max_capacity(capacity)
             .expire_after(UntilTokenExpiry)
-            .eviction_listener(|_id, _entry, cause| {
+            .eviction_listener(move |_id, _entry, cause| {
                 if matches!(cause, RemovalCause::Size | RemovalCause::Expired) {
-                    crate::metrics::TOKEN_CACHE_EVICTIONS.inc();
+                    metrics.count(Event::TokenCacheEviction);
                 }
             })
             .build();
         Self {
             entries,
             flights: Mutex::default(),
+            floors: Mutex::default(),
         }
     }
 
@@ -146,14 +156,64 @@ impl TokenCache {
         self.entries.get(&id)
     }
 
-    /// Caches `token` as checked at `now`, until it expires.
-    pub(super) fn put(&self, id: Uuid, tenant_id: &str, token: AccessToken, now: Millis) {
-        match CachedToken::new(tenant_id, &token, now) {
+    /// Caches `token`, read from row version `version`, at `now` until it expires; unless
+    /// the change feed has already reported a newer version (or a deletion).
+    pub(super) fn put(
+        &self,
+        id: Uuid,
+        tenant_id: &str,
+        token: AccessToken,
+        version: i64,
+        now: Millis,
+    ) {
+        if self.floor(id).is_some_and(|floor| version < floor) {
+            // Whatever is cached is at least the floor's version (`apply_change` dropped
+            // the rest): keep it.
+            return;
+        }
+        match CachedToken::new(tenant_id, &token, version, now) {
             Some(entry) if token.expires_at > now => {
                 self.entries.insert(id, Arc::new(entry));
             }
             _ => self.forget(id),
         }
+    }
+
+    fn floor(&self, id: Uuid) -> Option<i64> {
+        let floors = self.floors.lock().ok()?;
+        floors.get(&id).map(|&(floor, _)| floor)
+    }
+
+    /// Applies one change of the feed: a token read from a row version below `min_version`
+    /// is dropped now and not cached later. Idempotent; returns whether an entry went.
+    pub(super) fn apply_change(&self, id: Uuid, min_version: i64) -> bool {
+        if let Ok(mut floors) = self.floors.lock() {
+            let floor = floors.entry(id).or_insert((min_version, Instant::now()));
+            if min_version >= floor.0 {
+                *floor = (min_version, Instant::now());
+            }
+        }
+        let stale = self
+            .entries
+            .get(&id)
+            .is_some_and(|entry| entry.version < min_version);
+        if stale {
+            self.entries.invalidate(&id);
+        }
+        stale
+    }
+
+    /// Forgets the floors learnt longer than `age` ago (no read still under way began before
+    /// them).
+    pub(super) fn prune_floors(&self, age: Duration) {
+        if let Ok(mut floors) = self.floors.lock() {
+            floors.retain(|_, (_, learnt)| learnt.elapsed() < age);
+        }
+    }
+
+    /// Drops every cached token (the feed could not be followed for too long).
+    pub(super) fn clear(&self) {
+        self.entries.invalidate_all();
     }
 
     /// Drops the connection's cached token (deleted, reauthorized, needs reauthorization).
@@ -214,9 +274,9 @@ mod tests {
 
     #[test]
     fn the_capacity_holds_under_a_flood_of_distinct_connections() {
-        let cache = TokenCache::new(1_000);
+        let cache = TokenCache::new(1_000, Metrics::new());
         for _ in 0..20_000 {
-            cache.put(Uuid::new_v4(), "t", token(3_600_000), 0);
+            cache.put(Uuid::new_v4(), "t", token(3_600_000), 1, 0);
         }
         cache.run_pending_tasks();
         assert!(cache.len() <= 1_000, "{} entries", cache.len());
@@ -229,12 +289,12 @@ mod tests {
 
     #[test]
     fn an_entry_gives_back_what_was_cached() {
-        let cache = TokenCache::new(10);
+        let cache = TokenCache::new(10, Metrics::new());
         let id = Uuid::new_v4();
-        cache.put(id, "acme-é", token(3_600_000), 1_000);
+        cache.put(id, "acme-é", token(3_600_000), 7, 1_000);
         let hit = cache.get(id).unwrap();
         assert_eq!(hit.tenant_id(), "acme-é");
-        assert_eq!(hit.checked_at, 1_000);
+        assert_eq!((hit.version, hit.cached_at), (7, 1_000));
         assert_eq!(hit.expires_at(), 3_600_000);
         let copy = hit.token();
         assert_eq!(copy.access_token.expose_secret(), "00Dx!token");
@@ -244,13 +304,13 @@ mod tests {
 
     #[test]
     fn an_entry_is_gone_when_its_token_expires() {
-        let cache = TokenCache::new(100);
+        let cache = TokenCache::new(100, Metrics::new());
         let short = Uuid::new_v4();
         let long = Uuid::new_v4();
-        cache.put(short, "t", token(1_050), 1_000);
-        cache.put(long, "t", token(3_600_000), 1_000);
+        cache.put(short, "t", token(1_050), 1, 1_000);
+        cache.put(long, "t", token(3_600_000), 1, 1_000);
         let expired = Uuid::new_v4();
-        cache.put(expired, "t", token(900), 1_000);
+        cache.put(expired, "t", token(900), 1, 1_000);
         assert!(
             cache.get(expired).is_none(),
             "an expired token is not cached"
@@ -261,6 +321,49 @@ mod tests {
         assert!(cache.get(long).is_some());
         cache.forget(long);
         assert!(cache.get(long).is_none());
+    }
+
+    #[test]
+    fn a_change_drops_older_versions_and_keeps_newer_ones() {
+        let cache = TokenCache::new(100, Metrics::new());
+        let refreshed_elsewhere = Uuid::new_v4();
+        let refreshed_here = Uuid::new_v4();
+        cache.put(refreshed_elsewhere, "t", token(3_600_000), 3, 1_000);
+        cache.put(refreshed_here, "t", token(3_600_000), 4, 1_000);
+        assert!(
+            cache.apply_change(refreshed_elsewhere, 4),
+            "version 3 < 4 goes"
+        );
+        assert!(!cache.apply_change(refreshed_here, 4), "version 4 stays");
+        assert!(cache.get(refreshed_elsewhere).is_none());
+        assert!(cache.get(refreshed_here).is_some());
+        // Applying the same change again (the feed re-reads its margin) changes nothing.
+        assert!(!cache.apply_change(refreshed_here, 4));
+        assert!(cache.get(refreshed_here).is_some());
+        // A deletion drops any version.
+        assert!(cache.apply_change(refreshed_here, i64::MAX));
+        assert!(cache.get(refreshed_here).is_none());
+    }
+
+    #[test]
+    fn a_read_from_before_a_change_is_not_cached_after_it() {
+        let cache = TokenCache::new(100, Metrics::new());
+        let id = Uuid::new_v4();
+        // The feed reports version 5 before a slow read of version 4 comes back.
+        cache.apply_change(id, 5);
+        cache.put(id, "t", token(3_600_000), 4, 1_000);
+        assert!(cache.get(id).is_none(), "the older read is not cached");
+        cache.put(id, "t", token(3_600_000), 5, 1_000);
+        assert!(cache.get(id).is_some(), "the current version is");
+        // A lower floor reported later (the feed's rows in any order) does not lower it.
+        cache.apply_change(id, 2);
+        cache.put(id, "t", token(3_600_000), 4, 1_000);
+        assert_eq!(cache.get(id).map(|e| e.version), Some(5));
+        // Once the floor is forgotten, nothing holds an older read back any more.
+        cache.prune_floors(Duration::ZERO);
+        cache.forget(id);
+        cache.put(id, "t", token(3_600_000), 4, 1_000);
+        assert!(cache.get(id).is_some());
     }
 }
 
@@ -296,7 +399,7 @@ mod footprint {
     /// request (a row of about 1 KiB in ten strings, 32 requests alive at a time), as in
     /// the server.
     fn measure(threads: u64, requests: bool) -> u64 {
-        let cache = Arc::new(TokenCache::new(100_000));
+        let cache = Arc::new(TokenCache::new(100_000, Metrics::new()));
         let before = rss();
         let workers: Vec<_> = (0..threads)
             .map(|t| {
@@ -312,7 +415,7 @@ mod footprint {
                                 alive.pop_front();
                             }
                         }
-                        cache.put(Uuid::new_v4(), "bench", token(t * 1_000_000 + i), 1_000);
+                        cache.put(Uuid::new_v4(), "bench", token(t * 1_000_000 + i), 1, 1_000);
                     }
                 })
             })

@@ -28,6 +28,13 @@ pub struct SweepReport {
     pub failed: usize,
 }
 
+impl SweepReport {
+    /// Whether the sweep took as many connections as one sweep may: more may be due.
+    pub fn is_full(&self) -> bool {
+        i64::try_from(self.due).is_ok_and(|due| due >= SWEEP_LIMIT)
+    }
+}
+
 impl Broker {
     /// Refreshes, a few at a time, every active connection not refreshed for the
     /// configured interval. Does nothing when keep-alive is disabled.
@@ -42,11 +49,17 @@ impl Broker {
             .store
             .connections_due_for_keepalive(refreshed_before, now, SWEEP_LIMIT)
             .await?;
+        self.metrics.keepalive_due(due.len());
         let mut report = SweepReport {
             due: due.len(),
             ..SweepReport::default()
         };
-        let permits = Arc::new(Semaphore::new(self.settings.tokens.keepalive_concurrency));
+        // `concurrency` Salesforce calls at a time (the want's `calls`); twice as many
+        // refreshes under way, so that their reads and commits overlap those calls and the
+        // sweep runs at the rate its calls allow.
+        let concurrency = self.settings.tokens.keepalive_concurrency;
+        let calls = Arc::new(Semaphore::new(concurrency));
+        let permits = Arc::new(Semaphore::new(concurrency.saturating_mul(2)));
         let mut tasks = JoinSet::new();
         for (tenant, id) in due {
             let Ok(tenant) = TenantId::parse(&tenant) else {
@@ -54,6 +67,7 @@ impl Broker {
             };
             let broker = self.clone();
             let permits = permits.clone();
+            let calls = calls.clone();
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await;
                 // Shutting down: start nothing new (the refresh path refuses too).
@@ -67,7 +81,14 @@ impl Broker {
                     );
                 }
                 let result = broker
-                    .access_token(&tenant, id, Want::KeepAlive { refreshed_before })
+                    .access_token(
+                        &tenant,
+                        id,
+                        Want::KeepAlive {
+                            refreshed_before,
+                            calls,
+                        },
+                    )
                     .await;
                 (id, result)
             });
@@ -76,7 +97,7 @@ impl Broker {
             match joined {
                 Ok((_, Ok(_))) => {
                     report.refreshed += 1;
-                    crate::metrics::KEEPALIVE_REFRESHES.inc();
+                    self.metrics.keepalive_refresh();
                 }
                 Ok((id, Err(e))) => {
                     report.failed += 1;
@@ -98,26 +119,37 @@ impl Broker {
             return;
         }
         let period = self.settings.tokens.keepalive_sweep;
+        let mut backlog = false;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(period) => {}
-                _ = shutdown.changed() => return,
+            // With a backlog (the last sweep was full and mostly succeeded) the next sweep
+            // starts at once: the pause spreads the work of a steady state, it must not cap
+            // catching up (keep-alive just enabled on a million connections).
+            if !backlog {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
             if *shutdown.borrow() {
                 return;
             }
-            match self.keepalive_sweep().await {
-                Ok(report) if report.due > 0 => {
-                    tracing::info!(
-                        due = report.due,
-                        refreshed = report.refreshed,
-                        failed = report.failed,
-                        "keep-alive sweep"
-                    );
+            backlog = match self.keepalive_sweep().await {
+                Ok(report) => {
+                    if report.due > 0 {
+                        tracing::info!(
+                            due = report.due,
+                            refreshed = report.refreshed,
+                            failed = report.failed,
+                            "keep-alive sweep"
+                        );
+                    }
+                    report.is_full() && report.failed * 2 < report.due
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "keep-alive sweep failed"),
-            }
+                Err(e) => {
+                    tracing::warn!(error = %e, "keep-alive sweep failed");
+                    false
+                }
+            };
         }
     }
 }

@@ -19,6 +19,7 @@
 pub mod apps;
 pub mod audit;
 pub mod cache;
+pub mod changes;
 pub mod connections;
 pub mod eca;
 pub mod events;
@@ -37,6 +38,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{AuditSettings, SalesforceSettings, Settings, TokenSettings, WebhookSettings};
 use crate::crypto::{Binding, Keyring, KeyringError};
+use crate::metrics::{Metrics, StateGauges};
 use crate::salesforce::HostPolicy;
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
 use crate::store::{ConnectionRecord, Millis, Store, StoreError, TenantAppRecord};
@@ -166,8 +168,13 @@ impl From<KeyringError> for BrokerError {
 
 /// Everything the domain needs, shared by the HTTP layer and the background tasks. Its
 /// parts are private: the layers above use its operations, never its store or keys.
+///
+/// Cloning it (every request does, with the HTTP state) is one reference count.
 #[derive(Clone)]
-pub struct Broker {
+pub struct Broker(Arc<BrokerParts>);
+
+/// The parts of a [`Broker`], reached through it; private to the broker module.
+pub struct BrokerParts {
     store: Store,
     keyring: Arc<Keyring>,
     salesforce: SalesforceClient,
@@ -187,6 +194,8 @@ pub struct Broker {
     outbox: Option<Arc<outbox::Outbox>>,
     /// The audit counters not yet written.
     audit: Arc<audit::AuditLog>,
+    /// This application instance's metrics.
+    metrics: Metrics,
 }
 
 /// What the domain needs of the process's settings, and nothing more (no listener, no
@@ -240,20 +249,32 @@ pub fn refresh_db_slots(pool_size: u32) -> usize {
     (pool.saturating_mul(3) / 4).max(1)
 }
 
+impl std::ops::Deref for Broker {
+    type Target = BrokerParts;
+
+    fn deref(&self) -> &BrokerParts {
+        &self.0
+    }
+}
+
 impl Broker {
     pub fn new(
         store: Store,
         salesforce: SalesforceClient,
         clock: Arc<dyn Clock>,
         settings: BrokerSettings,
+        metrics: Metrics,
     ) -> Self {
         let outbox = settings
             .webhooks
             .clone()
             .map(|w| Arc::new(outbox::Outbox::new(w)));
-        let audit = Arc::new(audit::AuditLog::new(settings.audit.enabled));
+        let audit = Arc::new(audit::AuditLog::new(
+            settings.audit.enabled,
+            metrics.clone(),
+        ));
         let settings = Arc::new(settings);
-        Self {
+        Self(Arc::new(BrokerParts {
             store,
             keyring: settings.keyring.clone(),
             salesforce,
@@ -262,13 +283,17 @@ impl Broker {
             refresh_db: Arc::new(tokio::sync::Semaphore::new(refresh_db_slots(
                 settings.db_pool_size,
             ))),
-            tokens: Arc::new(cache::TokenCache::new(settings.tokens.cache_capacity)),
+            tokens: Arc::new(cache::TokenCache::new(
+                settings.tokens.cache_capacity,
+                metrics.clone(),
+            )),
             settings,
             lifecycle: Arc::new(lifecycle::Lifecycle::default()),
             holder: lease_holder_name().into(),
             outbox,
             audit,
-        }
+            metrics,
+        }))
     }
 
     pub fn now(&self) -> Millis {
@@ -290,16 +315,24 @@ impl Broker {
         self.store.backend_name()
     }
 
-    /// What this replica is doing now, for the metrics endpoint.
-    pub fn gauges(&self) -> Gauges {
+    /// This application instance's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Sets the gauges that mirror this replica's state (cache, refreshes, the Salesforce
+    /// queue, the outbox), for a scrape of the metrics endpoint.
+    pub fn publish_gauges(&self) {
         // The cache counts its entries lazily: settle it first (cheap at scrape intervals).
         self.tokens.run_pending_tasks();
-        Gauges {
+        let outbox = self.outbox_gauges();
+        self.metrics.set_state(&StateGauges {
             cached_tokens: self.tokens.len(),
-            salesforce_calls_in_flight: self.limiter.in_flight(),
-            salesforce_calls_waiting: self.limiter.waiting(),
             refreshes_in_flight: self.lifecycle.in_flight(),
-        }
+            salesforce_calls_waiting: self.limiter.waiting(),
+            outbox_depth: outbox.pending,
+            outbox_oldest_age_secs: outbox.oldest_age_secs,
+        });
     }
 
     /// Stops new refreshes (and keep-alive items) from starting: the first step of a
@@ -389,15 +422,6 @@ impl Broker {
             .keyring
             .open(sealed, Binding::new("tenant_apps", &app.tenant_id, column))?)
     }
-}
-
-/// This replica's activity, as the metrics endpoint shows it.
-#[derive(Clone, Copy, Debug)]
-pub struct Gauges {
-    pub cached_tokens: usize,
-    pub salesforce_calls_in_flight: usize,
-    pub salesforce_calls_waiting: usize,
-    pub refreshes_in_flight: usize,
 }
 
 /// The sealed token columns of a connection; each ciphertext is bound to its row and column

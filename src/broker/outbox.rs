@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use super::{Broker, BrokerError};
 use crate::config::WebhookSettings;
+use crate::metrics::{Event, WebhookOutcome};
 use crate::store::{ClaimedEvent, DeliveryOutcome, Millis};
 use crate::webhooks::{Attempt, WebhookSender};
 
@@ -183,10 +184,10 @@ impl Broker {
         let timestamp = self.now().div_euclid(1000);
         let result = sender.post(&event.id, timestamp, &event.payload).await;
         match &result {
-            Attempt::Delivered => crate::metrics::WEBHOOK_DELIVERED.inc(),
-            Attempt::Rejected(_) => crate::metrics::WEBHOOK_REJECTED.inc(),
-            Attempt::TimedOut => crate::metrics::WEBHOOK_TIMED_OUT.inc(),
-            Attempt::Failed(_) => crate::metrics::WEBHOOK_FAILED.inc(),
+            Attempt::Delivered => self.metrics.webhook_attempt(WebhookOutcome::Delivered),
+            Attempt::Rejected(_) => self.metrics.webhook_attempt(WebhookOutcome::Rejected),
+            Attempt::TimedOut => self.metrics.webhook_attempt(WebhookOutcome::Timeout),
+            Attempt::Failed(_) => self.metrics.webhook_attempt(WebhookOutcome::Error),
         }
         let now = self.now();
         let attempts = event.attempts.saturating_add(1);
@@ -200,7 +201,7 @@ impl Broker {
                 .created_at
                 .saturating_add(millis(outbox.settings.retry_period));
             if next > give_up_at {
-                crate::metrics::WEBHOOK_GIVEN_UP.inc();
+                self.metrics.count(Event::WebhookGivenUp);
                 tracing::error!(event = %event.id, event_type = %event.event_type, attempts, error = %error, "webhook given up: the retry period is over");
                 DeliveryOutcome::GiveUp { now, error }
             } else {

@@ -8,9 +8,10 @@
 //! So:
 //!
 //! 1. **Hot path**: a decrypted token valid for the caller's `min_ttl` is served from this
-//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the database. Entries are re-read
-//!    from the database after `token_cache_revalidate_secs`, so a refresh, a reauthorization
-//!    or a deletion on another replica is noticed.
+//!    replica's memory ([`super::cache::TokenCache`], bounded) without touching the
+//!    database. A refresh, a reauthorization, a status change or a deletion on another
+//!    replica reaches the cache through the change feed ([`super::changes`]) within
+//!    `token_cache_revalidate_secs`.
 //! 2. **In one process** callers of one connection queue on one async mutex ("flight"); the
 //!    first refreshes, the others find the new token when they get the mutex.
 //! 3. **Across replicas** a refresh runs under a fenced lease kept in the connection's row
@@ -31,6 +32,7 @@
 //! 6. The slow path runs in its own task, so a caller that hangs up cannot cancel a refresh
 //!    between Salesforce's answer and the commit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -43,6 +45,7 @@ use super::audit::{Actor, AuditAction};
 use super::events::EventType;
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
+use crate::metrics::{Event, LeaseWait, RefreshOutcome};
 use crate::salesforce::{AppCredentials, ErrorClass, RefreshAnswer, SalesforceError, TokenGrant};
 use crate::store::{
     AppStatus, ConnectionRecord, ConnectionStatus, LeaseAttempt, Millis, RefreshFailure,
@@ -62,6 +65,12 @@ pub struct AccessToken {
     pub expires_at: Millis,
 }
 
+/// Held while one refresh calls Salesforce (dropped once it answered).
+struct SalesforceSlot {
+    _replica: Permit,
+    _sweep: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
 /// Why a token is wanted, which decides whether the current one will do.
 pub enum Want {
     /// Valid for at least this long.
@@ -72,8 +81,13 @@ pub enum Want {
         rejected: SecretString,
         min_ttl_ms: Millis,
     },
-    /// Keep-alive: a refresh if the last one is older than `refreshed_before`.
-    KeepAlive { refreshed_before: Millis },
+    /// Keep-alive: a refresh if the last one is older than `refreshed_before`. `calls`
+    /// bounds the sweep's Salesforce calls in flight (`keepalive_concurrency`); it is held
+    /// only around the call, so the sweep's reads and commits overlap other calls.
+    KeepAlive {
+        refreshed_before: Millis,
+        calls: Arc<tokio::sync::Semaphore>,
+    },
 }
 
 impl Want {
@@ -104,7 +118,9 @@ impl Want {
     /// Whether the stored row needs a refresh (checked again under the lock).
     fn needs_refresh(&self, row: &ConnectionRecord, token: &SecretString, now: Millis) -> bool {
         match self {
-            Self::KeepAlive { refreshed_before } => row.last_refreshed_at < *refreshed_before,
+            Self::KeepAlive {
+                refreshed_before, ..
+            } => row.last_refreshed_at < *refreshed_before,
             Self::Replacing { .. } if self.rejects(token) => true,
             _ => {
                 let expired = row.access_expires_at <= now;
@@ -194,10 +210,10 @@ impl Broker {
     ) -> Result<AccessToken, BrokerError> {
         let now = self.now();
         if let Some(hit) = self.cached(tenant, id, &want, now) {
-            crate::metrics::TOKEN_CACHE_HITS.inc();
+            self.metrics.count(Event::TokenCacheHit);
             return Ok(hit);
         }
-        crate::metrics::TOKEN_CACHE_MISSES.inc();
+        self.metrics.count(Event::TokenCacheMiss);
         let this = self.clone();
         let tenant = tenant.clone();
         let actor = actor.cloned();
@@ -231,9 +247,9 @@ impl Broker {
     /// The hot path: a cached token, recently checked, that serves the want.
     fn cached(&self, tenant: &TenantId, id: Uuid, want: &Want, now: Millis) -> Option<AccessToken> {
         let hit = self.tokens.get(id)?;
-        let revalidate =
-            i64::try_from(self.settings.tokens.cache_revalidate.as_millis()).unwrap_or(0);
-        if hit.tenant_id() != tenant.as_str() || now.saturating_sub(hit.checked_at) >= revalidate {
+        // Changes made on other replicas reach the cache through the change feed
+        // (`super::changes`), not by re-reading each entry.
+        if hit.tenant_id() != tenant.as_str() {
             return None;
         }
         let token = hit.token();
@@ -297,14 +313,21 @@ impl Broker {
         // counted from the lease, is never eaten by the queue. A queue longer than the wait
         // answers 503 with nothing taken and nothing recorded.
         let give_up = Instant::now() + self.settings.tokens.refresh_wait;
-        let Ok(slot) =
-            tokio::time::timeout_at(give_up, self.limiter.acquire(tenant.as_str())).await
+        let Ok(slot) = tokio::time::timeout_at(give_up, self.salesforce_slot(tenant, want)).await
         else {
             return Err(BrokerError::Busy {
                 reason: "too many refreshes queue for Salesforce on this replica; retry".into(),
                 retry_after: Duration::from_secs(1),
             });
         };
+        // A shutdown that began while this refresh queued for its slot: start nothing now
+        // (the lease is not taken, nothing was sent).
+        if self.lifecycle.is_draining() {
+            return Err(BrokerError::Busy {
+                reason: "the service is shutting down; retry on another replica".into(),
+                retry_after: Duration::from_secs(1),
+            });
+        }
         let (lease, lease_started) = self.take_lease(tenant, id, want).await?;
         let lease = match lease {
             Leased::Ours(lease) => lease,
@@ -320,6 +343,19 @@ impl Broker {
         )
         .await
         .map(|token| (token, true))
+    }
+
+    /// The right to call Salesforce for this refresh: a slot of the replica's limit and,
+    /// for a keep-alive, one of the sweep's calls too.
+    async fn salesforce_slot(&self, tenant: &TenantId, want: &Want) -> SalesforceSlot {
+        let sweep = match want {
+            Want::KeepAlive { calls, .. } => calls.clone().acquire_owned().await.ok(),
+            _ => None,
+        };
+        SalesforceSlot {
+            _replica: self.limiter.acquire(tenant.as_str()).await,
+            _sweep: sweep,
+        }
     }
 
     /// Runs one statement of the refresh path within the path's share of the pool.
@@ -339,7 +375,8 @@ impl Broker {
     ) -> Result<(Leased, Instant), BrokerError> {
         let give_up = Instant::now() + self.settings.tokens.refresh_wait;
         let mut pause = LEASE_POLL_FIRST;
-        let mut waited = false;
+        // Set while waiting for another replica's lease: observed when this returns.
+        let mut waiting: Option<LeaseWait> = None;
         loop {
             // Taken before the statement: the Salesforce call's deadline counts from here,
             // so it ends before the lease (counted by the database from later) does.
@@ -368,9 +405,8 @@ impl Broker {
                     };
                 }
                 LeaseAttempt::Held(row) => {
-                    if !waited {
-                        waited = true;
-                        crate::metrics::REFRESH_LEASE_WAITS.inc();
+                    if waiting.is_none() {
+                        waiting = Some(self.metrics.lease_wait());
                     }
                     if let Some(token) = self.usable_without_refresh(&row, want, self.now())? {
                         return Ok((Leased::Served(token), started));
@@ -398,7 +434,7 @@ impl Broker {
         tenant: &TenantId,
         lease: &RefreshLease,
         lease_started: Instant,
-        salesforce_slot: Permit,
+        salesforce_slot: SalesforceSlot,
         credentials: &AppCredentials,
         credentials_version: i64,
     ) -> Result<AccessToken, BrokerError> {
@@ -447,7 +483,7 @@ impl Broker {
             }) => {
                 // Salesforce has invalidated the old refresh token: keep the new one, never
                 // present the old one again, and report the answer as unusable.
-                crate::metrics::REFRESH_UPSTREAM.inc();
+                self.metrics.refresh(RefreshOutcome::UpstreamError);
                 let failure_count = row.failure_count.saturating_add(1);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh answer failed a check; its new refresh token is kept");
                 let failure = RefreshFailure::UnverifiedRotation {
@@ -543,8 +579,9 @@ impl Broker {
                 ));
             }
         };
-        crate::metrics::REFRESH_SUCCESS.inc();
+        self.metrics.refresh(RefreshOutcome::Success);
         tracing::info!(tenant = tenant.as_str(), connection = %id, rotated = rotated.is_some(), "access token refreshed");
+        let version = saved.version;
         let token = AccessToken {
             access_token: grant.access_token,
             instance_url: saved.instance_url,
@@ -552,7 +589,7 @@ impl Broker {
             expires_at: saved.access_expires_at,
         };
         self.tokens
-            .put(id, tenant.as_str(), token.clone(), self.now());
+            .put(id, tenant.as_str(), token.clone(), version, self.now());
         if !measured {
             self.confirm_expiry_later(
                 tenant,
@@ -584,7 +621,7 @@ impl Broker {
             ErrorClass::AppCredentials => {
                 // The app's state, not the connection's: nothing was consumed, the refresh
                 // token stays good for when the credentials are fixed.
-                crate::metrics::REFRESH_APP_CREDENTIALS.inc();
+                self.metrics.refresh(RefreshOutcome::AppCredentialsInvalid);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: the tenant app's credentials are invalid");
                 let event = self.app_event(
                     EventType::AppCredentialsInvalid,
@@ -610,7 +647,7 @@ impl Broker {
                 return Err(upstream_error(&e, Duration::ZERO));
             }
             ErrorClass::Reauthorize => {
-                crate::metrics::REFRESH_REAUTHORIZE.inc();
+                self.metrics.refresh(RefreshOutcome::NeedsReauthorization);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: connection needs reauthorization");
                 RefreshFailure::NeedsReauthorization {
                     reason: e.summary(),
@@ -619,9 +656,9 @@ impl Broker {
             }
             ErrorClass::Transient | ErrorClass::Upstream => {
                 if class == ErrorClass::Transient {
-                    crate::metrics::REFRESH_TRANSIENT.inc();
+                    self.metrics.refresh(RefreshOutcome::UpstreamUnavailable);
                 } else {
-                    crate::metrics::REFRESH_UPSTREAM.inc();
+                    self.metrics.refresh(RefreshOutcome::UpstreamError);
                 }
                 let failure_count = row.failure_count.saturating_add(1);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), failures = failure_count, "refresh failed; refresh token kept");
@@ -688,7 +725,7 @@ impl Broker {
                 Err(StoreError::LeaseLost) => return Err(CommitLost::LeaseLost),
                 Err(StoreError::Unavailable(e)) if Instant::now() + pause < lease_end => {
                     tracing::warn!(connection = %lease.record().id, error = %e, "database unreachable while committing a refresh; retrying until the lease ends");
-                    crate::metrics::REFRESH_COMMIT_RETRIES.inc();
+                    self.metrics.count(Event::RefreshCommitRetry);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(COMMIT_RETRY_MAX);
                 }
@@ -732,7 +769,7 @@ impl Broker {
             }
             return;
         }
-        crate::metrics::ROTATED_REFRESH_TOKEN_LOST.inc();
+        self.metrics.count(Event::RotatedRefreshTokenLost);
         let error = match &why {
             CommitLost::LeaseLost => "the refresh lease was taken over".to_owned(),
             CommitLost::Unreachable(e) => e.to_string(),
@@ -802,7 +839,8 @@ impl Broker {
                         expires_at: exp,
                         ..token
                     };
-                    this.tokens.put(id, tenant.as_str(), confirmed, this.now());
+                    this.tokens
+                        .put(id, tenant.as_str(), confirmed, version, this.now());
                 }
                 Ok(false) => {}
                 Err(e) => {
@@ -848,7 +886,8 @@ impl Broker {
             };
             // A keep-alive that found nothing to do must not warm the cache.
             if !matches!(want, Want::KeepAlive { .. }) {
-                self.tokens.put(row.id, &row.tenant_id, token.clone(), now);
+                self.tokens
+                    .put(row.id, &row.tenant_id, token.clone(), row.version, now);
             }
             return Ok(Some(token));
         }

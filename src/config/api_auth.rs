@@ -1,13 +1,12 @@
 //! The API auth section: how Valo's bearer tokens are verified (`api_jwt_…`).
 
 use std::fmt;
-use std::path::Path;
 
 use jsonwebtoken::DecodingKey;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::ConfigError;
-use super::dev_secrets::dev_secret;
+use super::dev_secrets::DevSecrets;
 use super::layers::Layers;
 
 /// How API bearer tokens are verified (the algorithm is pinned by this choice).
@@ -40,47 +39,43 @@ pub struct ApiAuthSettings {
 /// The key, then `api_jwt_audience`, `api_jwt_issuer` and `api_jwt_cache_capacity`.
 pub(super) fn resolve(
     l: &Layers,
-    production: bool,
-    data_dir: &Path,
-    warnings: &mut Vec<String>,
+    dev: &mut DevSecrets<'_>,
 ) -> Result<ApiAuthSettings, ConfigError> {
-    let key = key(l, production, data_dir, warnings)?;
+    let key = key(l, dev)?;
     Ok(ApiAuthSettings {
         key,
         audience: l
-            .get("api_jwt_audience")
+            .raw
+            .api_jwt_audience
+            .as_deref()
             .ok_or_else(|| l.err("api_jwt_audience", "must not be empty"))?
             .trim()
             .to_owned(),
-        issuer: l.get("api_jwt_issuer").map(|s| s.trim().to_owned()),
-        cache_capacity: l.parse("api_jwt_cache_capacity", "a whole number")?,
+        issuer: l.raw.api_jwt_issuer.as_deref().map(|s| s.trim().to_owned()),
+        cache_capacity: l.raw.api_jwt_cache_capacity,
     })
 }
 
 /// Either `api_jwt_secret` (HS256) or `api_jwt_public_key_file` (EdDSA / RS256); one of
 /// them is required in production, and a secret is generated into `data_dir` otherwise.
-fn key(
-    l: &Layers,
-    production: bool,
-    data_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<ApiKey, ConfigError> {
-    match (l.get("api_jwt_secret"), l.get("api_jwt_public_key_file")) {
+fn key(l: &Layers, dev: &mut DevSecrets<'_>) -> Result<ApiKey, ConfigError> {
+    let key_file = l.raw.api_jwt_public_key_file.as_deref();
+    match (&l.raw.api_jwt_secret, key_file) {
         (Some(_), Some(_)) => Err(l.err(
             "api_jwt_public_key_file",
             format!("set either it or {}, not both", l.name("api_jwt_secret")),
         )),
         (Some(secret), None) => {
-            if secret.len() < 32 {
+            if secret.expose_secret().len() < 32 {
                 return Err(l.err(
                     "api_jwt_secret",
                     "must be at least 32 bytes (RFC 7518 §3.2)",
                 ));
             }
-            Ok(ApiKey::Hs256(SecretString::from(secret.to_owned())))
+            Ok(ApiKey::Hs256(secret.clone()))
         }
         (None, Some(path)) => public_key_file(l, path),
-        (None, None) if production => Err(l.err(
+        (None, None) if dev.production => Err(l.err(
             "api_jwt_secret",
             format!(
                 "must be set in production (or {})",
@@ -88,13 +83,13 @@ fn key(
             ),
         )),
         (None, None) => {
-            let (value, note) = dev_secret(data_dir, "dev-api-jwt-secret", || {
-                let mut bytes = [0u8; 32];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
-                base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
-            })
-            .map_err(|e| l.err("api_jwt_secret", e))?;
-            warnings.extend(note);
+            let value = dev
+                .get("dev-api-jwt-secret", || {
+                    let mut bytes = [0u8; 32];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+                    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+                })
+                .map_err(|e| l.err("api_jwt_secret", e))?;
             Ok(ApiKey::Hs256(SecretString::from(value)))
         }
     }

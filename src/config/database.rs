@@ -14,10 +14,12 @@ use super::layers::Layers;
 /// `database_url`: Postgres or SQLite. Never echoed in errors (it may carry a password).
 pub(super) fn url(l: &Layers) -> Result<SecretString, ConfigError> {
     let database_url = SecretString::from(
-        l.get("database_url")
+        l.raw
+            .database_url
+            .as_ref()
             .ok_or_else(|| l.err("database_url", "must be set"))?
-            .trim()
-            .to_owned(),
+            .expose_secret()
+            .trim(),
     );
     let url = database_url.expose_secret();
     if !(url.starts_with("postgres://")
@@ -55,9 +57,9 @@ pub(super) fn pool(
         );
     }
     Ok(Pool {
-        migrate_on_start: l.parse("migrate_on_start", "true or false")?,
-        max_connections: l.positive("db_max_connections", "a whole number")?,
-        acquire_timeout: l.millis("db_acquire_timeout_ms")?,
-        transaction_pooler: l.parse("db_transaction_pooler", "true or false")?,
+        migrate_on_start: l.raw.migrate_on_start,
+        max_connections: l.raw.db_max_connections,
+        acquire_timeout: l.raw.db_acquire_timeout_ms,
+        transaction_pooler: l.raw.db_transaction_pooler,
     })
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
 use url::Url;
 
 use super::ConfigError;
@@ -41,8 +40,8 @@ pub struct AuditSettings {
 
 /// `webhook_…`: none without `webhook_url`; then the secret is required.
 pub(super) fn webhooks(l: &Layers) -> Result<Option<WebhookSettings>, ConfigError> {
-    let Some(raw_url) = l.get("webhook_url") else {
-        if l.get("webhook_secret").is_some() {
+    let Some(raw_url) = l.raw.webhook_url.as_deref() else {
+        if l.raw.webhook_secret.is_some() {
             return Err(l.err(
                 "webhook_secret",
                 format!("is set but {} is not", l.name("webhook_url")),
@@ -61,7 +60,9 @@ pub(super) fn webhooks(l: &Layers) -> Result<Option<WebhookSettings>, ConfigErro
             )
         })?;
     let secret = l
-        .get("webhook_secret")
+        .raw
+        .webhook_secret
+        .as_ref()
         .ok_or_else(|| {
             l.err(
                 "webhook_secret",
@@ -71,14 +72,11 @@ pub(super) fn webhooks(l: &Layers) -> Result<Option<WebhookSettings>, ConfigErro
                 ),
             )
         })
-        .and_then(|raw| {
-            WebhookSecret::parse(&SecretString::from(raw.to_owned()))
-                .map_err(|e| l.err("webhook_secret", e))
-        })?;
-    let timeout = l.millis("webhook_timeout_ms")?;
-    let retry_base = l.millis("webhook_retry_base_ms")?;
-    let retry_max_interval = l.secs("webhook_retry_max_interval_secs")?;
-    let poll = l.millis("webhook_poll_ms")?;
+        .and_then(|raw| WebhookSecret::parse(raw).map_err(|e| l.err("webhook_secret", e)))?;
+    let timeout = l.raw.webhook_timeout_ms;
+    let retry_base = l.raw.webhook_retry_base_ms;
+    let retry_max_interval = l.raw.webhook_retry_max_interval_secs;
+    let poll = l.raw.webhook_poll_ms;
     for (key, value) in [
         ("webhook_timeout_ms", timeout),
         ("webhook_retry_base_ms", retry_base),
@@ -102,25 +100,24 @@ pub(super) fn webhooks(l: &Layers) -> Result<Option<WebhookSettings>, ConfigErro
         },
         retry_base,
         retry_max_interval,
-        retry_period: l.secs("webhook_retry_period_secs")?,
-        retention: l.secs("webhook_retention_secs")?,
+        retry_period: l.raw.webhook_retry_period_secs,
+        retention: l.raw.webhook_retention_secs,
         poll,
     }))
 }
 
 /// `audit_…`.
 pub(super) fn audit(l: &Layers) -> Result<AuditSettings, ConfigError> {
-    let flush_interval = l.millis("audit_flush_ms")?;
+    let flush_interval = l.raw.audit_flush_ms;
     if flush_interval.is_zero() || flush_interval > MAX_AUDIT_FLUSH {
         return Err(l.err(
             "audit_flush_ms",
             format!("must be between 1 and {}", MAX_AUDIT_FLUSH.as_millis()),
         ));
     }
-    let days: u64 = l.positive("audit_retention_days", "a whole number of days")?;
     Ok(AuditSettings {
-        enabled: l.parse("audit_enabled", "true or false")?,
+        enabled: l.raw.audit_enabled,
         flush_interval,
-        retention: Duration::from_secs(days.saturating_mul(86_400)),
+        retention: l.raw.audit_retention_days,
     })
 }

@@ -1,154 +1,123 @@
-//! The layers of raw settings and how they are loaded.
+//! The layers of settings, merged by figment, and the names a setting goes by.
 //!
-//! Built-in defaults, then `config/default.toml` (if present), then the file named by
-//! `--config` / `VALO_OAUTH_CONFIG`, then environment variables; later layers win. Each raw
-//! value remembers where it came from, so [`Layers::err`] names it as the operator wrote it.
+//! Later layers win: the built-in defaults (`defaults.toml`, compiled in), then
+//! `config/default.toml` (if present), then the file named by `--config` /
+//! `VALO_OAUTH_CONFIG`, then environment variables. Figment keeps, for every value, the layer
+//! it came from; [`Layers::name`] uses it to name a setting as the operator wrote it, and a
+//! figment error is turned into one [`ConfigError`] line the same way.
+//!
+//! Secrets also accept `…_file` (`…_FILE` in the environment): within one layer the file is
+//! read in place of the value ([`SecretFiles`]); setting both in one layer is an error.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::Path;
 
+use figment::error::{Actual, Kind};
+use figment::providers::{Data, Format};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::de::{self, DeserializeOwned};
+
+use super::raw::Raw;
 use super::{ConfigError, Settings};
 
-/// Every setting: its TOML name, its default (None: no default), whether it is a secret
-/// (then `…_file` is accepted too), and what it means (used for `--help`-like docs).
-const SETTINGS: &[(&str, Option<&str>, bool)] = &[
-    ("env", Some("development"), false),
-    ("listen", Some("127.0.0.1:8080"), false),
-    ("internal_listen", None, false),
-    ("public_url", None, false),
-    ("database_url", Some("sqlite://data/valo-oauth.db"), true),
-    ("migrate_on_start", Some("true"), false),
-    ("db_max_connections", Some("10"), false),
-    ("db_acquire_timeout_ms", Some("800"), false),
-    ("db_transaction_pooler", Some("false"), false),
-    ("encryption_keys", None, true),
-    ("api_jwt_secret", None, true),
-    ("api_jwt_public_key_file", None, false),
-    ("api_jwt_audience", Some("valo-oauth"), false),
-    ("api_jwt_issuer", None, false),
-    ("api_jwt_cache_capacity", Some("10000"), false),
-    (
-        "login_hosts",
-        Some("login.salesforce.com,test.salesforce.com,*.my.salesforce.com"),
-        false,
-    ),
-    ("return_to_origins", Some(""), false),
-    ("log", Some("info"), false),
-    ("log_format", None, false),
-    ("data_dir", Some("data"), false),
-    ("body_limit_bytes", Some("65536"), false),
-    (
-        "salesforce_scopes",
-        Some("api refresh_token offline_access"),
-        false,
-    ),
-    ("salesforce_prompt", None, false),
-    ("salesforce_connect_timeout_ms", Some("3000"), false),
-    ("salesforce_timeout_ms", Some("10000"), false),
-    ("salesforce_max_response_bytes", Some("65536"), false),
-    ("salesforce_max_in_flight", Some("256"), false),
-    ("assumed_token_lifetime_secs", Some("7200"), false),
-    ("authorization_ttl_secs", Some("600"), false),
-    ("refresh_wait_ms", Some("15000"), false),
-    ("refresh_lease_grace_secs", Some("20"), false),
-    ("refresh_backoff_max_secs", Some("300"), false),
-    ("keepalive_interval_secs", Some("604800"), false),
-    ("keepalive_sweep_secs", Some("60"), false),
-    ("keepalive_concurrency", Some("4"), false),
-    ("token_cache_revalidate_secs", Some("30"), false),
-    ("token_cache_capacity", Some("100000"), false),
-    ("shutdown_grace_secs", Some("20"), false),
-    ("header_read_timeout_secs", Some("10"), false),
-    ("idle_timeout_secs", Some("30"), false),
-    ("request_timeout_secs", Some("20"), false),
-    ("max_concurrent_requests", Some("1024"), false),
-    ("callback_rate_limit_per_minute", Some("60"), false),
-    ("callback_rate_limit_burst", Some("20"), false),
-    ("trust_forwarded_for", Some("false"), false),
-    ("webhook_url", None, false),
-    ("webhook_secret", None, true),
-    ("webhook_timeout_ms", Some("10000"), false),
-    ("webhook_retry_base_ms", Some("5000"), false),
-    ("webhook_retry_max_interval_secs", Some("3600"), false),
-    ("webhook_retry_period_secs", Some("86400"), false),
-    ("webhook_retention_secs", Some("604800"), false),
-    ("webhook_poll_ms", Some("1000"), false),
-    ("audit_enabled", Some("true"), false),
-    ("audit_flush_ms", Some("5000"), false),
-    ("audit_retention_days", Some("90"), false),
+/// The built-in defaults, the first layer.
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// The settings that are secrets: they accept `…_file` and are never echoed.
+const SECRETS: [&str; 4] = [
+    "database_url",
+    "encryption_keys",
+    "api_jwt_secret",
+    "webhook_secret",
 ];
 
-/// Where a raw value came from, to name it in errors.
-#[derive(Clone, Debug)]
-enum Origin {
-    Default,
-    File(PathBuf),
-    Env(String),
-}
-
-#[derive(Clone)]
-struct Raw {
-    value: String,
-    origin: Origin,
-}
+/// The name of the environment layer's metadata.
+const ENVIRONMENT: &str = "environment";
 
 /// The environment as a map, so tests can pass their own.
 pub type EnvMap = BTreeMap<String, String>;
 
+/// The environment variable of a setting (`listen` → `VALO_OAUTH_LISTEN`; the database URL
+/// is the conventional `DATABASE_URL`, and its file `DATABASE_URL_FILE`).
 pub fn env_var_name(key: &str) -> String {
-    if key == "database_url" {
-        "DATABASE_URL".to_owned()
-    } else {
-        format!("VALO_OAUTH_{}", key.to_ascii_uppercase())
+    match key.strip_prefix("database_url") {
+        Some(rest) => format!("DATABASE_URL{}", rest.to_ascii_uppercase()),
+        None => format!("VALO_OAUTH_{}", key.to_ascii_uppercase()),
     }
+}
+
+/// Every key the layers may hold: each setting, and `…_file` after each secret.
+fn keys_and_files() -> Vec<String> {
+    let mut keys = Vec::new();
+    for key in setting_keys() {
+        keys.push(key.to_owned());
+        if SECRETS.contains(&key) {
+            keys.push(format!("{key}_file"));
+        }
+    }
+    keys
 }
 
 /// Every environment variable the service reads (`…_FILE` for secrets, and
 /// `VALO_OAUTH_CONFIG`), for operators and for checking deployment files against.
 pub fn environment_names() -> Vec<String> {
     let mut names = vec!["VALO_OAUTH_CONFIG".to_owned()];
-    for (key, _, secret) in SETTINGS {
-        names.push(env_var_name(key));
-        if *secret {
-            names.push(format!("{}_FILE", env_var_name(key)));
-        }
-    }
+    names.extend(keys_and_files().iter().map(|key| env_var_name(key)));
     names
 }
 
-/// The raw settings after layering, each with its origin.
+/// The settings' names, in the order `defaults.toml` lists them. It holds every setting:
+/// [`Raw`] has no serde defaults and refuses unknown keys, so every load checks that the two
+/// agree.
+fn setting_keys() -> impl Iterator<Item = &'static str> {
+    DEFAULTS
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| Some(line.split_once(" = ")?.0))
+}
+
+/// The layer a value came from.
+enum Layer<'a> {
+    Defaults,
+    File(&'a Path),
+    Environment,
+}
+
+fn layer(metadata: Option<&Metadata>) -> Layer<'_> {
+    match metadata {
+        Some(md) => match md.source.as_ref().and_then(Source::file_path) {
+            Some(path) => Layer::File(path),
+            None if md.name == ENVIRONMENT => Layer::Environment,
+            None => Layer::Defaults,
+        },
+        None => Layer::Defaults,
+    }
+}
+
+/// A setting named as the operator wrote it: the environment variable (also for a
+/// default), or the key in its file.
+fn setting_name(metadata: Option<&Metadata>, key: &str) -> String {
+    let written =
+        || metadata.map_or_else(String::new, |md| md.interpolate(&Profile::Default, &[key]));
+    match layer(metadata) {
+        Layer::Defaults => env_var_name(key),
+        Layer::File(path) => format!("{} in {}", written(), path.display()),
+        Layer::Environment => written(),
+    }
+}
+
+/// The settings after layering, with figment's record of where each came from.
 pub(super) struct Layers {
-    values: BTreeMap<&'static str, Raw>,
+    pub(super) raw: Raw,
+    figment: Figment,
 }
 
 impl Layers {
-    /// The built-in defaults, the first layer.
-    fn defaults() -> Self {
-        let mut layers = Self {
-            values: BTreeMap::new(),
-        };
-        for (key, default, _) in SETTINGS {
-            if let Some(v) = default {
-                layers.values.insert(
-                    key,
-                    Raw {
-                        value: (*v).to_owned(),
-                        origin: Origin::Default,
-                    },
-                );
-            }
-        }
-        layers
-    }
-
     /// The setting's name as the operator wrote it (environment variable, or key in file).
     pub(super) fn name(&self, key: &str) -> String {
-        match self.values.get(key).map(|r| &r.origin) {
-            Some(Origin::Env(name)) => name.clone(),
-            Some(Origin::File(path)) => format!("{key} in {}", path.display()),
-            _ => env_var_name(key),
-        }
+        setting_name(self.figment.find_metadata(key), key)
     }
 
     pub(super) fn err(&self, key: &str, problem: impl Into<String>) -> ConfigError {
@@ -158,151 +127,192 @@ impl Layers {
         }
     }
 
-    /// The raw value, None when unset or blank.
-    pub(super) fn get(&self, key: &str) -> Option<&str> {
-        self.values
-            .get(key)
-            .map(|r| r.value.as_str())
-            .filter(|v| !v.trim().is_empty())
+    /// `value` of `key` must be more than `bound` of `other`; the error names both as written.
+    pub(super) fn more_than<T: PartialOrd>(
+        &self,
+        (key, value): (&str, T),
+        (other, bound): (&str, T),
+    ) -> Result<(), ConfigError> {
+        if value <= bound {
+            return Err(self.err(key, format!("must be more than {}", self.name(other))));
+        }
+        Ok(())
     }
 
     /// Whether the operator set the value (rather than it being a default).
     pub(super) fn is_explicit(&self, key: &str) -> bool {
-        self.values
-            .get(key)
-            .is_some_and(|r| !matches!(r.origin, Origin::Default))
-            && self.get(key).is_some()
-    }
-
-    pub(super) fn parse<T: std::str::FromStr>(
-        &self,
-        key: &str,
-        what: &str,
-    ) -> Result<T, ConfigError> {
-        let raw = self.get(key).ok_or_else(|| self.err(key, "must be set"))?;
-        raw.trim()
-            .parse()
-            .map_err(|_| self.err(key, format!("{raw:?} is not {what}")))
-    }
-
-    pub(super) fn millis(&self, key: &str) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_millis(
-            self.parse(key, "a whole number of milliseconds")?,
-        ))
-    }
-
-    pub(super) fn secs(&self, key: &str) -> Result<Duration, ConfigError> {
-        Ok(Duration::from_secs(
-            self.parse(key, "a whole number of seconds")?,
-        ))
-    }
-
-    pub(super) fn positive<T: std::str::FromStr + PartialOrd + Default>(
-        &self,
-        key: &str,
-        what: &str,
-    ) -> Result<T, ConfigError> {
-        let v: T = self.parse(key, what)?;
-        if v <= T::default() {
-            return Err(self.err(key, "must be greater than zero"));
-        }
-        Ok(v)
+        !matches!(layer(self.figment.find_metadata(key)), Layer::Defaults)
     }
 }
 
-fn known(key: &str) -> Option<&'static str> {
-    SETTINGS.iter().map(|(k, _, _)| *k).find(|k| *k == key)
-}
-
-fn is_secret(key: &str) -> bool {
-    SETTINGS.iter().any(|(k, _, s)| *k == key && *s)
-}
-
-fn read_secret_file(path: &Path, setting: &str) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
-        .map_err(|e| ConfigError {
-            setting: setting.to_owned(),
-            problem: format!("cannot read {}: {e}", path.display()),
-        })
-}
-
-/// A TOML value as a raw setting (a list becomes comma-separated); None if unsupported.
-fn toml_raw(value: toml::Value) -> Option<String> {
-    Some(match value {
-        toml::Value::String(s) => s,
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|v| match v {
-                toml::Value::String(s) => s.clone(),
-                toml::Value::Integer(i) => i.to_string(),
-                _ => String::new(),
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        _ => return None,
-    })
-}
-
-fn load_toml(path: &Path, layers: &mut Layers) -> Result<(), ConfigError> {
-    let file_err = |problem: String| ConfigError {
-        setting: path.display().to_string(),
-        problem,
+/// A figment error as one line naming the setting (or the file) without a secret's value.
+fn config_error(e: &figment::Error) -> ConfigError {
+    let md = e.metadata.as_ref();
+    let key = e.path.join(".");
+    let whole_layer = || match layer(md) {
+        Layer::File(path) => path.display().to_string(),
+        _ => md.map_or_else(|| "configuration".to_owned(), |md| md.name.to_string()),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| file_err(format!("invalid TOML: {}", e.message())))?;
-    for (key, value) in table {
-        let value = toml_raw(value).ok_or_else(|| {
-            file_err(format!(
-                "{key}: unsupported value (use a string, number, boolean or list)"
-            ))
-        })?;
-        let origin = Origin::File(path.to_owned());
-        if let Some(base) = key
-            .strip_suffix("_file")
-            .and_then(known)
-            .filter(|k| is_secret(k))
-        {
-            let setting = format!("{key} in {}", path.display());
-            let value = read_secret_file(Path::new(&value), &setting)?;
-            layers.values.insert(base, Raw { value, origin });
-        } else if let Some(k) = known(&key) {
-            layers.values.insert(k, Raw { value, origin });
-        } else {
-            return Err(file_err(format!("unknown setting {key:?}")));
-        }
+    if let Kind::UnknownField(field, _) = &e.kind {
+        return ConfigError {
+            setting: whole_layer(),
+            problem: format!("unknown setting {field:?}"),
+        };
     }
-    Ok(())
+    let problem = match &e.kind {
+        Kind::Message(message) => message.clone(),
+        Kind::InvalidValue(actual, expected) | Kind::InvalidType(actual, expected) => {
+            match actual {
+                _ if SECRETS.contains(&key.as_str()) => format!("is not {expected}"),
+                Actual::Str(s) => format!("{s:?} is not {expected}"),
+                other => format!("{other} is not {expected}"),
+            }
+        }
+        other => other.to_string(),
+    };
+    ConfigError {
+        setting: if key.is_empty() {
+            whole_layer()
+        } else {
+            setting_name(md, &key)
+        },
+        problem,
+    }
 }
 
-/// The environment layer: `VALO_OAUTH_…` (or `DATABASE_URL`), then `…_FILE` for secrets.
-fn load_env(env: &EnvMap, layers: &mut Layers) -> Result<(), ConfigError> {
-    for (key, _, secret) in SETTINGS {
-        let name = env_var_name(key);
-        if let Some(v) = env.get(&name) {
-            layers.values.insert(
-                key,
-                Raw {
-                    value: v.clone(),
-                    origin: Origin::Env(name.clone()),
-                },
-            );
+/// TOML through the `toml` crate; an error is one line without the file's text (which may
+/// hold a secret).
+struct Toml;
+
+#[derive(Debug)]
+struct TomlError(String);
+
+impl fmt::Display for TomlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TomlError {}
+
+impl de::Error for TomlError {
+    /// Only a file that cannot be read gets here (figment's `Format::from_path`).
+    fn custom<T: fmt::Display>(msg: T) -> Self {
+        Self(format!("cannot read: {msg}"))
+    }
+}
+
+impl Format for Toml {
+    type Error = TomlError;
+    const NAME: &'static str = "TOML";
+
+    fn from_str<T: DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+            TomlError(format!("invalid TOML at line {line}: {}", e.message()))
+        })
+    }
+}
+
+/// The environment map as a layer: `VALO_OAUTH_` + the key in upper case (see
+/// [`env_var_name`]), values as text. (figment's own `Env` reads the process environment and
+/// parses values, which would unquote `"…"` and split `[…]` in secrets; tests and the test kit
+/// give each load an environment of its own.)
+struct EnvVars<'a>(&'a EnvMap);
+
+impl Provider for EnvVars<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENVIRONMENT)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict = keys_and_files()
+            .into_iter()
+            .filter_map(|key| {
+                let value = self.0.get(&env_var_name(&key))?;
+                Some((key, Value::from(value.clone())))
+            })
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// One layer with each secret's `…_file` replaced by the file's content (the trailing
+/// newline trimmed). Its metadata names a key as the layer writes it (`naming`: the key
+/// itself in a file, [`env_var_name`] in the environment), `…_file` for a value read from a
+/// file.
+struct SecretFiles {
+    metadata: Metadata,
+    data: Result<Map<Profile, Dict>, figment::Error>,
+}
+
+impl SecretFiles {
+    fn new(layer: impl Provider, naming: fn(&str) -> String) -> Self {
+        let mut from_files = BTreeSet::new();
+        let data = match layer.data() {
+            Ok(mut profiles) => profiles
+                .values_mut()
+                .try_for_each(|dict| read_secret_files(dict, naming, &mut from_files))
+                .map(|()| profiles)
+                .map_err(|(file_key, problem)| figment::Error::from(problem).with_path(&file_key)),
+            Err(e) => Err(e),
+        };
+        let metadata = layer
+            .metadata()
+            .interpolater(move |_: &Profile, keys: &[&str]| {
+                let key = keys.join(".");
+                if from_files.contains(&key) {
+                    naming(&format!("{key}_file"))
+                } else {
+                    naming(&key)
+                }
+            });
+        Self { metadata, data }
+    }
+}
+
+impl Provider for SecretFiles {
+    fn metadata(&self) -> Metadata {
+        self.metadata.clone()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.data.clone()
+    }
+}
+
+/// Replaces each secret's `…_file` in one layer by the file's content; an error is the
+/// `…_file` key and the problem.
+fn read_secret_files(
+    dict: &mut Dict,
+    naming: fn(&str) -> String,
+    from_files: &mut BTreeSet<String>,
+) -> Result<(), (String, String)> {
+    for key in SECRETS {
+        let file_key = format!("{key}_file");
+        let Some(path) = dict.remove(&file_key) else {
+            continue;
+        };
+        let fail = |problem: String| (file_key.clone(), problem);
+        let set = dict
+            .get(key)
+            .is_some_and(|v| v.as_str().is_none_or(|s| !s.trim().is_empty()));
+        if set {
+            let other = naming(key);
+            return Err(fail(format!("set either it or {other}, not both")));
         }
-        let file_name = format!("{name}_FILE");
-        if *secret && let Some(path) = env.get(&file_name) {
-            let value = read_secret_file(Path::new(path), &file_name)?;
-            layers.values.insert(
-                key,
-                Raw {
-                    value,
-                    origin: Origin::Env(file_name),
-                },
-            );
-        }
+        let path = path
+            .into_string()
+            .ok_or_else(|| fail("must be the path of a file".to_owned()))?;
+        let secret =
+            std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot read {path}: {e}")))?;
+        dict.insert(
+            key.to_owned(),
+            Value::from(secret.trim_end_matches(['\n', '\r']).to_owned()),
+        );
+        from_files.insert(key.to_owned());
     }
     Ok(())
 }
@@ -314,16 +324,22 @@ pub fn load(
     config_file: Option<&Path>,
     env: &EnvMap,
 ) -> Result<Settings, ConfigError> {
-    let mut layers = Layers::defaults();
-    if default_file.exists() {
-        load_toml(default_file, &mut layers)?;
-    }
+    let mut figment = Figment::from(Toml::string(DEFAULTS));
     let config_file = config_file
         .map(Path::to_path_buf)
-        .or_else(|| env.get("VALO_OAUTH_CONFIG").map(PathBuf::from));
-    if let Some(path) = config_file {
-        load_toml(&path, &mut layers)?;
+        .or_else(|| env.get("VALO_OAUTH_CONFIG").map(Into::into));
+    let files = default_file
+        .exists()
+        .then(|| default_file.to_path_buf())
+        .into_iter()
+        .chain(config_file);
+    for file in files {
+        figment = figment.merge(SecretFiles::new(
+            Data::<Toml>::file_exact(file),
+            str::to_owned,
+        ));
     }
-    load_env(env, &mut layers)?;
-    super::resolve(&layers)
+    figment = figment.merge(SecretFiles::new(EnvVars(env), env_var_name));
+    let raw = figment.extract().map_err(|e| config_error(&e))?;
+    super::resolve(&Layers { raw, figment })
 }

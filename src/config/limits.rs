@@ -37,34 +37,27 @@ pub struct Protection {
 /// `body_limit_bytes`, `authorization_ttl_secs` and `shutdown_grace_secs`.
 pub(super) fn resolve(l: &Layers) -> Result<Limits, ConfigError> {
     Ok(Limits {
-        body_limit_bytes: l.positive("body_limit_bytes", "a number of bytes")?,
-        authorization_ttl: l.secs("authorization_ttl_secs")?,
-        shutdown_grace: l.secs("shutdown_grace_secs")?,
+        body_limit_bytes: l.raw.body_limit_bytes,
+        authorization_ttl: l.raw.authorization_ttl_secs,
+        shutdown_grace: l.raw.shutdown_grace_secs,
         protection: protection(l)?,
     })
 }
 
 fn protection(l: &Layers) -> Result<Protection, ConfigError> {
-    let seconds = |key: &str| -> Result<Duration, ConfigError> {
-        Ok(Duration::from_secs(
-            l.positive(key, "a whole number of seconds")?,
-        ))
-    };
-    let p = Protection {
-        header_read_timeout: seconds("header_read_timeout_secs")?,
-        idle_timeout: seconds("idle_timeout_secs")?,
-        request_timeout: seconds("request_timeout_secs")?,
-        max_concurrent_requests: l.positive("max_concurrent_requests", "a whole number")?,
-        callback_rate_per_minute: l.parse("callback_rate_limit_per_minute", "a whole number")?,
-        callback_burst: l.positive("callback_rate_limit_burst", "a whole number")?,
-        trust_forwarded_for: l.parse("trust_forwarded_for", "true or false")?,
-    };
+    let (idle_timeout, request_timeout) = (l.raw.idle_timeout_secs, l.raw.request_timeout_secs);
     // The idle timeout must not cut a request still being answered.
-    if p.idle_timeout <= p.request_timeout {
-        return Err(l.err(
-            "idle_timeout_secs",
-            format!("must be more than {}", l.name("request_timeout_secs")),
-        ));
-    }
-    Ok(p)
+    l.more_than(
+        ("idle_timeout_secs", idle_timeout),
+        ("request_timeout_secs", request_timeout),
+    )?;
+    Ok(Protection {
+        header_read_timeout: l.raw.header_read_timeout_secs,
+        idle_timeout,
+        request_timeout,
+        max_concurrent_requests: l.raw.max_concurrent_requests,
+        callback_rate_per_minute: l.raw.callback_rate_limit_per_minute,
+        callback_burst: l.raw.callback_rate_limit_burst,
+        trust_forwarded_for: l.raw.trust_forwarded_for,
+    })
 }

@@ -17,7 +17,7 @@ pub(super) struct Logging {
 
 /// `log` (default `info`) and `log_format` (default JSON in production, pretty otherwise).
 pub(super) fn resolve(l: &Layers, production: bool) -> Result<Logging, ConfigError> {
-    let format = match l.get("log_format").map(str::trim) {
+    let format = match l.raw.log_format.as_deref().map(str::trim) {
         Some("json") => LogFormat::Json,
         Some("pretty") => LogFormat::Pretty,
         Some(other) => {
@@ -30,7 +30,7 @@ pub(super) fn resolve(l: &Layers, production: bool) -> Result<Logging, ConfigErr
         None => LogFormat::Pretty,
     };
     Ok(Logging {
-        log: l.get("log").unwrap_or("info").to_owned(),
+        log: l.raw.log.as_deref().unwrap_or("info").to_owned(),
         format,
     })
 }

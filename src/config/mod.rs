@@ -1,17 +1,18 @@
 //! Layered settings, validated once at start.
 //!
-//! Layers, later ones win: built-in defaults → `config/default.toml` (if present) → the file
-//! named by `--config` / `VALO_OAUTH_CONFIG` → environment variables. Every setting has one
-//! name: `snake_case` in TOML and `VALO_OAUTH_` + upper case in the environment
-//! (`listen` ↔ `VALO_OAUTH_LISTEN`); the database URL is also read from the conventional
-//! `DATABASE_URL`. Secrets also accept a `…_FILE` variant (`VALO_OAUTH_API_JWT_SECRET_FILE`,
-//! or `api_jwt_secret_file` in TOML) for container secrets.
+//! Layers, later ones win: built-in defaults (`defaults.toml`) → `config/default.toml` (if
+//! present) → the file named by `--config` / `VALO_OAUTH_CONFIG` → environment variables.
+//! Every setting has one name: `snake_case` in TOML and `VALO_OAUTH_` + upper case in the
+//! environment (`listen` ↔ `VALO_OAUTH_LISTEN`), except the database URL, which is the
+//! conventional `DATABASE_URL`. Secrets also accept a `…_FILE` variant
+//! (`VALO_OAUTH_API_JWT_SECRET_FILE`, or `api_jwt_secret_file` in TOML) for container secrets.
 //!
 //! A bad value is a [`ConfigError`] naming where the value came from and what is wrong;
 //! `main` prints it on one line and exits with code 2.
 //!
-//! `layers` loads the raw values; `resolve` turns them into [`Settings`] one section at
-//! a time (one file each).
+//! `layers` merges the layers with figment and extracts `raw::Raw` (each value parsed to
+//! its type, unknown keys refused); `resolve` turns it into [`Settings`] one section at a time
+//! (one file each), checking what involves more than one setting or the environment.
 
 mod api_auth;
 mod database;
@@ -21,6 +22,7 @@ mod keys;
 mod layers;
 mod limits;
 mod logging;
+mod raw;
 mod redirects;
 mod salesforce;
 mod server;
@@ -40,6 +42,7 @@ use secrecy::SecretString;
 use url::Url;
 
 pub use self::api_auth::{ApiAuthSettings, ApiKey, public_key};
+use self::dev_secrets::DevSecrets;
 pub use self::events::{AuditSettings, WebhookSettings};
 use self::layers::Layers;
 pub use self::layers::{EnvMap, env_var_name, environment_names, load};
@@ -60,8 +63,9 @@ pub enum Environment {
     Production,
 }
 
-/// The validated settings of one process.
-#[derive(Clone)]
+/// The validated settings of one process. `Debug` shows no secret: every type holding one
+/// redacts it.
+#[derive(Clone, Debug)]
 pub struct Settings {
     pub env: Environment,
     /// The public listener: the callback, its pages and `/healthz` (and everything else
@@ -94,25 +98,11 @@ pub struct Settings {
     /// Signed webhooks to the Valo backend; None: no events are written.
     pub webhooks: Option<WebhookSettings>,
     pub audit: AuditSettings,
+    /// What protects both listeners from slow, idle, too many or too eager clients.
+    pub protection: Protection,
     /// Notes for the operator produced while loading (generated development secrets),
     /// logged once telemetry is up.
-    pub protection: Protection,
     pub warnings: Vec<String>,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Settings")
-            .field("env", &self.env)
-            .field("listen", &self.listen)
-            .field("internal_listen", &self.internal_listen)
-            .field("public_url", &self.public_url.as_str())
-            .field("database_url", &"[redacted]")
-            .field("keyring", &self.keyring)
-            .field("api_auth", &self.api_auth)
-            .field("webhooks", &self.webhooks)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Settings {
@@ -147,9 +137,10 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     let server = server::resolve(l)?;
     let production = server.production();
     let database_url = database::url(l)?;
-    let mut warnings = Vec::new();
-    let keyring = keys::keyring(l, production, &server.data_dir, &mut warnings)?;
-    let api_auth = api_auth::resolve(l, production, &server.data_dir, &mut warnings)?;
+    let mut dev = DevSecrets::new(production, &server.data_dir);
+    let keyring = keys::keyring(l, &mut dev)?;
+    let api_auth = api_auth::resolve(l, &mut dev)?;
+    let mut warnings = dev.warnings;
     let redirects = redirects::resolve(l, production)?;
     let logging = logging::resolve(l, production)?;
     let salesforce = salesforce::resolve(l)?;

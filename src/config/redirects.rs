@@ -16,10 +16,12 @@ pub(super) struct Redirects {
 /// `login_hosts`, then each comma-separated entry of `return_to_origins` (https only in
 /// production).
 pub(super) fn resolve(l: &Layers, production: bool) -> Result<Redirects, ConfigError> {
-    let login_hosts = HostPolicy::parse(l.get("login_hosts").unwrap_or_default())
+    let login_hosts = HostPolicy::parse(l.raw.login_hosts.as_deref().unwrap_or_default())
         .map_err(|e| l.err("login_hosts", e))?;
     let return_to_origins: Vec<String> = l
-        .get("return_to_origins")
+        .raw
+        .return_to_origins
+        .as_deref()
         .unwrap_or_default()
         .split(',')
         .map(str::trim)

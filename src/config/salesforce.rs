@@ -23,7 +23,9 @@ pub struct SalesforceSettings {
 pub(super) fn resolve(l: &Layers) -> Result<SalesforceSettings, ConfigError> {
     let prompt = prompt(l)?;
     let scopes = l
-        .get("salesforce_scopes")
+        .raw
+        .salesforce_scopes
+        .as_deref()
         .ok_or_else(|| l.err("salesforce_scopes", "must not be empty"))?
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -31,15 +33,12 @@ pub(super) fn resolve(l: &Layers) -> Result<SalesforceSettings, ConfigError> {
     let salesforce = SalesforceSettings {
         scopes,
         prompt,
-        connect_timeout: l.millis("salesforce_connect_timeout_ms")?,
-        request_timeout: l.millis("salesforce_timeout_ms")?,
-        max_response_bytes: l.positive("salesforce_max_response_bytes", "a number of bytes")?,
-        max_in_flight: l.positive("salesforce_max_in_flight", "a whole number")?,
-        assumed_token_lifetime: l.secs("assumed_token_lifetime_secs")?,
+        connect_timeout: l.raw.salesforce_connect_timeout_ms,
+        request_timeout: l.raw.salesforce_timeout_ms,
+        max_response_bytes: l.raw.salesforce_max_response_bytes,
+        max_in_flight: l.raw.salesforce_max_in_flight,
+        assumed_token_lifetime: l.raw.assumed_token_lifetime_secs,
     };
-    if salesforce.request_timeout.is_zero() {
-        return Err(l.err("salesforce_timeout_ms", "must be greater than zero"));
-    }
     if salesforce.assumed_token_lifetime < Duration::from_secs(60) {
         return Err(l.err("assumed_token_lifetime_secs", "must be at least 60"));
     }
@@ -48,7 +47,7 @@ pub(super) fn resolve(l: &Layers) -> Result<SalesforceSettings, ConfigError> {
 
 /// `salesforce_prompt`: a space-separated list of `login`, `consent`, `select_account`.
 fn prompt(l: &Layers) -> Result<Option<String>, ConfigError> {
-    match l.get("salesforce_prompt").map(str::trim) {
+    match l.raw.salesforce_prompt.as_deref().map(str::trim) {
         None => Ok(None),
         Some(p)
             if p.split(' ')

@@ -29,22 +29,15 @@ impl Server {
 /// outside production).
 pub(super) fn resolve(l: &Layers) -> Result<Server, ConfigError> {
     let env = environment(l)?;
-    let listen: SocketAddr = l.parse("listen", "a socket address like 127.0.0.1:8080")?;
-    let internal_listen = match l.get("internal_listen").map(str::trim) {
-        None | Some("") => None,
-        Some(_) => {
-            let internal: SocketAddr =
-                l.parse("internal_listen", "a socket address like 0.0.0.0:8081")?;
-            if internal == listen && listen.port() != 0 {
-                return Err(l.err(
-                    "internal_listen",
-                    format!("must differ from {}", l.name("listen")),
-                ));
-            }
-            Some(internal)
-        }
-    };
-    let data_dir = PathBuf::from(l.get("data_dir").unwrap_or("data"));
+    let listen = l.raw.listen;
+    let internal_listen = l.raw.internal_listen;
+    if internal_listen == Some(listen) && listen.port() != 0 {
+        return Err(l.err(
+            "internal_listen",
+            format!("must differ from {}", l.name("listen")),
+        ));
+    }
+    let data_dir = PathBuf::from(l.raw.data_dir.as_deref().unwrap_or("data"));
     let public_url = public_url(l, env == Environment::Production, listen)?;
     Ok(Server {
         env,
@@ -56,7 +49,7 @@ pub(super) fn resolve(l: &Layers) -> Result<Server, ConfigError> {
 }
 
 fn environment(l: &Layers) -> Result<Environment, ConfigError> {
-    match l.get("env").unwrap_or("development").trim() {
+    match l.raw.env.as_deref().unwrap_or("development").trim() {
         "development" => Ok(Environment::Development),
         "production" => Ok(Environment::Production),
         other => Err(l.err(
@@ -67,7 +60,7 @@ fn environment(l: &Layers) -> Result<Environment, ConfigError> {
 }
 
 fn public_url(l: &Layers, production: bool, listen: SocketAddr) -> Result<Url, ConfigError> {
-    let Some(raw) = l.get("public_url") else {
+    let Some(raw) = l.raw.public_url.as_deref() else {
         if production {
             return Err(l.err(
                 "public_url",

@@ -174,3 +174,251 @@ fn the_internal_listener_is_optional_and_checked() {
         "{bad}"
     );
 }
+
+// --- figment: precedence, secret files, errors as one line -----------------------------------
+
+/// One setting per section: its key, a value for the file and one for the environment, and
+/// how to read it back from the settings.
+type Probe = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Settings) -> String,
+);
+
+const PROBES: [Probe; 9] = [
+    ("listen", "\"127.0.0.1:9001\"", "127.0.0.1:9002", |s| {
+        s.listen.to_string()
+    }),
+    ("db_max_connections", "11", "12", |s| {
+        s.db_max_connections.to_string()
+    }),
+    ("api_jwt_audience", "\"file-aud\"", "env-aud", |s| {
+        s.api_auth.audience.clone()
+    }),
+    ("log", "\"debug\"", "trace", |s| s.log.clone()),
+    (
+        "return_to_origins",
+        "[\"https://file.valo.ai\"]",
+        "https://env.valo.ai",
+        |s| s.return_to_origins.join(","),
+    ),
+    ("salesforce_max_in_flight", "31", "32", |s| {
+        s.salesforce.max_in_flight.to_string()
+    }),
+    ("keepalive_concurrency", "5", "6", |s| {
+        s.tokens.keepalive_concurrency.to_string()
+    }),
+    ("max_concurrent_requests", "7", "8", |s| {
+        s.protection.max_concurrent_requests.to_string()
+    }),
+    ("audit_retention_days", "2", "3", |s| {
+        (s.audit.retention.as_secs() / 86_400).to_string()
+    }),
+];
+
+#[test]
+fn each_section_takes_the_environment_over_the_file_over_the_default() {
+    let dir = tmp();
+    let defaults = load_env(&[]).unwrap();
+    let file = dir.join("layer.toml");
+    for (key, in_file, in_env, read) in PROBES {
+        std::fs::write(&file, format!("{key} = {in_file}\n")).unwrap();
+        let from_file = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap();
+        let expected = in_file.trim_matches(['"', '[', ']']);
+        assert_eq!(read(&from_file), expected, "{key} from the file");
+        assert_ne!(read(&defaults), expected, "{key}: the default differs");
+        let name = env_var_name(key);
+        let from_env = load(
+            &dir.join("none.toml"),
+            Some(&file),
+            &env(&[(name.as_str(), in_env)], &dir),
+        )
+        .unwrap();
+        assert_eq!(read(&from_env), in_env, "{name} over the file");
+        // config/default.toml is the layer below --config.
+        let under = dir.join("under.toml");
+        std::fs::write(&under, format!("{key} = {in_file}\n")).unwrap();
+        let from_default_file = load(&under, None, &env(&[], &dir)).unwrap();
+        assert_eq!(
+            read(&from_default_file),
+            expected,
+            "{key} from default.toml"
+        );
+    }
+}
+
+#[test]
+fn secrets_come_from_files_named_by_file_variables() {
+    let dir = tmp();
+    let key = Keyring::generate_key_spec("f1");
+    let keys_file = dir.join("keys");
+    std::fs::write(&keys_file, format!("{}\n", key.expose_secret())).unwrap();
+    let db_file = dir.join("db");
+    let db_url = format!("sqlite://{}/from-file.db", dir.display());
+    std::fs::write(&db_file, format!("{db_url}\r\n")).unwrap();
+    let s = load_env(&[
+        (
+            "VALO_OAUTH_ENCRYPTION_KEYS_FILE",
+            keys_file.to_str().unwrap(),
+        ),
+        ("DATABASE_URL_FILE", db_file.to_str().unwrap()),
+    ])
+    .unwrap();
+    assert_eq!(s.keyring.primary_key_id(), "f1");
+    assert_eq!(s.database_url.expose_secret(), db_url);
+    // Only the trailing newline goes (the API secret is used as it is).
+    let jwt_file = dir.join("jwt");
+    std::fs::write(&jwt_file, " a-secret-from-a-file-0123456789abcdef\r\n").unwrap();
+    let s = load_env(&[("VALO_OAUTH_API_JWT_SECRET_FILE", jwt_file.to_str().unwrap())]).unwrap();
+    match &s.api_auth.key {
+        ApiKey::Hs256(k) => assert_eq!(k.expose_secret(), " a-secret-from-a-file-0123456789abcdef"),
+        ApiKey::PublicKeyPem(_) => unreachable!(),
+    }
+
+    // A bad value read from a file is named by the variable that named the file, unechoed.
+    let short = dir.join("short");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    let err = load_env(&[("VALO_OAUTH_API_JWT_SECRET_FILE", short.to_str().unwrap())]).unwrap_err();
+    assert_eq!(err.setting, "VALO_OAUTH_API_JWT_SECRET_FILE");
+    assert!(err.problem.contains("32 bytes"), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+
+    // Both in one layer is refused; a missing file is named.
+    let err = load_env(&[
+        (
+            "VALO_OAUTH_API_JWT_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        ),
+        ("VALO_OAUTH_API_JWT_SECRET_FILE", short.to_str().unwrap()),
+    ])
+    .unwrap_err();
+    assert_eq!(err.setting, "VALO_OAUTH_API_JWT_SECRET_FILE");
+    assert!(
+        err.problem.contains("VALO_OAUTH_API_JWT_SECRET, not both"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("0123456789abcdef"), "{err}");
+    let missing = dir.join("missing");
+    let err =
+        load_env(&[("VALO_OAUTH_WEBHOOK_SECRET_FILE", missing.to_str().unwrap())]).unwrap_err();
+    assert_eq!(err.setting, "VALO_OAUTH_WEBHOOK_SECRET_FILE");
+    assert!(err.problem.starts_with("cannot read "), "{err}");
+
+    // The environment's value wins over the file layer's secret file.
+    let file = dir.join("secrets.toml");
+    let line = format!("encryption_keys_file = '{}'\n", keys_file.display());
+    std::fs::write(&file, line).unwrap();
+    let other = Keyring::generate_key_spec("e1");
+    let s = load(
+        &dir.join("none.toml"),
+        Some(&file),
+        &env(
+            &[("VALO_OAUTH_ENCRYPTION_KEYS", other.expose_secret())],
+            &dir,
+        ),
+    )
+    .unwrap();
+    assert_eq!(s.keyring.primary_key_id(), "e1");
+}
+
+#[test]
+fn figment_errors_are_one_line_naming_the_setting() {
+    let dir = tmp();
+    let one_line = |err: &ConfigError| {
+        let line = format!("valo-oauth: configuration error: {err}");
+        assert!(!line.contains('\n'), "{line}");
+        line
+    };
+    // A malformed number in the environment.
+    let err = load_env(&[("VALO_OAUTH_DB_MAX_CONNECTIONS", "ten")]).unwrap_err();
+    assert_eq!(
+        one_line(&err),
+        "valo-oauth: configuration error: VALO_OAUTH_DB_MAX_CONNECTIONS: \"ten\" is not a whole number"
+    );
+    let err = load_env(&[("VALO_OAUTH_AUDIT_FLUSH_MS", "1s")]).unwrap_err();
+    assert_eq!(err.setting, "VALO_OAUTH_AUDIT_FLUSH_MS");
+    assert_eq!(err.problem, "\"1s\" is not a whole number of milliseconds");
+    let err = load_env(&[("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "0")]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "VALO_OAUTH_KEEPALIVE_SWEEP_SECS: must be greater than zero"
+    );
+    let err = load_env(&[("VALO_OAUTH_MIGRATE_ON_START", "yes")]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "VALO_OAUTH_MIGRATE_ON_START: \"yes\" is not true or false"
+    );
+    let err = load_env(&[("VALO_OAUTH_BODY_LIMIT_BYTES", " ")]).unwrap_err();
+    assert_eq!(err.to_string(), "VALO_OAUTH_BODY_LIMIT_BYTES: must be set");
+
+    // In a file: the key and the file.
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "idle_timeout_secs = \"soon\"\n").unwrap();
+    let err = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap_err();
+    assert_eq!(
+        err.setting,
+        format!("idle_timeout_secs in {}", file.display())
+    );
+    assert!(
+        err.problem
+            .contains("\"soon\" is not a whole number of seconds"),
+        "{err}"
+    );
+
+    // An unknown key names the key and the file; broken TOML is one line without the text.
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:9000\"\nwebhok_url = \"https://x\"\n",
+    )
+    .unwrap();
+    let err = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap_err();
+    assert_eq!(err.setting, file.display().to_string());
+    assert_eq!(err.problem, "unknown setting \"webhok_url\"");
+    std::fs::write(
+        &file,
+        "database_url = \"postgres://u:hunter2@h/db\nlog = 1\n",
+    )
+    .unwrap();
+    let err = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap_err();
+    let line = one_line(&err);
+    assert!(line.contains("invalid TOML at line 1"), "{line}");
+    assert!(!line.contains("hunter2"), "{line}");
+    // A --config file that does not exist.
+    let err = load(
+        &dir.join("none.toml"),
+        Some(&dir.join("absent.toml")),
+        &env(&[], &dir),
+    )
+    .unwrap_err();
+    assert!(err.problem.starts_with("cannot read"), "{err}");
+    // A secret of the wrong type is not echoed.
+    std::fs::write(&file, "api_jwt_secret = { value = \"hunter2\" }\n").unwrap();
+    let err = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap_err();
+    assert_eq!(err.setting, format!("api_jwt_secret in {}", file.display()));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn the_settings_listed_are_the_readme_table() {
+    let names = environment_names();
+    let readme: Vec<&str> = include_str!("../../README.md")
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|n| n.starts_with("VALO_OAUTH_") || n.starts_with("DATABASE_URL"))
+        .collect();
+    for name in &readme {
+        assert!(names.iter().any(|n| n == name), "{name} is not listed");
+    }
+    let secrets = [
+        "DATABASE_URL",
+        "VALO_OAUTH_ENCRYPTION_KEYS",
+        "VALO_OAUTH_API_JWT_SECRET",
+        "VALO_OAUTH_WEBHOOK_SECRET",
+    ];
+    for secret in secrets {
+        assert!(names.contains(&format!("{secret}_FILE")), "{secret}_FILE");
+    }
+    // VALO_OAUTH_CONFIG, each setting of the table, and the four files.
+    assert_eq!(names.len(), 1 + readme.len() + secrets.len(), "{names:?}");
+}

@@ -22,8 +22,9 @@ pub struct TokenSettings {
     pub keepalive_interval: Option<Duration>,
     pub keepalive_sweep: Duration,
     pub keepalive_concurrency: usize,
-    /// How long a replica serves a cached token before re-reading the row (to notice a
-    /// refresh, reauthorization or deletion made by another replica).
+    /// How often a replica reads the connection change feed: the longest a refresh,
+    /// reauthorization, status change or deletion made by another replica goes unnoticed
+    /// by this replica's token cache.
     pub cache_revalidate: Duration,
     /// The most access tokens one replica keeps in memory (least recently used go first).
     pub cache_capacity: u64,
@@ -35,29 +36,23 @@ pub(super) fn resolve(
     l: &Layers,
     salesforce: &SalesforceSettings,
 ) -> Result<TokenSettings, ConfigError> {
-    let keepalive_interval = l.secs("keepalive_interval_secs")?;
+    let keepalive_interval = l.raw.keepalive_interval_secs;
     let lease_grace = lease_grace(l)?;
-    let tokens = TokenSettings {
-        refresh_wait: l.millis("refresh_wait_ms")?,
-        lease_duration: salesforce.request_timeout + lease_grace,
-        backoff_max: l.secs("refresh_backoff_max_secs")?,
-        keepalive_interval: (!keepalive_interval.is_zero()).then_some(keepalive_interval),
-        keepalive_sweep: l.secs("keepalive_sweep_secs")?,
-        keepalive_concurrency: l.positive("keepalive_concurrency", "a whole number")?,
-        cache_revalidate: l.secs("token_cache_revalidate_secs")?,
-        cache_capacity: l.positive("token_cache_capacity", "a whole number")?,
-    };
     // A caller must be able to wait for one whole Salesforce call.
-    if tokens.refresh_wait <= salesforce.request_timeout {
-        return Err(l.err(
-            "refresh_wait_ms",
-            format!("must be more than {}", l.name("salesforce_timeout_ms")),
-        ));
-    }
-    if tokens.keepalive_sweep.is_zero() {
-        return Err(l.err("keepalive_sweep_secs", "must be greater than zero"));
-    }
-    Ok(tokens)
+    l.more_than(
+        ("refresh_wait_ms", l.raw.refresh_wait_ms),
+        ("salesforce_timeout_ms", salesforce.request_timeout),
+    )?;
+    Ok(TokenSettings {
+        refresh_wait: l.raw.refresh_wait_ms,
+        lease_duration: salesforce.request_timeout + lease_grace,
+        backoff_max: l.raw.refresh_backoff_max_secs,
+        keepalive_interval: (!keepalive_interval.is_zero()).then_some(keepalive_interval),
+        keepalive_sweep: l.raw.keepalive_sweep_secs,
+        keepalive_concurrency: l.raw.keepalive_concurrency,
+        cache_revalidate: l.raw.token_cache_revalidate_secs,
+        cache_capacity: l.raw.token_cache_capacity,
+    })
 }
 
 /// `refresh_lease_grace_secs`, at least [`MIN_LEASE_GRACE`].
@@ -66,7 +61,7 @@ pub(super) fn resolve(
 /// commit is retried; once another replica may take the lease, no holder can still be
 /// presenting the refresh token. 20 s covers a database failover or pooler restart.
 fn lease_grace(l: &Layers) -> Result<Duration, ConfigError> {
-    let lease_grace = l.secs("refresh_lease_grace_secs")?;
+    let lease_grace = l.raw.refresh_lease_grace_secs;
     if lease_grace < MIN_LEASE_GRACE {
         return Err(l.err(
             "refresh_lease_grace_secs",

@@ -4,12 +4,15 @@
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{Target, rfc3339};
+use super::openapi::{ServiceUnavailable, TenantErrors, TenantPath};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::audit::AuditFilter;
@@ -20,19 +23,61 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/tenants/{tenant}/audit", get(list))
+    routes().into()
 }
 
-#[derive(Serialize)]
+/// The routes with their OpenAPI operations.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
+}
+
+/// The query of the audit trail ([`filter`] parses it strictly).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documentation only: the handler parses the raw query.
+struct AuditQuery {
+    /// Only this connection's entries.
+    #[param(value_type = Option<String>, format = Uuid)]
+    connection_id: Option<Uuid>,
+    /// Entries at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    since: Option<String>,
+    /// Entries before this time (RFC 3339, exclusive).
+    #[param(value_type = Option<String>, format = DateTime)]
+    until: Option<String>,
+    /// Entries per page, 1 to 1000.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `next_cursor` of the previous page (opaque).
+    cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditEntry)]
 struct EntryView {
-    /// The start of the minute for token reads and refreshes, else the moment.
+    /// The start of the minute for `token_served` and `token_refreshed` (aggregated), else
+    /// the moment of the action.
+    #[schema(value_type = super::openapi::Timestamp)]
     at: String,
+    /// The API token's `sub`; `valo-oauth:keepalive` for refreshes of the keep-alive
+    /// sweeper; `salesforce:<user id>` for `connection_created` (the callback carries no API
+    /// token: the Salesforce user who consented).
     actor: String,
+    /// `token_served`, `token_refreshed`, `connection_created`, `connection_deleted`,
+    /// `app_updated` or `app_deleted`.
     action: String,
+    /// Absent for app actions.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, value_type = String, format = Uuid)]
     connection_id: Option<String>,
+    /// How many times the action happened in this entry (token reads are counted per actor,
+    /// connection and minute; one minute may grow until a little after it ends, as replicas
+    /// flush).
+    #[schema(minimum = 1)]
     count: i64,
+    /// The `x-request-id` of the request, for changes (absent for aggregated reads).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false, value_type = String)]
     request_id: Option<String>,
 }
 
@@ -49,9 +94,13 @@ impl From<AuditEntry> for EntryView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = AuditPage)]
 struct Page {
+    /// Oldest first (by `at`, then insertion).
     entries: Vec<EntryView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -121,6 +170,23 @@ fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
     Ok(filter)
 }
 
+/// Read the tenant's audit trail
+///
+/// Who read which connection's access token (`token_served`, counted per actor, connection
+/// and minute), which reads caused a refresh (`token_refreshed`), and who created or deleted
+/// connections and updated or deleted the app. Entries are written off the request path,
+/// within 10 s (`audit_flush_ms`), and kept for `audit_retention_days` (90). Paginated:
+/// follow `next_cursor` until it is null. A token confined to another tenant gets 403.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/audit", operation_id = "listAudit", tag = "audit",
+    params(TenantPath, AuditQuery),
+    responses(
+        (status = 200, description = "One page of entries.", body = Page),
+        (status = 503, response = ServiceUnavailable),
+        TenantErrors,
+    ),
+    security(("bearerAuth" = ["audit:read"])),
+)]
 async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -10,18 +10,64 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use secrecy::SecretString;
 use url::Url;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use super::pages;
 use crate::broker::flow::{CallbackParams, FlowErrorCode, StateProblem};
 use crate::config::CALLBACK_PATH;
+use crate::metrics::{CallbackOutcome, Event};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route(CALLBACK_PATH, get(callback))
+    routes().into()
 }
+
+/// The callback with its OpenAPI operation.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(callback))
+}
+
+/// The query Salesforce sends the browser back with (RFC 6749 §4.1.2 and §4.1.2.1).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // Documentation only: the handler reads the query as a map.
+struct CallbackQuery {
+    /// The flow's state (43 characters, base64url).
+    state: Option<String>,
+    /// The authorization code (on success).
+    code: Option<String>,
+    /// Salesforce's error code (on failure).
+    error: Option<String>,
+    /// Salesforce's error description.
+    error_description: Option<String>,
+}
+
+/// Salesforce's OAuth redirect (browsers)
+///
+/// The redirect URI of every tenant's External Client App (RFC 6749 §4.1.2). Not for API
+/// clients. The state is consumed first (single use). With a valid state the flow ends in a
+/// 303 redirect to its `return_to` — `status=connected&connection_id=…` on success,
+/// `status=error&error=…&error_description=…` on failure (see `CallbackError` for the `error`
+/// values) — or, without `return_to`, in an HTML page. A missing, malformed, unknown, expired
+/// or already used state gets an HTML error page, never a redirect. Every answer carries the
+/// pages' protective headers ([`pages::protective_headers`]).
+#[utoipa::path(
+    get, path = CALLBACK_PATH, operation_id = "salesforceCallback", tag = "callback",
+    params(CallbackQuery),
+    responses(
+        (status = 200, description = "Connected, and the flow had no `return_to`: a page naming the connection id.", body = String, content_type = "text/html"),
+        (status = 303, description = "The flow had a `return_to`: redirect there with the outcome in the query (`CallbackRedirectQuery`)."),
+        (status = 400, description = "An HTML error page: the state is missing, malformed, unknown, expired or already used; or the flow failed for the person's or Salesforce's reason (e.g. `access_denied`, `exchange_failed`, `no_refresh_token`) and had no `return_to`.", body = String, content_type = "text/html"),
+        (status = 429, response = super::openapi::RateLimited),
+        (status = 500, description = "An HTML error page: the redirect could not be built.", body = String, content_type = "text/html"),
+        (status = 502, description = "An HTML error page: the flow had no `return_to` and Salesforce was unavailable (`upstream_unavailable`) or its answer failed verification (`invalid_signature`).", body = String, content_type = "text/html"),
+        (status = 503, description = "An HTML error page: the flow had no `return_to`, or the state could not be checked, because the service's database failed (`service_unavailable`).", body = String, content_type = "text/html"),
+    ),
+)]
 
 async fn callback(
     State(state): State<AppState>,
@@ -37,7 +83,10 @@ async fn callback(
         .to_owned();
     // Query decodes percent-encoding exactly once: Salesforce's codes end in "%3D%3D".
     let Ok(Query(mut query)) = query else {
-        crate::metrics::CALLBACK_INVALID_STATE.inc();
+        state
+            .broker
+            .metrics()
+            .callback(CallbackOutcome::InvalidState);
         return pages::invalid_state(StateProblem::Malformed, &request_id);
     };
     let params = CallbackParams {
@@ -50,17 +99,21 @@ async fn callback(
         Ok(outcome) => outcome,
         Err(problem) => {
             tracing::warn!(problem = ?problem, "callback with an unusable state");
-            crate::metrics::CALLBACK_INVALID_STATE.inc();
+            state
+                .broker
+                .metrics()
+                .callback(CallbackOutcome::InvalidState);
             return pages::invalid_state(problem, &request_id);
         }
     };
+    let metrics = state.broker.metrics();
     match &outcome.result {
-        Ok(_) => crate::metrics::CALLBACK_CONNECTED.inc(),
+        Ok(_) => metrics.callback(CallbackOutcome::Connected),
         Err(e) => {
             if e.code == FlowErrorCode::InvalidSignature {
-                crate::metrics::INVALID_SIGNATURES.inc();
+                metrics.count(Event::InvalidSignature);
             }
-            crate::metrics::CALLBACK_FAILED.inc();
+            metrics.callback(CallbackOutcome::Error);
         }
     }
     match outcome

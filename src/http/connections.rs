@@ -5,12 +5,18 @@ use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, RequestId, Target, force_flag, rfc3339};
+use super::openapi::{
+    BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, NeedsReauthorization, NotFound,
+    RevocationErrors, ServiceUnavailable, TenantErrors, TenantPath, Unavailable, UpstreamError,
+};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::audit::AuditAction;
@@ -22,30 +28,50 @@ const DEFAULT_MIN_TTL_SECS: u64 = 300;
 const MAX_MIN_TTL_SECS: u64 = 86_400;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tenants/{tenant}/connections", get(list))
-        .route(
-            "/v1/tenants/{tenant}/connections/{id}",
-            get(read).delete(delete),
-        )
-        .route(
-            "/v1/tenants/{tenant}/connections/{id}/access-token",
-            post(access_token),
-        )
-        .route(
-            "/v1/tenants/{tenant}/connections/{id}/reauthorize",
-            post(reauthorize),
-        )
+    routes().into()
 }
 
-#[derive(Deserialize, Default)]
+/// The routes with their OpenAPI operations.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read, delete))
+        .routes(routes!(access_token))
+        .routes(routes!(reauthorize))
+}
+
+/// Optional body of a reconnect.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ReauthorizationRequest)]
 struct ReauthorizeBody {
+    /// Where the callback redirects when the flow ends; must be on an allowed origin
+    /// (`VALO_OAUTH_RETURN_TO_ORIGINS`).
+    #[schema(value_type = String, format = Uri, required = false)]
     return_to: Option<String>,
 }
 
-/// `POST …/connections/{id}/reauthorize`: a flow that renews this connection, with its
-/// Salesforce username as `login_hint`; answered like `POST …/authorizations`.
+/// Reconnect a connection (e.g. one in `needs_reauthorization`)
+///
+/// Starts an authorization flow for the connection's tenant with `login_hint` set to the
+/// connection's Salesforce username (when known), so the person lands on that user's login.
+/// Completing it renews the same connection: same id, status `active`, new tokens, the
+/// replaced refresh token revoked at Salesforce. Signed in as another Salesforce user, the
+/// flow ends with `error=different_user` and changes nothing. 404 for an unknown connection
+/// or one of another tenant.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{id}/reauthorize", operation_id = "reauthorizeConnection", tag = "connections",
+    params(ConnectionPath),
+    request_body(content = Option<ReauthorizeBody>, description = "Optional; an empty body means no `return_to`."),
+    responses(
+        (status = 201, description = "Flow started.", body = super::authorizations::Started),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+        TenantErrors,
+        BodyErrors,
+    ),
+    security(("bearerAuth" = ["connections:write"])),
+)]
 async fn reauthorize(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -61,25 +87,54 @@ async fn reauthorize(
     Ok(super::authorizations::started(started))
 }
 
-/// A connection as the API shows it: no token material.
-#[derive(Serialize)]
+/// One authorized Salesforce user of one org, for one tenant. Re-authorizing the same org id
+/// and user id updates this connection (same `id`) rather than creating another. No token
+/// material.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Connection)]
 struct ConnectionView {
+    #[schema(format = Uuid)]
     id: String,
     tenant_id: String,
+    /// Salesforce org id (from the token response's `id` URL).
+    #[schema(examples("00D5g000004XXXXEAA"))]
     org_id: String,
+    /// Salesforce user id (from the token response's `id` URL).
+    #[schema(examples("0055g00000XXXXXAAA"))]
     user_id: String,
-    /// The Salesforce username, when introspection told it (null otherwise).
+    /// The user's Salesforce username, learned by token introspection when the connection
+    /// was authorized; `null` when Salesforce did not tell. A reconnect passes it as
+    /// `login_hint`.
+    #[schema(required = true, examples("admin@acme.example"))]
     username: Option<String>,
+    /// The login origin the connection was authorized through.
+    #[schema(format = Uri)]
     login_url: String,
+    /// The org's API base URL.
+    #[schema(format = Uri)]
     instance_url: String,
+    #[schema(value_type = ConnectionStatus)]
     status: &'static str,
+    /// Scopes Salesforce granted (may be empty when Salesforce did not say).
     scopes: Vec<String>,
+    /// Expiry of the stored access token (introspected, or assumed from
+    /// `assumed_token_lifetime_secs`).
+    #[schema(value_type = super::openapi::Timestamp)]
     access_token_expires_at: String,
-    /// True when the expiry is the configured lifetime, not Salesforce's introspection.
+    /// True while the expiry is not confirmed by Salesforce's introspection (RFC 7662): the
+    /// configured lifetime, or after a refresh the previous token's lifetime until
+    /// introspection confirms it.
     access_token_expiry_assumed: bool,
+    #[schema(value_type = super::openapi::Timestamp)]
     created_at: String,
+    #[schema(value_type = super::openapi::Timestamp)]
     updated_at: String,
+    /// Last successful token issue (authorization or refresh).
+    #[schema(value_type = super::openapi::Timestamp)]
     last_refreshed_at: String,
+    /// The last refresh failure's summary (Salesforce error code and sanitised description),
+    /// or null.
+    #[schema(required = true)]
     last_error: Option<String>,
 }
 
@@ -105,11 +160,25 @@ impl From<Connection> for ConnectionView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ConnectionList {
     connections: Vec<ConnectionView>,
 }
 
+/// List the tenant's connections
+///
+/// Every connection of the tenant, whatever its status (an empty list when there are none,
+/// even without a registered app).
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/connections", operation_id = "listConnections", tag = "connections",
+    params(TenantPath),
+    responses(
+        (status = 200, description = "The connections.", body = ConnectionList),
+        (status = 503, response = ServiceUnavailable),
+        TenantErrors,
+    ),
+    security(("bearerAuth" = ["connections:read"])),
+)]
 async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -125,6 +194,20 @@ async fn list(
     ))
 }
 
+/// Read one connection
+///
+/// A connection of this tenant. A malformed id gets 404, like an unknown one.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/connections/{id}", operation_id = "getConnection", tag = "connections",
+    params(ConnectionPath),
+    responses(
+        (status = 200, description = "The connection.", body = ConnectionView),
+        (status = 404, response = NotFound),
+        (status = 503, response = ServiceUnavailable),
+        TenantErrors,
+    ),
+    security(("bearerAuth" = ["connections:read"])),
+)]
 async fn read(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -141,6 +224,22 @@ async fn read(
     ))
 }
 
+/// Delete a connection
+///
+/// Revokes the connection's refresh token at Salesforce (which revokes its access tokens
+/// too), then deletes it. A token Salesforce already considers invalid counts as revoked. If
+/// the revocation fails, the connection is kept and the answer is 502/503; retry, or pass
+/// `force=true` to delete anyway.
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/connections/{id}", operation_id = "deleteConnection", tag = "connections",
+    params(ConnectionPath, ForceQuery),
+    responses(
+        (status = 204, description = "Deleted."),
+        TenantErrors,
+        RevocationErrors,
+    ),
+    security(("bearerAuth" = ["connections:write"])),
+)]
 async fn delete(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
@@ -163,22 +262,72 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize, Default)]
+/// Options of an access-token request; the body may be omitted altogether.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = AccessTokenRequest)]
 struct TokenRequest {
+    /// The answered token must stay valid this long; otherwise it is refreshed first.
+    /// Default 300, at most 86400 (400 above). If the org's session lifetime is shorter than
+    /// this, the service does not refresh more than about once a minute to satisfy it: read
+    /// `expires_at`.
+    #[schema(value_type = u64, minimum = 0, maximum = 86400, default = 300, required = false)]
     min_ttl_seconds: Option<u64>,
+    /// The access token Salesforce just answered 401 to. If it is still the current token,
+    /// the service refreshes it — once, however many callers report it at the same time —
+    /// and answers the new one; if a newer token already exists, it answers that without
+    /// refreshing. Must not be empty.
+    #[schema(value_type = String, min_length = 1, write_only, required = false)]
     rejected_token: Option<SecretString>,
 }
 
-#[derive(Serialize)]
+/// A Salesforce access token valid for at least `min_ttl_seconds` (see there). Do not log or
+/// persist it; ask again instead (answers are served from memory when fresh).
+#[derive(Serialize, ToSchema)]
+#[schema(as = AccessToken)]
 struct TokenResponse<'a> {
+    /// Send as `Authorization: Bearer …` to `instance_url`.
     access_token: &'a str,
+    #[schema(schema_with = bearer)]
     token_type: &'static str,
+    /// The org's API base URL (may change after a refresh).
+    #[schema(format = Uri)]
     instance_url: &'a str,
+    #[schema(value_type = super::openapi::Timestamp)]
     issued_at: String,
+    /// When the token expires (introspected at Salesforce, or assumed from
+    /// `assumed_token_lifetime_secs`, default 7200 s, when introspection gives nothing).
+    #[schema(value_type = super::openapi::Timestamp)]
     expires_at: String,
 }
 
+fn bearer() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["Bearer"], "")
+}
+
+/// Get a fresh access token
+///
+/// Answers an access token valid for at least `min_ttl_seconds` (default 300), refreshing it
+/// first when needed. Refreshes use refresh-token rotation and are serialized per connection
+/// across all replicas; the new refresh token is stored before the access token is answered.
+/// Call this before Salesforce API requests (fresh tokens are served from memory), and with
+/// `rejected_token` after Salesforce answered 401. The response carries
+/// `Cache-Control: no-store`.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{id}/access-token", operation_id = "getAccessToken", tag = "tokens",
+    params(ConnectionPath),
+    request_body(content = Option<TokenRequest>, description = "Optional; an empty body means `min_ttl_seconds` 300 and no `rejected_token`."),
+    responses(
+        (status = 200, description = "A valid access token.", body = TokenResponse),
+        (status = 404, response = NotFound),
+        (status = 409, response = NeedsReauthorization),
+        (status = 502, response = UpstreamError),
+        (status = 503, response = Unavailable),
+        TenantErrors,
+        BodyErrors,
+    ),
+    security(("bearerAuth" = ["tokens:read"])),
+)]
 async fn access_token(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,

@@ -1,4 +1,5 @@
-//! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
+//! Operations endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document and
+//! its offline docs page (`/docs`, not itself part of the document).
 //! None needs authentication; none reveals a secret.
 
 use axum::Router;
@@ -7,28 +8,77 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
+use super::openapi::ServiceUnavailable;
 use super::problem::Problem;
-
-/// The OpenAPI 3.1 description of the API, kept beside the code it describes.
-const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
 /// `/healthz`, served on every listener (a load balancer's probe and the container's
 /// health check each reach one).
 pub fn health_router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz))
+    health_routes().into()
 }
 
-/// What operators and the Valo backend read: readiness, metrics, the API contract.
+/// `/healthz` with its OpenAPI operation.
+pub(super) fn health_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz))
+}
+
+/// What operators and the Valo backend read: readiness, metrics, the API contract and its
+/// docs page.
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+    Router::<AppState>::from(routes())
+        .route("/docs", get(super::docs::page))
+        .route("/docs/{asset}", get(super::docs::asset))
 }
 
-/// Alive: the process answers. Touches nothing else, so it stays cheap.
+/// The documented operations endpoints.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // The schema of the `json!` answer below.
+struct Health {
+    #[schema(schema_with = ok)]
+    status: String,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)] // The schema of the `json!` answer below.
+struct Ready {
+    #[schema(schema_with = ready)]
+    status: String,
+    /// The storage backend in use.
+    #[schema(schema_with = database)]
+    database: String,
+}
+
+fn ok() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["ok"], "")
+}
+
+fn ready() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["ready"], "")
+}
+
+fn database() -> utoipa::openapi::Object {
+    super::openapi::string_enum(&["postgres", "sqlite"], "")
+}
+
+/// Liveness
+///
+/// The process answers. Touches nothing else.
+#[utoipa::path(
+    get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "Alive.", body = Health)),
+)]
 async fn healthz() -> Response {
     (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
 }
@@ -37,7 +87,16 @@ async fn healthz() -> Response {
 /// its answer well within its own timeout, database or not.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(900);
 
-/// Ready: the database answers and every migration is applied.
+/// Readiness
+///
+/// The database answers and every migration is applied.
+#[utoipa::path(
+    get, path = "/readyz", operation_id = "readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Ready),
+        (status = 503, response = ServiceUnavailable),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let checked = tokio::time::timeout(READY_TIMEOUT, state.broker.check_ready()).await;
     match checked.unwrap_or_else(|_| {
@@ -59,45 +118,33 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics
+///
+/// This instance's metrics in the Prometheus text exposition format: request and
+/// Salesforce-call latency histograms, refresh outcomes and lease waits, the token cache,
+/// keep-alive, webhooks and the audit trail (the README's operations section lists every
+/// series).
+#[utoipa::path(
+    get, path = "/metrics", operation_id = "metrics", tag = "operations",
+    responses((status = 200, description = "Metrics.", body = String, content_type = "text/plain; version=0.0.4")),
+)]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let gauge = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    let now = state.broker.gauges();
-    let outbox = state.broker.outbox_gauges();
-    let body = crate::metrics::render(&[
-        (
-            "valo_oauth_token_cache_entries",
-            "Access tokens held in this replica's memory.",
-            gauge(now.cached_tokens),
-        ),
-        (
-            "valo_oauth_salesforce_calls_in_flight",
-            "Calls to Salesforce under way on this replica (limit: salesforce_max_in_flight).",
-            gauge(now.salesforce_calls_in_flight),
-        ),
-        (
-            "valo_oauth_salesforce_calls_waiting",
-            "Calls to Salesforce queued for the in-flight limit on this replica.",
-            gauge(now.salesforce_calls_waiting),
-        ),
-        (
-            "valo_oauth_refreshes_in_flight",
-            "Refreshes under way on this replica.",
-            gauge(now.refreshes_in_flight),
-        ),
-        (
-            "valo_oauth_webhook_outbox_depth",
-            "Webhook events not yet delivered nor given up (the shared outbox, as this replica last counted it).",
-            outbox.pending,
-        ),
-        (
-            "valo_oauth_webhook_oldest_pending_age_seconds",
-            "Age of the oldest webhook event not yet delivered nor given up (0: none).",
-            outbox.oldest_age_secs,
-        ),
-    ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    state.broker.publish_gauges();
+    let body = state.broker.metrics().render();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body).into_response()
 }
 
+/// This document
+#[utoipa::path(
+    get, path = "/openapi.json", operation_id = "openapi", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document.", body = Object)),
+)]
 async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    // Generated once: the document only changes with the binary.
+    static DOCUMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(super::openapi::json);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+        .into_response()
 }

@@ -110,6 +110,13 @@ impl ProblemCode {
     }
 }
 
+/// `WWW-Authenticate` of a request that carried no bearer token: RFC 6750 §3.1 names only
+/// the scheme.
+pub const CHALLENGE_TOKEN_REQUIRED: &str = "Bearer";
+
+/// `WWW-Authenticate` of a bearer token that was refused (RFC 6750 §3.1 `invalid_token`).
+pub const CHALLENGE_INVALID_TOKEN: &str = "Bearer error=\"invalid_token\"";
+
 /// An error response. Build with the constructors, which fix status and code together.
 #[derive(Debug)]
 pub struct Problem {
@@ -162,14 +169,14 @@ impl Problem {
     /// 401 for a request that carried no bearer token: RFC 6750 §3.1 names only the scheme.
     pub fn token_required(detail: &str) -> Self {
         let mut p = Self::new(ProblemCode::Unauthenticated).with_detail(detail);
-        p.www_authenticate = Some("Bearer");
+        p.www_authenticate = Some(CHALLENGE_TOKEN_REQUIRED);
         p
     }
 
     /// 401 for a bearer token that was refused; `invalid_token` tells why (RFC 6750 §3.1).
     pub fn unauthenticated(detail: &str) -> Self {
         let mut p = Self::token_required(detail);
-        p.www_authenticate = Some("Bearer error=\"invalid_token\"");
+        p.www_authenticate = Some(CHALLENGE_INVALID_TOKEN);
         p
     }
 

@@ -19,6 +19,8 @@ pub trait Backend: sqlx::Database {
     const SELECT_FOR_SAVE: &'static str;
     /// Claims due webhook events (see `sql::claim_events_sql`).
     const CLAIM_EVENTS: &'static str;
+    /// Reads the database's clock (Unix milliseconds): the clock of the change feed.
+    const SELECT_NOW: &'static str;
 
     /// How an id is bound: Postgres `UUID`, SQLite hyphenated `TEXT`.
     type Id: for<'q> sqlx::Encode<'q, Self> + sqlx::Type<Self> + Send + Sync;

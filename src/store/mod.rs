@@ -365,6 +365,16 @@ pub enum DeliveryOutcome {
     },
 }
 
+/// One read of the change feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionChanges {
+    /// The database's clock when the feed was read.
+    pub now: Millis,
+    /// `(connection, min_version)`: a cached token of that connection read from a row
+    /// version below `min_version` must no longer be served (`i64::MAX`: deleted).
+    pub changes: Vec<(Uuid, i64)>,
+}
+
 /// Events not yet delivered (nor given up), for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OutboxStats {
@@ -706,6 +716,21 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<(String, Uuid)>, StoreError> {
         dispatch!(self, s => s.connections_due_for_keepalive(refreshed_before, now, limit).await)
+    }
+
+    /// The change feed: the database's clock now and, when `since` is given, every change
+    /// recorded at or after it as `(connection, min_version)` (migration 0005; the triggers
+    /// write it). Read by [`crate::broker`]'s feed follower.
+    pub async fn connection_changes(
+        &self,
+        since: Option<Millis>,
+    ) -> Result<ConnectionChanges, StoreError> {
+        dispatch!(self, s => s.connection_changes(since).await)
+    }
+
+    /// Forgets the feed's rows recorded before `before` (database time).
+    pub async fn prune_connection_changes(&self, before: Millis) -> Result<u64, StoreError> {
+        dispatch!(self, s => s.prune_connection_changes(before).await)
     }
 
     /// Takes the connection's refresh lease for `duration` (in the database's clock) when

@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events and audit",
         include_str!("../../migrations/postgres/0004_events_and_audit.sql"),
     ),
+    (
+        5,
+        "connection changes",
+        include_str!("../../migrations/postgres/0005_connection_changes.sql"),
+    ),
 ];
 
 /// SQLSTATE `lock_not_available`: a `lock_timeout` ran out.
@@ -53,6 +58,7 @@ impl Backend for Postgres {
     /// `replaced` carries the latest refresh token.
     const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE;
     const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_POSTGRES;
+    const SELECT_NOW: &'static str = sql::SELECT_NOW_POSTGRES;
 
     type Id = Uuid;
 

@@ -279,6 +279,21 @@ pub(super) const ACQUIRE_LEASE_POSTGRES: &str =
 pub(super) const ACQUIRE_LEASE_SQLITE: &str =
     acquire_lease_sql!("CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)");
 
+/// Postgres: the database's clock, as the lease and the change feed's triggers read it.
+pub(super) const SELECT_NOW_POSTGRES: &str =
+    "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS now";
+
+/// SQLite: the same, from `julianday('now')`.
+pub(super) const SELECT_NOW_SQLITE: &str =
+    "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now";
+
+/// The change feed (migration 0005): what changed at or after `$1`, database time.
+pub(super) const CONNECTION_CHANGES_SINCE: &str =
+    "SELECT connection_id, min_version FROM connection_changes WHERE changed_at >= $1";
+
+pub(super) const PRUNE_CONNECTION_CHANGES: &str =
+    "DELETE FROM connection_changes WHERE changed_at < $1";
+
 /// A successful refresh: the new tokens, the failure state cleared, the lease released.
 /// `scopes` stays when the response had none.
 pub(super) const COMMIT_REFRESHED: &str = concat!(

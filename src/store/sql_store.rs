@@ -14,9 +14,9 @@ use super::backend::Backend;
 use super::sql;
 use super::{
     AppStatus, AuditEntry, AuditQuery, AuditRecord, AuthorizationSession, AuthorizedConnection,
-    ClaimedEvent, ConnectionRecord, ConnectionStatus, ConsumeOutcome, DeliveryOutcome, Millis,
-    NewConnection, NewEvent, OutboxStats, RefreshFailure, RefreshedTokens, RowKey, SavedConnection,
-    SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
+    ClaimedEvent, ConnectionChanges, ConnectionRecord, ConnectionStatus, ConsumeOutcome,
+    DeliveryOutcome, Millis, NewConnection, NewEvent, OutboxStats, RefreshFailure, RefreshedTokens,
+    RowKey, SavedConnection, SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
 };
 
 /// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
@@ -674,6 +674,45 @@ where
             .map(|row| Ok((row.try_get("tenant_id")?, DB::read_id(row, "id")?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(sql::map_err::<DB>)
+    }
+
+    // --- the change feed -------------------------------------------------------------------
+
+    pub async fn connection_changes(
+        &self,
+        since: Option<Millis>,
+    ) -> Result<ConnectionChanges, StoreError> {
+        let map = sql::map_err::<DB>;
+        let now_row = self.fetch_optional(self.query(DB::SELECT_NOW)).await?;
+        let now = match now_row {
+            Some(row) => row.try_get("now").map_err(map)?,
+            None => return Err(StoreError::Corrupt("the database clock read no row".into())),
+        };
+        let Some(since) = since else {
+            return Ok(ConnectionChanges {
+                now,
+                changes: Vec::new(),
+            });
+        };
+        let rows = self
+            .fetch_all(self.query(sql::CONNECTION_CHANGES_SINCE).bind(since))
+            .await?;
+        let changes = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    DB::read_id(row, "connection_id")?,
+                    row.try_get("min_version")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(map)?;
+        Ok(ConnectionChanges { now, changes })
+    }
+
+    pub async fn prune_connection_changes(&self, before: Millis) -> Result<u64, StoreError> {
+        self.execute(self.query(sql::PRUNE_CONNECTION_CHANGES).bind(before))
+            .await
     }
 
     // --- the refresh lease -----------------------------------------------------------------

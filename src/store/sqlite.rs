@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "events and audit",
         include_str!("../../migrations/sqlite/0004_events_and_audit.sql"),
     ),
+    (
+        5,
+        "connection changes",
+        include_str!("../../migrations/sqlite/0005_connection_changes.sql"),
+    ),
 ];
 
 /// How long a statement waits for the write lock. Writers hold it for one short statement
@@ -60,6 +65,7 @@ impl Backend for Sqlite {
     const ACQUIRE_LEASE: &'static str = sql::ACQUIRE_LEASE_SQLITE;
     const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY;
     const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_SQLITE;
+    const SELECT_NOW: &'static str = sql::SELECT_NOW_SQLITE;
 
     /// Ids are stored as hyphenated text (sqlx would bind a bare `Uuid` as a 16-byte BLOB).
     type Id = Hyphenated;

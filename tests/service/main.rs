@@ -15,6 +15,7 @@
 //! - [`interop`]: the flow against an independent OAuth server (Authlib);
 //! - [`keys`]: key rotation to completion (`rekey`, `keys`, forced deletes);
 //! - [`limits`]: the listeners' protective limits (timeouts, concurrency, the callback's rate);
+//! - [`metrics`]: `/metrics` parsed as Prometheus text after a refresh, per application;
 //! - [`harness`]: the test kit's own parts (PgBouncer, the fault proxy, the process).
 //!
 //! `tests/logs.rs` is a binary of its own: it installs the process-wide log subscriber.
@@ -32,6 +33,7 @@ mod harness;
 mod interop;
 mod keys;
 mod limits;
+mod metrics;
 mod openapi;
 mod resilience;
 mod store;

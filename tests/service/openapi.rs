@@ -1,14 +1,17 @@
-//! `docs/openapi.json` (served at `GET /openapi.json`) against the code it describes: the
-//! routes, the bearer security of the internal API, the problem codes (`ProblemCode::ALL`),
-//! the callback error codes of our own (`FlowErrorCode::OWN`), and `$ref`s.
+//! The OpenAPI document generated from the code (served at `GET /openapi.json`, printed by
+//! `valo-oauth openapi`) against the code it describes — the routes, the bearer security of
+//! the internal API, the problem codes (`ProblemCode::ALL`), the callback error codes of our
+//! own (`FlowErrorCode::OWN`), and `$ref`s — and the committed `docs/openapi.json` against it.
 
 use std::collections::BTreeSet;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 use valo_oauth::broker::flow::FlowErrorCode;
 use valo_oauth::http::problem::ProblemCode;
+use valo_testkit::app::TestApp;
 
-const OPENAPI: &str = include_str!("../../docs/openapi.json");
+const COMMITTED: &str = include_str!("../../docs/openapi.json");
 
 const METHODS: [&str; 8] = [
     "get", "put", "post", "delete", "patch", "head", "options", "trace",
@@ -71,7 +74,31 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
 ];
 
 fn spec() -> Value {
-    serde_json::from_str(OPENAPI).expect("docs/openapi.json is not valid JSON")
+    valo_oauth::http::openapi::document()
+}
+
+/// The committed file is the generator's output, byte for byte.
+fn check_committed(committed: &str) -> Result<(), String> {
+    if committed == valo_oauth::http::openapi::json() {
+        Ok(())
+    } else {
+        Err(
+            "docs/openapi.json differs from the document the code generates; regenerate it \
+             with `cargo run --bin valo-oauth -- openapi > docs/openapi.json`"
+                .into(),
+        )
+    }
+}
+
+#[test]
+fn the_committed_document_is_the_generated_one() {
+    check_committed(COMMITTED).unwrap();
+    let mut stale: Value = serde_json::from_str(COMMITTED).unwrap();
+    stale["info"]["version"] = "0.0.0-stale".into();
+    assert!(
+        check_committed(&serde_json::to_string_pretty(&stale).unwrap()).is_err(),
+        "a stale docs/openapi.json accepted"
+    );
 }
 
 /// The `(path, method)` pairs the document declares.
@@ -398,4 +425,36 @@ fn the_checks_catch_wrong_documents() {
     doc["paths"]["/healthz"]["get"]["responses"]["200"] =
         serde_json::json!({"$ref": "https://example.com/x.json"});
     assert!(check_refs(&doc).is_err(), "an external $ref accepted");
+}
+
+backend_tests! {
+    /// `/openapi.json` serves the generated document; `/docs` renders it from this origin only.
+    #[tokio::test]
+    async fn the_document_and_its_offline_docs_page_are_served(db) {
+        let app = TestApp::spawn(&db).await;
+        let get = |path: &str| app.client.get(app.url(path)).send();
+        let served = get("/openapi.json").await.unwrap();
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.text().await.unwrap(), valo_oauth::http::openapi::json());
+
+        let page = get("/docs").await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let csp = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+        for directive in ["default-src 'none'", "script-src 'self'", "connect-src 'self'", "style-src 'self'"] {
+            assert!(csp.contains(directive), "{directive} missing from {csp}");
+        }
+        let html = page.text().await.unwrap();
+        assert!(html.contains("src=\"/docs/docs.js\"") && html.contains("href=\"/docs/docs.css\""));
+        for asset in ["/docs/docs.js", "/docs/docs.css"] {
+            let answer = get(asset).await.unwrap();
+            assert_eq!(answer.status(), StatusCode::OK, "{asset}");
+            assert!(answer.headers().contains_key("content-security-policy"), "{asset}");
+            let text = answer.text().await.unwrap();
+            assert!(!text.contains("http://") && !text.contains("https://") && !text.contains("//cdn"), "{asset} names another origin");
+        }
+        assert!(!html.contains("https://") && !html.contains("http://"), "the page names another origin");
+        let missing = get("/docs/swagger.js").await.unwrap();
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        app.stop().await;
+    }
 }

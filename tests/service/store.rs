@@ -265,7 +265,7 @@ backend_tests! {
         assert_eq!(
             db.execute("UPDATE _sqlx_migrations SET success = false")
                 .await,
-            4
+            5
         );
         let failed = store.check_ready().await;
         assert!(
@@ -274,7 +274,7 @@ backend_tests! {
             failed.err()
         );
 
-        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 4);
+        assert_eq!(db.execute("DELETE FROM _sqlx_migrations").await, 5);
         let missing = store.check_ready().await;
         assert!(
             matches!(missing, Err(StoreError::Migration(_))),

@@ -8,7 +8,7 @@ use fake_salesforce::{Endpoint, FakeOptions, FakeSalesforce, Fault};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
-use valo_testkit::app::{TestApp, access_expires_in};
+use valo_testkit::app::{KEEPALIVE_BY_HAND, TestApp, access_expires_in};
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -166,10 +166,7 @@ postgres_tests! {
     #[tokio::test]
     async fn keepalive_on_many_replicas_never_reuses_a_token(db) {
         let fake = fake_with(FakeOptions::default()).await;
-        let env = [
-            ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-            ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-        ];
+        let env = KEEPALIVE_BY_HAND;
         let a = TestApp::spawn_with(&db, &fake, &env).await;
         let b = TestApp::spawn_with(&db, &fake, &env).await;
         let c = TestApp::spawn_with(&db, &fake, &env).await;
@@ -359,14 +356,10 @@ backend_tests! {
     #[tokio::test]
     async fn keepalive_refreshes_idle_connections(db, b) {
         let fake = fake_with(FakeOptions::default()).await;
-        // The background sweeper looks once an hour: the test runs the sweeps itself.
         let app = TestApp::spawn_with(
             &db,
             &fake,
-            &[
-                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
-                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
-            ],
+            &KEEPALIVE_BY_HAND,
         )
         .await;
         let id = app.connect("acme").await;
@@ -591,6 +584,154 @@ backend_tests! {
             .parse()
             .unwrap();
         assert!(entries <= 1.0, "{b}: {entries} cached with a capacity of 1");
+        app.stop().await;
+        }
+}
+
+/// Follows `app`'s change feed once, as its background task does every
+/// `VALO_OAUTH_TOKEN_CACHE_REVALIDATE_SECS` (a new cursor: the first read learns the
+/// database's clock, the second reads the recent changes).
+async fn follow_change_feed(app: &TestApp) -> usize {
+    let mut cursor = valo_oauth::broker::changes::FeedCursor::default();
+    app.broker.follow_changes(&mut cursor).await.unwrap();
+    app.broker.follow_changes(&mut cursor).await.unwrap()
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn changes_on_another_replica_reach_the_cache_through_the_feed(db) {
+        let fake = fake_with(FakeOptions::default()).await;
+        // Replica `a` follows the feed only when the test says so.
+        let quiet = [("VALO_OAUTH_TOKEN_CACHE_REVALIDATE_SECS", "3600")];
+        let a = TestApp::spawn_with(&db, &fake, &quiet).await;
+        let b = TestApp::spawn_with(&db, &fake, &[]).await;
+        let id = a.connect("acme").await;
+        let old = token_of(a.access_token("acme", id, None).await).await;
+        // `b` refreshes (its caller reports the token rejected).
+        let new = token_of(
+            b.access_token("acme", id, Some(json!({"rejected_token": old})))
+                .await,
+        )
+        .await;
+        assert_ne!(old, new);
+        assert_eq!(
+            token_of(a.access_token("acme", id, None).await).await,
+            old,
+            "until it follows the feed, `a` serves from its cache"
+        );
+        assert_eq!(follow_change_feed(&a).await, 1, "the stale entry went");
+        assert_eq!(token_of(a.access_token("acme", id, None).await).await, new);
+        assert_eq!(fake.counters().refreshes, 1, "read from the database, not refreshed");
+        // Following again drops nothing: `a` now holds the current version.
+        assert_eq!(follow_change_feed(&a).await, 0);
+
+        // A deletion on `b` ends the connection on `a` too.
+        assert_eq!(
+            b.delete(
+                &format!("/v1/tenants/acme/connections/{id}"),
+                "connections:write"
+            )
+            .await
+            .status(),
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(follow_change_feed(&a).await, 1);
+        problem(
+            a.access_token("acme", id, None).await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+        b.stop().await;
+        a.stop().await;
+        }
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn a_cascade_and_a_status_change_are_in_the_feed(db) {
+        let fake = fake_with(FakeOptions::default()).await;
+        let quiet = [("VALO_OAUTH_TOKEN_CACHE_REVALIDATE_SECS", "3600")];
+        let a = TestApp::spawn_with(&db, &fake, &quiet).await;
+        let b = TestApp::spawn_with(&db, &fake, &[]).await;
+        let refused = a.connect("acme").await;
+        token_of(a.access_token("acme", refused, None).await).await;
+        // Salesforce refuses the refresh token on `b`: the row needs reauthorization.
+        fake.inject(
+            Endpoint::Token,
+            Fault::OAuthError {
+                status: 400,
+                error: "invalid_grant".into(),
+                description: "expired access/refresh token".into(),
+            },
+        );
+        let old = token_of(a.access_token("acme", refused, None).await).await;
+        problem(
+            b.access_token("acme", refused, Some(json!({"rejected_token": old})))
+                .await,
+            StatusCode::CONFLICT,
+            "needs_reauthorization",
+        )
+        .await;
+        assert_eq!(follow_change_feed(&a).await, 1);
+        problem(
+            a.access_token("acme", refused, None).await,
+            StatusCode::CONFLICT,
+            "needs_reauthorization",
+        )
+        .await;
+
+        // Deleting the app deletes its connections by cascade: each is in the feed.
+        let other = a.connect("acme").await;
+        token_of(a.access_token("acme", other, None).await).await;
+        let deleted = b.delete("/v1/tenants/acme/salesforce-app", "apps:write").await;
+        assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+        assert_eq!(follow_change_feed(&a).await, 1);
+        assert_eq!(
+            a.access_token("acme", other, None).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        b.stop().await;
+        a.stop().await;
+        }
+}
+
+backend_tests! {
+    #[tokio::test]
+    async fn a_sweep_keeps_its_salesforce_calls_to_the_configured_concurrency(db) {
+        let b = db.backend;
+        let fake = fake_with(FakeOptions::default()).await;
+        let app = TestApp::spawn_with(
+            &db,
+            &fake,
+            &[
+                ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+                ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
+                ("VALO_OAUTH_KEEPALIVE_CONCURRENCY", "2"),
+            ],
+        )
+        .await;
+        for user in 0..6 {
+            fake.set_user(
+                "00D000000000001AAA",
+                &format!("005000000000{user:03}AAA"),
+                &format!("user{user}@acme.example"),
+            );
+            app.connect("acme").await;
+        }
+        app.advance(Duration::from_secs(601));
+        let latency = Duration::from_millis(300);
+        fake.set_latency(latency);
+        let started = std::time::Instant::now();
+        let report = app.broker.keepalive_sweep().await.unwrap();
+        let took = started.elapsed();
+        fake.set_latency(Duration::ZERO);
+        assert_eq!((report.due, report.refreshed, report.failed), (6, 6, 0), "{b}");
+        // Six calls, two at a time: three rounds of the latency at least (four or six at
+        // a time would take two rounds or one).
+        assert!(took >= latency * 3, "{b}: {took:?}");
+        assert!(took < latency * 6, "{b}: the rounds overlap nothing else: {took:?}");
+        assert_eq!(fake.counters().refreshes, 6, "{b}");
         app.stop().await;
         }
 }

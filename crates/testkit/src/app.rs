@@ -31,6 +31,12 @@ pub const CLIENT_SECRET: &str = "FAKESECRET0123456789ABCDEF0123456789abcdef";
 /// The encryption key every test app shares unless told otherwise (replicas must agree).
 pub const TEST_KEYS: &str = "test1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 pub const ALL_SCOPES: &str = "apps:write connections:write connections:read tokens:read";
+/// Keep-alive on (connections idle for 10 minutes are due) with the background sweeper
+/// looking once an hour: the tests run the sweeps themselves.
+pub const KEEPALIVE_BY_HAND: [(&str, &str); 2] = [
+    ("VALO_OAUTH_KEEPALIVE_INTERVAL_SECS", "600"),
+    ("VALO_OAUTH_KEEPALIVE_SWEEP_SECS", "3600"),
+];
 
 pub struct TestApp {
     pub addr: SocketAddr,

@@ -11,6 +11,7 @@ use tracing::{debug, instrument};
 use super::errors::{error_from_body, log_failure, non_conforming_body};
 use super::transport::form_body;
 use super::{AppCredentials, SalesforceClient};
+use crate::metrics::SalesforceEndpoint;
 use crate::salesforce::SalesforceError;
 
 /// The longest username kept (Salesforce usernames are at most 80 characters).
@@ -55,7 +56,11 @@ impl SalesforceClient {
             ("client_secret", app.client_secret.expose_secret()),
         ]);
         let response = self
-            .post_form(&format!("{origin}/services/oauth2/introspect"), body)
+            .post_form(
+                &format!("{origin}/services/oauth2/introspect"),
+                body,
+                SalesforceEndpoint::Introspect,
+            )
             .await
             .inspect_err(log_failure)?;
         let status = response.status().as_u16();

@@ -35,6 +35,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tracing::Span;
 
+use crate::metrics::Metrics;
 use crate::salesforce::{HostPolicy, SalesforceError};
 
 pub use authorize::AuthorizeRequest;
@@ -88,12 +89,15 @@ pub struct SalesforceClient {
     settings: ClientSettings,
     /// Shared: the client is cloned with the application state on every request.
     hosts: Arc<HostPolicy>,
+    /// Where each call's duration and outcome are recorded.
+    metrics: Metrics,
 }
 
 impl SalesforceClient {
     pub fn new(
         settings: ClientSettings,
         hosts: HostPolicy,
+        metrics: Metrics,
     ) -> Result<SalesforceClient, SalesforceError> {
         let http = reqwest::Client::builder()
             // Never follow redirects: they could send credentials elsewhere (oauth2 crate
@@ -109,6 +113,7 @@ impl SalesforceClient {
             http,
             settings,
             hosts: Arc::new(hosts),
+            metrics,
         })
     }
 

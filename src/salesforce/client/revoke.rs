@@ -9,6 +9,7 @@ use tracing::{debug, instrument};
 use super::SalesforceClient;
 use super::errors::{error_from_body, log_failure};
 use super::transport::form_body;
+use crate::metrics::SalesforceEndpoint;
 use crate::salesforce::SalesforceError;
 
 impl SalesforceClient {
@@ -24,7 +25,11 @@ impl SalesforceClient {
         let origin = self.login_origin(login_url)?;
         let body = form_body(&[("token", token.expose_secret())]);
         let response = self
-            .post_form(&format!("{origin}/services/oauth2/revoke"), body)
+            .post_form(
+                &format!("{origin}/services/oauth2/revoke"),
+                body,
+                SalesforceEndpoint::Revoke,
+            )
             .await
             .inspect_err(log_failure)?;
         let status = response.status();

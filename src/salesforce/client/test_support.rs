@@ -107,7 +107,7 @@ where
 pub(super) fn client_with(settings: ClientSettings) -> SalesforceClient {
     let hosts =
         HostPolicy::parse("login.salesforce.com,*.my.salesforce.com,http://127.0.0.1").unwrap();
-    SalesforceClient::new(settings, hosts).unwrap()
+    SalesforceClient::new(settings, hosts, crate::metrics::Metrics::new()).unwrap()
 }
 
 pub(super) fn client() -> SalesforceClient {

@@ -26,6 +26,7 @@ use tracing::{debug, instrument};
 use super::errors::{log_failure, token_error};
 use super::transport::{HttpCall, Transport};
 use super::{AppCredentials, SalesforceClient};
+use crate::metrics::SalesforceEndpoint;
 use crate::salesforce::{SalesforceError, parse_identity_url, verify_signature};
 
 /// The useful content of a Salesforce token response.
@@ -217,6 +218,7 @@ impl SalesforceClient {
         let http = HttpCall {
             client: self,
             status: &status,
+            endpoint: SalesforceEndpoint::Token,
         };
         let result = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
@@ -282,6 +284,7 @@ impl SalesforceClient {
         let http = HttpCall {
             client: self,
             status: &status,
+            endpoint: SalesforceEndpoint::Token,
         };
         let token = RefreshToken::new(refresh_token.expose_secret().to_owned());
         let result = client

@@ -15,6 +15,7 @@ use oauth2::http::{self, HeaderValue, header};
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 
 use super::SalesforceClient;
+use crate::metrics::{CallOutcome, SalesforceEndpoint};
 use crate::salesforce::SalesforceError;
 
 const CONTENT_TYPE_FORM: &str = "application/x-www-form-urlencoded";
@@ -30,6 +31,8 @@ type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<HttpResponse, Transport
 pub(super) struct HttpCall<'a> {
     pub(super) client: &'a SalesforceClient,
     pub(super) status: &'a AtomicU16,
+    /// The endpoint the crate calls, for the metrics.
+    pub(super) endpoint: SalesforceEndpoint,
 }
 
 impl<'c> AsyncHttpClient<'c> for HttpCall<'_> {
@@ -37,7 +40,7 @@ impl<'c> AsyncHttpClient<'c> for HttpCall<'_> {
     type Future = SendFuture<'c>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(self.client.send(request, self.status))
+        Box::pin(self.client.send(request, self.status, self.endpoint))
     }
 }
 
@@ -75,6 +78,19 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The failure as a call outcome of the metrics.
+    fn outcome(&self) -> CallOutcome {
+        match self {
+            Transport::Timeout => CallOutcome::Timeout,
+            Transport::Connect | Transport::Network | Transport::Build => CallOutcome::Network,
+            Transport::Status(429) => CallOutcome::RateLimited,
+            Transport::Status(_) => CallOutcome::ServerError,
+            Transport::Redirect(_) | Transport::TooLarge(_) => CallOutcome::InvalidResponse,
+        }
+    }
+}
+
 impl From<Transport> for SalesforceError {
     fn from(t: Transport) -> Self {
         match t {
@@ -95,6 +111,7 @@ impl SalesforceClient {
         &self,
         url: &str,
         body: String,
+        endpoint: SalesforceEndpoint,
     ) -> Result<HttpResponse, SalesforceError> {
         let request = http::Request::builder()
             .method(http::Method::POST)
@@ -107,19 +124,38 @@ impl SalesforceClient {
             .body(body.into_bytes())
             .map_err(|_| SalesforceError::Request("cannot build the HTTP request".into()))?;
         let status = AtomicU16::new(0);
-        Ok(self.send(request, &status).await?)
+        Ok(self.send(request, &status, endpoint).await?)
     }
 
     /// One HTTP exchange over the shared client; the `oauth2` crate's `AsyncHttpClient`
     /// ([`HttpCall`]) and [`Self::post_form`] call this. 3xx, 5xx and 429 become errors
     /// here; the body is read in chunks and refused past `max_response_bytes`. The final
     /// status is stored in `status` so that OAuth error bodies can be reported with it.
+    /// Each exchange is timed and counted by `endpoint` and outcome (a cancelled one as a
+    /// timeout: only a deadline cancels it).
     async fn send(
         &self,
         request: HttpRequest,
         status: &AtomicU16,
+        endpoint: SalesforceEndpoint,
     ) -> Result<HttpResponse, Transport> {
         let request = reqwest::Request::try_from(request).map_err(|_| Transport::Build)?;
+        let call = self.metrics.salesforce_call(endpoint);
+        let result = self.exchange(request, status).await;
+        call.finish(match &result {
+            Ok(response) if response.status().is_success() => CallOutcome::Success,
+            Ok(_) => CallOutcome::ClientError,
+            Err(e) => e.outcome(),
+        });
+        result
+    }
+
+    /// The exchange itself: [`Self::send`] without the metrics.
+    async fn exchange(
+        &self,
+        request: reqwest::Request,
+        status: &AtomicU16,
+    ) -> Result<HttpResponse, Transport> {
         let mut response = self
             .http
             .execute(request)
