@@ -52,6 +52,7 @@ async fn split_listeners_keep_the_api_off_the_public_port() {
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/docs",
         "/v1/tenants/acme/connections",
     ];
     for path in internal_only {
