@@ -101,7 +101,15 @@ pub async fn run(opts: &Options) -> HotPath {
     wait_for_quiet("the warm-up").await;
     // Warm-ups, then two rounds back to back against the same processes.
     let bare_url = format!("{}{path}", bare.base);
-    wrk(opts, bare.pid(), &bare_url, Some(&script), opts.warmup_secs, "warmup-bare").await;
+    wrk(
+        opts,
+        bare.pid(),
+        &bare_url,
+        Some(&script),
+        opts.warmup_secs,
+        "warmup-bare",
+    )
+    .await;
     warm_up(opts, &server, &path, &script, "").await;
     let mut rounds = Vec::new();
     for round in 1..=2 {
