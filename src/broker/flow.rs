@@ -480,7 +480,7 @@ impl Broker {
         let internal = |e: BrokerError| {
             tracing::error!(error = %e, "authorization failed inside the service");
             match e {
-                BrokerError::Unavailable(_) => FlowError::new(
+                e if e.is_unavailable() => FlowError::new(
                     FlowErrorCode::ServiceUnavailable,
                     FailureReason::ServiceUnavailable,
                     "The service could not complete the connection. Please try again.",

@@ -149,20 +149,24 @@ pub enum BrokerError {
     /// A bug or corrupt data (500, opaque to the caller).
     #[error("internal error: {0}")]
     Internal(String),
+    /// The database failed: 503 `service_unavailable` when it could not be reached or did
+    /// not answer in time, else 500. The store's error is kept as the source, for the log.
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    /// A stored secret could not be opened or sealed (a key missing from the keyring, a
+    /// corrupt value): 500. The keyring's error is kept as the source, for the log.
+    #[error("keyring: {0}")]
+    Keyring(#[from] KeyringError),
 }
 
-impl From<StoreError> for BrokerError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(_) => Self::Unavailable(e.to_string()),
-            other => Self::Internal(other.to_string()),
+impl BrokerError {
+    /// Whether our own infrastructure is unavailable for now (a 503, worth a retry).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Store(e) => e.is_unavailable(),
+            _ => false,
         }
-    }
-}
-
-impl From<KeyringError> for BrokerError {
-    fn from(e: KeyringError) -> Self {
-        Self::Internal(format!("keyring: {e}"))
     }
 }
 

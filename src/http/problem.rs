@@ -280,6 +280,18 @@ impl From<BrokerError> for Problem {
                 tracing::error!(error = %reason, "internal error");
                 Self::internal()
             }
+            BrokerError::Store(error) if error.is_unavailable() => {
+                tracing::error!(error = %error, "database unavailable");
+                Self::service_unavailable(Duration::from_secs(1))
+            }
+            BrokerError::Store(error) => {
+                tracing::error!(error = %error, "database error");
+                Self::internal()
+            }
+            BrokerError::Keyring(error) => {
+                tracing::error!(error = %error, "keyring error");
+                Self::internal()
+            }
         }
     }
 }

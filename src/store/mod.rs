@@ -440,6 +440,13 @@ pub enum StoreError {
     Database(#[source] sqlx::Error),
 }
 
+impl StoreError {
+    /// The database could not be reached or did not answer in time: worth a retry.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
 /// Pool settings shared by both backends.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
