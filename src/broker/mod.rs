@@ -486,7 +486,27 @@ fn upstream_error(e: &SalesforceError, retry_after: Duration) -> BrokerError {
 
 #[cfg(test)]
 mod tests {
-    use super::refresh_db_slots;
+    use std::error::Error as _;
+
+    use super::{BrokerError, StoreError, refresh_db_slots};
+
+    #[test]
+    fn store_errors_keep_their_source_and_class() {
+        let down = BrokerError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        assert!(down.is_unavailable());
+        let source = down.source().map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("database unavailable: pool timed out while waiting for an open connection")
+        );
+        assert!(
+            down.source().and_then(|s| s.source()).is_some(),
+            "the sqlx error is the store error's source"
+        );
+        let corrupt = BrokerError::from(StoreError::Corrupt("status \"x\"".into()));
+        assert!(!corrupt.is_unavailable());
+        assert!(corrupt.source().is_some());
+    }
 
     #[test]
     fn the_refresh_path_leaves_a_quarter_of_the_pool_to_everything_else() {
