@@ -16,8 +16,7 @@
 //! https://prometheus.io/docs/instrumenting/exposition_formats/), which every Prometheus
 //! scrapes and which the service has always served.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -51,7 +50,7 @@ const LEASE_WAIT_BUCKETS: [f64; 11] =
 
 /// The route label of a request no route matched: raw paths carry ids and tenants, which
 /// must not become label values (unbounded series).
-const UNMATCHED_ROUTE: &str = "unmatched";
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// A closed set of label values: the enum, its `ALL` list (series created at zero up
 /// front, so alerts on `increase()` see them before the first event) and its text.
@@ -66,6 +65,11 @@ macro_rules! label_values {
         impl $name {
             /// Every value, in the order the README lists them.
             pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The position in [`Self::ALL`].
+            pub const fn index(self) -> usize {
+                self as usize
+            }
 
             /// The label value.
             pub fn as_str(self) -> &'static str {
@@ -268,12 +272,55 @@ impl Default for Metrics {
     }
 }
 
+const STATUS_CLASSES: usize = StatusClass::ALL.len();
+const HTTP_METHODS: usize = HttpMethod::ALL.len();
+
+/// The HTTP series of one route: the response counter of each status class and the
+/// duration histogram of each method and class, each resolved from its family on first use
+/// and then shared with it (a `prometheus-client` metric is a handle on one value). Recording
+/// a response is then an atomic increment and a histogram observation.
+pub struct HttpRouteSeries {
+    metrics: Metrics,
+    /// The matched route template (`/v1/tenants/{tenant}/…`), never a raw path: ids are no
+    /// label values.
+    route: Arc<str>,
+    responses: [OnceLock<Counter>; STATUS_CLASSES],
+    durations: [[OnceLock<Histogram>; STATUS_CLASSES]; HTTP_METHODS],
+}
+
+impl HttpRouteSeries {
+    /// The route template these series are labelled with (`unmatched` for none).
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// One HTTP response: its class, and the request's duration by method and class.
+    pub fn record(&self, method: HttpMethod, status: u16, elapsed: Duration) {
+        let class = StatusClass::of(status);
+        let inner = &self.metrics.inner;
+        self.responses[class.index()]
+            .get_or_init(|| {
+                inner
+                    .http_responses
+                    .get_or_create(&ClassLabels { class })
+                    .clone()
+            })
+            .inc();
+        self.durations[method.index()][class.index()]
+            .get_or_init(|| {
+                let labels = HttpLabels {
+                    route: self.route.clone(),
+                    method,
+                    status_class: class,
+                };
+                inner.http_duration.get_or_create(&labels).clone()
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 struct Inner {
     registry: Registry,
-    /// Route templates seen so far, so that a request's route label is an `Arc` clone, not
-    /// a new string (the set is the router's, bounded).
-    routes: RwLock<HashSet<Arc<str>>>,
-    unmatched: Arc<str>,
 
     token_cache_hits: Counter,
     token_cache_misses: Counter,
@@ -325,8 +372,6 @@ impl Metrics {
     pub fn new() -> Self {
         let inner = Inner {
             registry: Registry::default(),
-            routes: RwLock::default(),
-            unmatched: Arc::from(UNMATCHED_ROUTE),
             token_cache_hits: Counter::default(),
             token_cache_misses: Counter::default(),
             token_cache_evictions: Counter::default(),
@@ -386,50 +431,16 @@ impl Metrics {
         out
     }
 
-    /// One HTTP response: its class, and the request's duration by route, method and class.
-    /// `route` is the matched route template (None: no route matched).
-    pub fn http_response(
-        &self,
-        route: Option<&str>,
-        method: HttpMethod,
-        status: u16,
-        elapsed: Duration,
-    ) {
-        let status_class = StatusClass::of(status);
-        self.inner
-            .http_responses
-            .get_or_create(&ClassLabels {
-                class: status_class,
-            })
-            .inc();
-        let labels = HttpLabels {
-            route: self.route_label(route),
-            method,
-            status_class,
-        };
-        self.inner
-            .http_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-    }
-
-    /// The shared label value of a route template: a read lock and an `Arc` clone once the
-    /// route was seen.
-    fn route_label(&self, route: Option<&str>) -> Arc<str> {
-        let Some(route) = route else {
-            return self.inner.unmatched.clone();
-        };
-        if let Ok(routes) = self.inner.routes.read()
-            && let Some(known) = routes.get(route)
-        {
-            return known.clone();
+    /// The HTTP series of one route template (`None`: requests no route matched). The HTTP
+    /// layer asks once per route and keeps the answer, so a response is recorded without
+    /// building a label set or looking one up.
+    pub fn http_route(&self, route: Option<&str>) -> HttpRouteSeries {
+        HttpRouteSeries {
+            metrics: self.clone(),
+            route: Arc::from(route.unwrap_or(UNMATCHED_ROUTE)),
+            responses: [const { OnceLock::new() }; STATUS_CLASSES],
+            durations: [const { [const { OnceLock::new() }; STATUS_CLASSES] }; HTTP_METHODS],
         }
-        let Ok(mut routes) = self.inner.routes.write() else {
-            return self.inner.unmatched.clone();
-        };
-        let known: Arc<str> = Arc::from(route);
-        routes.insert(known.clone());
-        known
     }
 
     /// Starts timing one HTTP exchange with Salesforce; counted in flight until the guard
@@ -740,22 +751,26 @@ mod tests {
     fn a_route_label_is_the_template_and_unmatched_requests_share_one() {
         let m = Metrics::new();
         let ok = Duration::from_millis(2);
-        m.http_response(Some("/v1/tenants/{tenant}/apps"), HttpMethod::Get, 200, ok);
-        m.http_response(Some("/v1/tenants/{tenant}/apps"), HttpMethod::Get, 200, ok);
-        m.http_response(None, HttpMethod::Other, 404, ok);
+        let apps = m.http_route(Some("/v1/tenants/{tenant}/apps"));
+        apps.record(HttpMethod::Get, 200, ok);
+        apps.record(HttpMethod::Get, 200, ok);
+        // Another handle on the same route counts into the same series.
+        m.http_route(Some("/v1/tenants/{tenant}/apps"))
+            .record(HttpMethod::Get, 201, ok);
+        m.http_route(None).record(HttpMethod::Other, 404, ok);
         let text = m.render();
         let count = "valo_oauth_http_request_duration_seconds_count";
         assert_has(
             &text,
             &format!(
-                "{count}{{route=\"/v1/tenants/{{tenant}}/apps\",method=\"GET\",status_class=\"2xx\"}} 2"
+                "{count}{{route=\"/v1/tenants/{{tenant}}/apps\",method=\"GET\",status_class=\"2xx\"}} 3"
             ),
         );
         assert_has(
             &text,
             &format!("{count}{{route=\"unmatched\",method=\"other\",status_class=\"4xx\"}} 1"),
         );
-        assert_has(&text, "valo_oauth_http_responses_total{class=\"2xx\"} 2");
+        assert_has(&text, "valo_oauth_http_responses_total{class=\"2xx\"} 3");
     }
 
     #[test]

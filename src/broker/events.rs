@@ -11,7 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::audit::{Actor, AuditAction};
-use super::{Broker, TenantId};
+use super::{Broker, TenantId, rfc3339};
 use crate::store::{ConnectionRecord, ConnectionStatus, Millis, NewEvent, SavedConnection};
 
 /// Every event type the Valo backend may receive (a contract: keep the names).
@@ -75,19 +75,6 @@ struct Data<'a> {
     status: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
-}
-
-/// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
-fn rfc3339(ms: Millis) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_default()
 }
 
 fn event(kind: EventType, ordering_key: String, data: Data<'_>, now: Millis) -> NewEvent {

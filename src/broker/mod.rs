@@ -58,6 +58,45 @@ impl Clock for SystemClock {
     }
 }
 
+/// Unix milliseconds as RFC 3339 (UTC, millisecond precision: `2026-12-04T09:30:00.250Z`),
+/// as the API and the webhook events render timestamps. Written digit by digit: the token
+/// response renders two on every request, and `time`'s formatter interprets its format
+/// description each time. Years outside 0–9999 (never a real token's) take that formatter.
+pub fn rfc3339(ms: Millis) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
+        return String::new();
+    };
+    let Ok(year) = u16::try_from(t.year()) else {
+        return rfc3339_by_format(t);
+    };
+    if year > 9999 {
+        return rfc3339_by_format(t);
+    }
+    let mut text = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, value: u16| {
+        let mut value = value;
+        for i in (at..at + width).rev() {
+            text[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, u8::from(t.month()).into());
+    put(8, 2, t.day().into());
+    put(11, 2, t.hour().into());
+    put(14, 2, t.minute().into());
+    put(17, 2, t.second().into());
+    put(20, 3, t.millisecond());
+    text.iter().map(|&b| char::from(b)).collect()
+}
+
+fn rfc3339_by_format(t: time::OffsetDateTime) -> String {
+    t.format(&time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    ))
+    .unwrap_or_default()
+}
+
 /// A tenant id: `[A-Za-z0-9_-]{1,64}` (it appears in URLs and associated data).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TenantId(String);
@@ -488,7 +527,32 @@ fn upstream_error(e: &SalesforceError, retry_after: Duration) -> BrokerError {
 mod tests {
     use std::error::Error as _;
 
-    use super::{BrokerError, StoreError, refresh_db_slots};
+    use super::{BrokerError, StoreError, refresh_db_slots, rfc3339, rfc3339_by_format};
+
+    #[test]
+    fn timestamps_render_as_the_format_description_does() {
+        assert_eq!(rfc3339(1_796_376_600_250), "2026-12-04T09:30:00.250Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // Before 1970, leap days, the last millisecond of a year, and years 1–9999.
+        let cases = [
+            -1,
+            -86_400_001,
+            951_782_400_000,
+            1_704_067_199_999,
+            -62_135_596_800_000,
+            253_402_300_799_999,
+        ];
+        let mut ms: i64 = -2_000_000_000_000;
+        let samples = cases.into_iter().chain(std::iter::from_fn(|| {
+            ms += 7_777_777_777;
+            (ms < 4_000_000_000_000).then_some(ms)
+        }));
+        for ms in samples {
+            let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                .unwrap_or_else(|_| panic!("{ms} is a valid time"));
+            assert_eq!(rfc3339(ms), rfc3339_by_format(t), "{ms}");
+        }
+    }
 
     #[test]
     fn store_errors_keep_their_source_and_class() {

@@ -1,10 +1,8 @@
 //! Request parsing that answers problems, not axum's plain-text rejections: JSON bodies,
 //! path parameters, and the RFC 3339 rendering of timestamps.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
@@ -12,7 +10,6 @@ use uuid::Uuid;
 
 use super::problem::Problem;
 use crate::broker::TenantId;
-use crate::store::Millis;
 
 /// A JSON body (`Content-Type: application/json`), parsed into `T`.
 pub struct JsonBody<T>(pub T);
@@ -20,11 +17,10 @@ pub struct JsonBody<T>(pub T);
 /// Like [`JsonBody`], but an empty body means `T::default()`.
 pub struct OptionalJsonBody<T>(pub T);
 
-async fn body_bytes<S: Send + Sync>(
-    request: Request,
-    state: &S,
-) -> Result<(HeaderMap, Bytes), Problem> {
-    let headers = request.headers().clone();
+/// The body, and whether it was declared JSON (read before the request is consumed, so
+/// the headers need no copy).
+async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<(bool, Bytes), Problem> {
+    let is_json = is_json(request.headers());
     let bytes = Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
@@ -34,16 +30,18 @@ async fn body_bytes<S: Send + Sync>(
                 Problem::invalid_request("the request body could not be read")
             }
         })?;
-    Ok((headers, bytes))
+    Ok((is_json, bytes))
 }
 
-fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Problem> {
-    let is_json = headers
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().eq_ignore_ascii_case("application/json"))
-        .unwrap_or(false);
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, Problem> {
     if !is_json {
         return Err(Problem::unsupported_media_type(
             "the body must be JSON with Content-Type: application/json",
@@ -72,8 +70,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let (headers, bytes) = body_bytes(request, state).await?;
-        parse(&headers, &bytes).map(Self)
+        let (is_json, bytes) = body_bytes(request, state).await?;
+        parse(is_json, &bytes).map(Self)
     }
 }
 
@@ -81,11 +79,11 @@ impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJ
     type Rejection = Problem;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let (headers, bytes) = body_bytes(request, state).await?;
+        let (is_json, bytes) = body_bytes(request, state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
-        parse(&headers, &bytes).map(Self)
+        parse(is_json, &bytes).map(Self)
     }
 }
 
@@ -107,12 +105,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Target {
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+        // The raw parameters borrow the router's percent-decoded values: no map, no copies.
+        let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| Problem::invalid_request("the path parameters could not be read"))?;
-        let tenant = TenantId::parse(params.get("tenant").map(String::as_str).unwrap_or_default())
-            .map_err(Problem::from)?;
-        let connection = match params.get("id") {
+        let (mut tenant, mut id) = (None, None);
+        for (name, value) in &params {
+            match name {
+                "tenant" => tenant = Some(value),
+                "id" => id = Some(value),
+                _ => {}
+            }
+        }
+        let tenant = TenantId::parse(tenant.unwrap_or_default()).map_err(Problem::from)?;
+        let connection = match id {
             None => None,
             // A malformed id names no connection: the same answer as an unknown one.
             Some(raw) => Some(
@@ -143,19 +149,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     }
 }
 
-/// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
-pub fn rfc3339(ms: Millis) -> String {
-    let nanos = i128::from(ms) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .ok()
-        })
-        .unwrap_or_default()
-}
+pub use crate::broker::rfc3339;
 
 /// Parses `?force=true` (anything else, or nothing, is false).
 pub fn force_flag(query: Option<&str>) -> bool {

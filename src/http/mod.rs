@@ -20,6 +20,7 @@ pub mod callback;
 pub mod connections;
 pub mod docs;
 pub mod eca_settings;
+pub mod edge;
 pub mod extract;
 pub mod guidance;
 pub mod openapi;
@@ -30,30 +31,20 @@ pub mod request_id;
 pub mod serve;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderName, header};
-use axum::middleware::{self, Next};
+use axum::Router;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::{BoxError, Router};
+use edge::{EdgeLayer, EdgeSettings};
 use governor::middleware::NoOpMiddleware;
-use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
-use tower::timeout::TimeoutLayer;
 use tower_governor::GovernorLayer;
 use tower_governor::errors::GovernorError;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::{KeyExtractor, SmartIpKeyExtractor};
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::broker::Broker;
 use crate::config::Protection;
-use crate::metrics::{HttpMethod, Metrics};
 use problem::Problem;
 
 /// The state every handler gets.
@@ -68,8 +59,6 @@ pub struct AppState {
     /// Timeouts, concurrency and rate limits of each listener.
     pub protection: Protection,
 }
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Everything on one listener (when `VALO_OAUTH_INTERNAL_LISTEN` is unset): the public
 /// routes and the internal ones.
@@ -145,19 +134,6 @@ where
     })
 }
 
-/// What the protective layers answer: a request past its timeout, or shed because the
-/// listener is at its concurrency limit, gets 503 with `Retry-After`.
-async fn protective_error(error: BoxError) -> Problem {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        Problem::busy("the request took longer than request_timeout_secs; retry")
-    } else if error.is::<tower::load_shed::error::Overloaded>() {
-        Problem::busy("too many requests in progress on this replica; retry")
-    } else {
-        tracing::error!(error = %error, "request failed in a protective layer");
-        Problem::internal()
-    }
-}
-
 fn internal_routes() -> Router<AppState> {
     Router::new()
         .merge(apps::router())
@@ -168,70 +144,19 @@ fn internal_routes() -> Router<AppState> {
         .merge(ops::router())
 }
 
-/// The layers every listener has, in one place.
+/// The layers every listener has: the fallbacks, and the edge ([`edge`]) around each route.
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
-    let body_limit = state.body_limit_bytes;
-    let protection = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(protective_error))
-        .layer(LoadShedLayer::new())
-        // Global: `Router::layer` applies a layer to each route, and the limit is per listener.
-        .layer(GlobalConcurrencyLimitLayer::new(
-            state.protection.max_concurrent_requests,
-        ))
-        .layer(TimeoutLayer::new(state.protection.request_timeout));
+    let edge = EdgeLayer::new(EdgeSettings {
+        metrics: state.broker.metrics().clone(),
+        body_limit: state.body_limit_bytes,
+        max_concurrent_requests: state.protection.max_concurrent_requests,
+        request_timeout: state.protection.request_timeout,
+    });
     routes
         .fallback(|| async { Problem::not_found("no such route") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed() })
-        .layer(protection)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(
-            state.broker.metrics().clone(),
-            count_responses,
-        ))
-        // The span names the matched route, never the URI: the callback's query string
-        // carries the authorization code and the state.
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
-                let route = request
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", MatchedPath::as_str);
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!("http", method = %request.method(), route, request_id)
-            }),
-        )
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(
-            REQUEST_ID,
-            request_id::MakeRequestIds::new(),
-        ))
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ]))
+        .layer(edge)
         .with_state(state)
-}
-
-/// Counts each response by status class and times it by route template, method and class.
-/// On the hot path: no allocation once a route was seen (the template is shared), no lock
-/// held across the await.
-async fn count_responses(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let method = HttpMethod::of(request.method());
-    // The template (`/v1/tenants/{tenant}/…`), never the path: ids are no label values.
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics.http_response(
-        route.as_ref().map(MatchedPath::as_str),
-        method,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
 }
 
 /// Handlers answer `Result<_, Problem>`; this keeps their signatures short.

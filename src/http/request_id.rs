@@ -6,22 +6,29 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::http::{HeaderValue, Request};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use axum::http::HeaderValue;
 use uuid::Uuid;
 
-#[derive(Clone)]
-pub struct MakeRequestIds {
+/// The request ids of one listener.
+pub struct RequestIds {
     process: u64,
-    next: std::sync::Arc<AtomicU64>,
+    next: AtomicU64,
 }
 
-impl MakeRequestIds {
+impl RequestIds {
     pub fn new() -> Self {
         Self {
             process: rand::random(),
-            next: std::sync::Arc::default(),
+            next: AtomicU64::new(0),
         }
+    }
+
+    /// The next id, as the `x-request-id` header value.
+    pub fn next_header(&self) -> HeaderValue {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = self.next_id().hyphenated().encode_lower(&mut text);
+        // A hyphenated UUID is visible ASCII, always a valid header value.
+        HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 
     fn next_id(&self) -> Uuid {
@@ -33,17 +40,9 @@ impl MakeRequestIds {
     }
 }
 
-impl Default for MakeRequestIds {
+impl Default for RequestIds {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl MakeRequestId for MakeRequestIds {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = self.next_id().hyphenated().encode_lower(&mut text);
-        HeaderValue::from_str(id).ok().map(RequestId::new)
     }
 }
 
@@ -55,18 +54,14 @@ mod tests {
 
     #[test]
     fn ids_are_distinct_uuids_of_version_8() {
-        let make = MakeRequestIds::new();
-        let a = make.next_id();
-        let b = make.next_id();
+        let ids = RequestIds::new();
+        let a = ids.next_id();
+        let b = ids.next_id();
         assert_ne!(a, b);
         assert_eq!(a.get_version_num(), 8);
         // Another process (another generator) starts from other random bits.
-        assert_ne!(MakeRequestIds::new().next_id(), a);
-        let mut make = make;
-        let header = make
-            .make_request_id(&Request::new(()))
-            .unwrap()
-            .into_header_value();
+        assert_ne!(RequestIds::new().next_id(), a);
+        let header = ids.next_header();
         let parsed = Uuid::parse_str(header.to_str().unwrap()).unwrap();
         assert_eq!(parsed.get_version_num(), 8);
     }
