@@ -10,7 +10,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::events::EventType;
+use super::events::{EventType, Subject};
 use super::{Broker, BrokerError, CredentialField, TenantId};
 use crate::crypto::Binding;
 use crate::salesforce::{AppCredentials, CredentialCheck, ErrorClass, SalesforceError};
@@ -138,9 +138,9 @@ impl Broker {
             updated_at: now,
         };
         // Written only if this PUT replaces credentials Salesforce refused.
-        let fixed = self.app_event(
+        let fixed = self.event_about(
             EventType::AppCredentialsValid,
-            tenant.as_str(),
+            Subject::App(tenant.as_str()),
             AppStatus::Active.as_str(),
             Some("new credentials were stored"),
         );

@@ -272,6 +272,14 @@ mod tests {
         }
     }
 
+    /// Caches, for a new connection read at `version`, a token that expires at `expires_at`;
+    /// returns the connection's id.
+    fn cache_new(cache: &TokenCache, expires_at: Millis, version: i64) -> Uuid {
+        let id = Uuid::new_v4();
+        cache.put(id, "t", token(expires_at), version, 1_000);
+        id
+    }
+
     #[test]
     fn the_capacity_holds_under_a_flood_of_distinct_connections() {
         let cache = TokenCache::new(1_000, Metrics::new());
@@ -305,12 +313,9 @@ mod tests {
     #[test]
     fn an_entry_is_gone_when_its_token_expires() {
         let cache = TokenCache::new(100, Metrics::new());
-        let short = Uuid::new_v4();
-        let long = Uuid::new_v4();
-        cache.put(short, "t", token(1_050), 1, 1_000);
-        cache.put(long, "t", token(3_600_000), 1, 1_000);
-        let expired = Uuid::new_v4();
-        cache.put(expired, "t", token(900), 1, 1_000);
+        let short = cache_new(&cache, 1_050, 1);
+        let long = cache_new(&cache, 3_600_000, 1);
+        let expired = cache_new(&cache, 900, 1);
         assert!(
             cache.get(expired).is_none(),
             "an expired token is not cached"
@@ -326,10 +331,8 @@ mod tests {
     #[test]
     fn a_change_drops_older_versions_and_keeps_newer_ones() {
         let cache = TokenCache::new(100, Metrics::new());
-        let refreshed_elsewhere = Uuid::new_v4();
-        let refreshed_here = Uuid::new_v4();
-        cache.put(refreshed_elsewhere, "t", token(3_600_000), 3, 1_000);
-        cache.put(refreshed_here, "t", token(3_600_000), 4, 1_000);
+        let refreshed_elsewhere = cache_new(&cache, 3_600_000, 3);
+        let refreshed_here = cache_new(&cache, 3_600_000, 4);
         assert!(
             cache.apply_change(refreshed_elsewhere, 4),
             "version 3 < 4 goes"

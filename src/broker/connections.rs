@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
-use super::events::EventType;
+use super::events::{EventType, Subject};
 use super::{Broker, BrokerError, SecretColumn, TenantId};
 use crate::salesforce::ErrorClass;
 pub use crate::store::ConnectionStatus;
@@ -114,9 +114,9 @@ impl Broker {
         connection: &ConnectionRecord,
         reason: &str,
     ) -> Result<(), BrokerError> {
-        let event = self.connection_event(
+        let event = self.event_about(
             EventType::ConnectionDeleted,
-            connection,
+            Subject::Connection(connection),
             "deleted",
             Some(reason),
         );

@@ -77,6 +77,46 @@ struct Data<'a> {
     reason: Option<&'a str>,
 }
 
+/// What an event is about.
+#[derive(Clone, Copy)]
+pub(super) enum Subject<'a> {
+    /// A connection, as its row is now.
+    Connection(&'a ConnectionRecord),
+    /// A tenant's app (by tenant id).
+    App(&'a str),
+}
+
+impl<'a> Data<'a> {
+    /// The data of an event about `subject`, now in `status`, and the event's ordering key:
+    /// a connection's events are delivered in order, and so are the app events of a tenant.
+    fn about(subject: Subject<'a>, status: &'a str, reason: Option<&'a str>) -> (String, Self) {
+        match subject {
+            Subject::Connection(row) => (
+                row.id.to_string(),
+                Data {
+                    tenant_id: &row.tenant_id,
+                    connection_id: Some(row.id.to_string()),
+                    org_id: Some(&row.org_id),
+                    user_id: Some(&row.user_id),
+                    status,
+                    reason,
+                },
+            ),
+            Subject::App(tenant_id) => (
+                format!("app:{tenant_id}"),
+                Data {
+                    tenant_id,
+                    connection_id: None,
+                    org_id: None,
+                    user_id: None,
+                    status,
+                    reason,
+                },
+            ),
+        }
+    }
+}
+
 fn event(kind: EventType, ordering_key: String, data: Data<'_>, now: Millis) -> NewEvent {
     let tenant_id = data.tenant_id.to_owned();
     let body = Body {
@@ -102,25 +142,17 @@ impl Broker {
         self.outbox.is_some()
     }
 
-    /// The event reporting `kind` of this connection, now in `status`; None without
-    /// webhooks.
-    pub(super) fn connection_event(
+    /// The event reporting `kind` of `subject`, now in `status`; None without webhooks.
+    pub(super) fn event_about(
         &self,
         kind: EventType,
-        row: &ConnectionRecord,
+        subject: Subject<'_>,
         status: &str,
         reason: Option<&str>,
     ) -> Option<NewEvent> {
         self.webhooks_enabled().then(|| {
-            let data = Data {
-                tenant_id: &row.tenant_id,
-                connection_id: Some(row.id.to_string()),
-                org_id: Some(&row.org_id),
-                user_id: Some(&row.user_id),
-                status,
-                reason,
-            };
-            event(kind, row.id.to_string(), data, self.now())
+            let (ordering_key, data) = Data::about(subject, status, reason);
+            event(kind, ordering_key, data, self.now())
         })
     }
 
@@ -131,7 +163,8 @@ impl Broker {
         } else {
             EventType::ConnectionCreated
         };
-        self.connection_event(kind, row, ConnectionStatus::Active.as_str(), None)
+        let status = ConnectionStatus::Active.as_str();
+        self.event_about(kind, Subject::Connection(row), status, None)
     }
 
     /// After a flow's save: wakes the outbox, and audits a new connection (by the Salesforce
@@ -147,28 +180,6 @@ impl Broker {
             );
         }
     }
-
-    /// The event reporting `kind` of the tenant's app, now in `status`; None without
-    /// webhooks. App events of one tenant are delivered in order, like a connection's.
-    pub(super) fn app_event(
-        &self,
-        kind: EventType,
-        tenant_id: &str,
-        status: &str,
-        reason: Option<&str>,
-    ) -> Option<NewEvent> {
-        self.webhooks_enabled().then(|| {
-            let data = Data {
-                tenant_id,
-                connection_id: None,
-                org_id: None,
-                user_id: None,
-                status,
-                reason,
-            };
-            event(kind, format!("app:{tenant_id}"), data, self.now())
-        })
-    }
 }
 
 #[cfg(test)]
@@ -179,15 +190,10 @@ mod tests {
 
     #[test]
     fn bodies_have_the_documented_shape() {
-        let data = Data {
-            tenant_id: "acme",
-            connection_id: None,
-            org_id: None,
-            user_id: None,
-            status: "credentials_invalid",
-            reason: Some("invalid_client"),
-        };
-        let e = event(EventType::AppCredentialsInvalid, "app:acme".into(), data, 0);
+        let subject = Subject::App("acme");
+        let (key, data) = Data::about(subject, "credentials_invalid", Some("invalid_client"));
+        assert_eq!(key, "app:acme");
+        let e = event(EventType::AppCredentialsInvalid, key, data, 0);
         let body: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
         assert_eq!(
             body,

@@ -42,7 +42,7 @@ use uuid::Uuid;
 use tokio::time::Instant;
 
 use super::audit::{Actor, AuditAction};
-use super::events::EventType;
+use super::events::{EventType, Subject};
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
 use crate::metrics::{Event, LeaseWait, RefreshOutcome};
@@ -623,9 +623,9 @@ impl Broker {
                 // token stays good for when the credentials are fixed.
                 self.metrics.refresh(RefreshOutcome::AppCredentialsInvalid);
                 tracing::warn!(tenant = tenant.as_str(), connection = %id, error = %e.summary(), "refresh refused: the tenant app's credentials are invalid");
-                let event = self.app_event(
+                let event = self.event_about(
                     EventType::AppCredentialsInvalid,
-                    tenant.as_str(),
+                    Subject::App(tenant.as_str()),
                     AppStatus::CredentialsInvalid.as_str(),
                     Some(&e.summary()),
                 );
@@ -676,9 +676,9 @@ impl Broker {
         };
         // The change of status is reported to the Valo backend, written with it.
         let event = match &failure {
-            RefreshFailure::NeedsReauthorization { reason, .. } => self.connection_event(
+            RefreshFailure::NeedsReauthorization { reason, .. } => self.event_about(
                 EventType::ConnectionNeedsReauthorization,
-                row,
+                Subject::Connection(row),
                 ConnectionStatus::NeedsReauthorization.as_str(),
                 Some(reason),
             ),

@@ -351,44 +351,33 @@ mod tests {
     fn refusals() {
         let p = policy();
         let f = UrlField::LoginUrl;
-        assert_eq!(
-            p.validate_login_url("http://login.salesforce.com"),
-            Err(UrlPolicyError::NotHttps(f))
-        );
-        assert_eq!(
-            p.validate_login_url("ftp://login.salesforce.com"),
-            Err(UrlPolicyError::NotHttps(f))
-        );
-        assert_eq!(
-            p.validate_login_url("https://user:pw@login.salesforce.com"),
-            Err(UrlPolicyError::UserInfo(f))
-        );
-        assert_eq!(
-            p.validate_login_url("https://user@login.salesforce.com"),
-            Err(UrlPolicyError::UserInfo(f))
-        );
-        for bad in [
-            "https://login.salesforce.com/services",
-            "https://login.salesforce.com/?a=b",
-            "https://login.salesforce.com#x",
+        for (bad, error) in [
+            ("http://login.salesforce.com", UrlPolicyError::NotHttps(f)),
+            ("ftp://login.salesforce.com", UrlPolicyError::NotHttps(f)),
+            (
+                "https://user:pw@login.salesforce.com",
+                UrlPolicyError::UserInfo(f),
+            ),
+            (
+                "https://user@login.salesforce.com",
+                UrlPolicyError::UserInfo(f),
+            ),
+            (
+                "https://login.salesforce.com/services",
+                UrlPolicyError::PathQueryFragment(f),
+            ),
+            (
+                "https://login.salesforce.com/?a=b",
+                UrlPolicyError::PathQueryFragment(f),
+            ),
+            (
+                "https://login.salesforce.com#x",
+                UrlPolicyError::PathQueryFragment(f),
+            ),
+            ("not a url", UrlPolicyError::InvalidUrl(f)),
         ] {
-            assert_eq!(
-                p.validate_login_url(bad),
-                Err(UrlPolicyError::PathQueryFragment(f)),
-                "{bad}"
-            );
+            assert_eq!(p.validate_login_url(bad), Err(error), "{bad}");
         }
-        assert_eq!(
-            p.validate_login_url("not a url"),
-            Err(UrlPolicyError::InvalidUrl(f))
-        );
-        let e = p
-            .validate_login_url("https://evil.example.com")
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "host evil.example.com is not an allowed Salesforce login host"
-        );
         assert_eq!(
             p.validate_login_url("https://login.salesforce.com.evil.com"),
             Err(UrlPolicyError::HostNotAllowed {
@@ -396,34 +385,30 @@ mod tests {
                 host: "login.salesforce.com.evil.com".into()
             })
         );
-        assert_eq!(
-            p.validate_login_url("https://login.salesforce.com.")
-                .unwrap_err()
-                .to_string(),
-            "host login.salesforce.com. is not an allowed Salesforce login host"
-        );
-        assert_eq!(
-            p.validate_login_url("http://login.salesforce.com")
-                .unwrap_err()
-                .to_string(),
-            "login_url must use https"
-        );
-        assert_eq!(
-            p.validate_login_url("https://u@login.salesforce.com")
-                .unwrap_err()
-                .to_string(),
-            "login_url must not contain user info"
-        );
-        assert_eq!(
-            p.validate_login_url("https://login.salesforce.com/x")
-                .unwrap_err()
-                .to_string(),
-            "login_url must not have a path, query or fragment"
-        );
-        assert_eq!(
-            p.validate_login_url("::").unwrap_err().to_string(),
-            "login_url is not a valid URL"
-        );
+        // What the caller reads.
+        for (bad, message) in [
+            (
+                "https://evil.example.com",
+                "host evil.example.com is not an allowed Salesforce login host",
+            ),
+            (
+                "https://login.salesforce.com.",
+                "host login.salesforce.com. is not an allowed Salesforce login host",
+            ),
+            ("http://login.salesforce.com", "login_url must use https"),
+            (
+                "https://u@login.salesforce.com",
+                "login_url must not contain user info",
+            ),
+            (
+                "https://login.salesforce.com/x",
+                "login_url must not have a path, query or fragment",
+            ),
+            ("::", "login_url is not a valid URL"),
+        ] {
+            let e = p.validate_login_url(bad).unwrap_err();
+            assert_eq!(e.to_string(), message, "{bad}");
+        }
     }
 
     #[test]
@@ -443,31 +428,21 @@ mod tests {
     #[test]
     fn wildcard() {
         let p = policy();
-        assert!(
-            p.validate_login_url("https://acme.my.salesforce.com")
-                .is_ok()
-        );
-        assert!(
-            p.validate_login_url("https://acme--dev.sandbox.my.salesforce.com/")
-                .is_ok()
-        );
-        assert!(
-            p.validate_login_url("https://ACME.My.Salesforce.com")
-                .is_ok()
-        );
-        // Not the bare suffix, nor look-alikes.
+        for (url, allowed) in [
+            ("https://acme.my.salesforce.com", true),
+            ("https://acme--dev.sandbox.my.salesforce.com/", true),
+            ("https://ACME.My.Salesforce.com", true),
+            // Not the bare suffix, nor look-alikes.
+            ("https://my.salesforce.com", false),
+            ("https://acmemy.salesforce.com", false),
+            ("https://acme.my.salesforce.com.evil.io", false),
+        ] {
+            assert_eq!(p.validate_login_url(url).is_ok(), allowed, "{url}");
+        }
         assert!(matches!(
             p.validate_login_url("https://my.salesforce.com"),
             Err(UrlPolicyError::HostNotAllowed { .. })
         ));
-        assert!(
-            p.validate_login_url("https://acmemy.salesforce.com")
-                .is_err()
-        );
-        assert!(
-            p.validate_login_url("https://acme.my.salesforce.com.evil.io")
-                .is_err()
-        );
     }
 
     #[test]

@@ -94,26 +94,18 @@ mod tests {
 
     #[test]
     fn known_pairs() {
-        // Published examples of the 15 → 18 conversion.
-        assert_eq!(
-            to_18_char_id("001A0000006Vm9r").as_deref(),
-            Some("001A0000006Vm9rIAC")
-        );
-        // 005D0000001az5d: chunks "005D0" (D at index 3 → 8 → 'I'), "00000" (→ 'A'),
-        // "1az5d" (→ 'A').
-        assert_eq!(
-            to_18_char_id("005D0000001az5d").as_deref(),
-            Some("005D0000001az5dIAA")
-        );
-        // All upper-case letters in every chunk → 31 → '5'.
-        assert_eq!(
-            to_18_char_id("ABCDEFGHIJKLMNO").as_deref(),
-            Some("ABCDEFGHIJKLMNO555")
-        );
-        assert_eq!(
-            to_18_char_id("00D000000000000").as_deref(),
-            Some("00D000000000000EAA")
-        );
+        for (id, expected) in [
+            // Published examples of the 15 → 18 conversion.
+            ("001A0000006Vm9r", "001A0000006Vm9rIAC"),
+            // 005D0000001az5d: chunks "005D0" (D at index 3 → 8 → 'I'), "00000" (→ 'A'),
+            // "1az5d" (→ 'A').
+            ("005D0000001az5d", "005D0000001az5dIAA"),
+            // All upper-case letters in every chunk → 31 → '5'.
+            ("ABCDEFGHIJKLMNO", "ABCDEFGHIJKLMNO555"),
+            ("00D000000000000", "00D000000000000EAA"),
+        ] {
+            assert_eq!(to_18_char_id(id).as_deref(), Some(expected), "{id}");
+        }
         assert_eq!(to_18_char_id("short"), None);
         assert_eq!(to_18_char_id("005D0000001az5-"), None);
         assert_eq!(to_18_char_id("005D0000001az5dé"), None);
@@ -148,43 +140,40 @@ mod tests {
 
     #[test]
     fn identity_urls() {
-        let (org, user) =
-            parse_identity_url("https://login.salesforce.com/id/00D000000000000/005D0000001az5d")
-                .unwrap();
-        assert_eq!(org, "00D000000000000EAA");
-        assert_eq!(user, "005D0000001az5dIAA");
-        // 18-character ids pass through; a trailing slash is tolerated.
-        let (org, user) = parse_identity_url(
-            "https://acme.my.salesforce.com/id/00D000000000000EAA/005D0000001az5dIAA/",
-        )
-        .unwrap();
-        assert_eq!(
-            (org.as_str(), user.as_str()),
-            ("00D000000000000EAA", "005D0000001az5dIAA")
-        );
-        // Lower-case checksum suffix is accepted and normalised.
-        let (_, user) = parse_identity_url(
-            "https://login.salesforce.com/id/00D000000000000EAA/005D0000001az5diaa",
-        )
-        .unwrap();
-        assert_eq!(user, "005D0000001az5dIAA");
-    }
-
-    #[test]
-    fn ids_with_a_wrong_checksum_are_kept_as_sent() {
-        let (org, user) = parse_identity_url(
-            "https://login.salesforce.com/id/00D000000000000EAB/005D0000001az5dAAA",
-        )
-        .unwrap();
-        assert_eq!(org, "00D000000000000EAB");
-        assert_eq!(user, "005D0000001az5dAAA");
-        // 15-character ids are still normalised next to a kept 18-character one.
-        let (org, user) = parse_identity_url(
-            "https://login.salesforce.com/id/00D000000000000/005D0000001az5dzzz",
-        )
-        .unwrap();
-        assert_eq!(org, "00D000000000000EAA");
-        assert_eq!(user, "005D0000001az5dzzz");
+        for (url, org, user) in [
+            (
+                "https://login.salesforce.com/id/00D000000000000/005D0000001az5d",
+                "00D000000000000EAA",
+                "005D0000001az5dIAA",
+            ),
+            // 18-character ids pass through; a trailing slash is tolerated.
+            (
+                "https://acme.my.salesforce.com/id/00D000000000000EAA/005D0000001az5dIAA/",
+                "00D000000000000EAA",
+                "005D0000001az5dIAA",
+            ),
+            // Lower-case checksum suffix is accepted and normalised.
+            (
+                "https://login.salesforce.com/id/00D000000000000EAA/005D0000001az5diaa",
+                "00D000000000000EAA",
+                "005D0000001az5dIAA",
+            ),
+            // A wrong checksum is kept as sent.
+            (
+                "https://login.salesforce.com/id/00D000000000000EAB/005D0000001az5dAAA",
+                "00D000000000000EAB",
+                "005D0000001az5dAAA",
+            ),
+            // 15-character ids are still normalised next to a kept 18-character one.
+            (
+                "https://login.salesforce.com/id/00D000000000000/005D0000001az5dzzz",
+                "00D000000000000EAA",
+                "005D0000001az5dzzz",
+            ),
+        ] {
+            let parsed = parse_identity_url(url).unwrap();
+            assert_eq!((parsed.0.as_str(), parsed.1.as_str()), (org, user), "{url}");
+        }
     }
 
     #[test]

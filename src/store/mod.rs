@@ -40,6 +40,28 @@ macro_rules! dispatch {
     };
 }
 
+/// Defines [`Store`] methods that only hand their arguments to the same method of the backend
+/// (or, after `=`, to the call given), so that the facade lists each signature once and the
+/// backends' methods are not written out again as dispatching bodies.
+macro_rules! delegate {
+    ($(
+        $(#[$meta:meta])*
+        fn $name:ident$(<$generic:ident>)?($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)?
+            $(= $target:ident($($pass:expr),* $(,)?))?;
+    )*) => {$(
+        $(#[$meta])*
+        pub async fn $name$(<$generic>)?(&self, $($arg: $ty),*) $(-> $ret)? {
+            delegate!(@call self, $name($($arg),*) $(=> $target($($pass),*))?)
+        }
+    )*};
+    (@call $self:tt, $name:ident($($arg:ident),*)) => {
+        dispatch!($self, s => s.$name($($arg),*).await)
+    };
+    (@call $self:tt, $name:ident($($arg:ident),*) => $target:ident($($pass:expr),*)) => {
+        dispatch!($self, s => s.$target($($pass),*).await)
+    };
+}
+
 /// Unix time in milliseconds, the one time representation of the storage layer.
 pub type Millis = i64;
 
@@ -497,248 +519,160 @@ impl Store {
         dispatch!(self, s => s.backend_name())
     }
 
-    /// Applies the backend's embedded migrations (idempotent, safe from many replicas).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.migrate().await)
+    delegate! {
+        /// Applies the backend's embedded migrations (idempotent, safe from many replicas).
+        fn migrate() -> Result<(), StoreError>;
+
+        /// Readiness: the database answers and every embedded migration is applied.
+        fn check_ready() -> Result<(), StoreError>;
+
+        fn close();
+
+        // --- tenant apps -----------------------------------------------------------------
+
+        /// Inserts or replaces the tenant's app; `created_at` of an existing row is kept, the
+        /// status becomes `active` and `credentials_version` grows. Returns the stored row and
+        /// whether it was created (true) or replaced (false).
+        fn put_tenant_app(app: &TenantAppRecord) -> Result<(TenantAppRecord, bool), StoreError>
+            = put_tenant_app(app, None);
+
+        /// [`Self::put_tenant_app`]; when the PUT replaces credentials marked invalid,
+        /// `fixed_event` is written in the same transaction.
+        fn put_tenant_app_with_event(app: &TenantAppRecord, fixed_event: Option<&NewEvent>)
+            -> Result<(TenantAppRecord, bool), StoreError> = put_tenant_app(app, fixed_event);
+
+        fn get_tenant_app(tenant_id: &str) -> Result<Option<TenantAppRecord>, StoreError>;
+
+        /// Marks the app's credentials refused, unless they were replaced since
+        /// `credentials_version` was read. Returns whether it did.
+        fn mark_app_credentials_invalid(tenant_id: &str, credentials_version: i64, reason: &str, now: Millis)
+            -> Result<bool, StoreError>
+            = mark_app_credentials_invalid(tenant_id, credentials_version, reason, now, None);
+
+        /// [`Self::mark_app_credentials_invalid`]; when this marks an `active` app, `event` is
+        /// written in the same transaction (a second refusal writes none).
+        fn mark_app_credentials_invalid_with_event(
+            tenant_id: &str, credentials_version: i64, reason: &str, now: Millis, event: Option<&NewEvent>
+        ) -> Result<bool, StoreError>
+            = mark_app_credentials_invalid(tenant_id, credentials_version, reason, now, event);
+
+        /// Deletes the app and, by cascade, its authorization sessions and connections.
+        /// Returns whether a row was deleted.
+        fn delete_tenant_app(tenant_id: &str) -> Result<bool, StoreError>;
+
+        // --- authorization sessions ------------------------------------------------------
+
+        fn insert_authorization_session(session: &AuthorizationSession) -> Result<(), StoreError>;
+
+        /// Atomically marks the session with this state hash consumed (single use).
+        fn consume_authorization_session(state_hash: &[u8], now: Millis)
+            -> Result<ConsumeOutcome, StoreError>;
+
+        /// Housekeeping: deletes sessions that expired before `before`. Returns how many.
+        fn delete_expired_authorization_sessions(before: Millis) -> Result<u64, StoreError>;
+
+        // --- sealed values (key rotation) ------------------------------------------------
+
+        /// Up to `limit` values of `field` in rows after `after` (from the first row when
+        /// `None`), in key order, skipping those that start with `skip_prefix` (the values
+        /// already sealed under the primary key).
+        fn sealed_page(field: SealedField, after: Option<&RowKey>, skip_prefix: Option<&str>, limit: i64)
+            -> Result<Vec<SealedValue>, StoreError>;
+
+        /// Replaces a sealed value if it is still `old` (a refresh or a re-registration may
+        /// have written a new one meanwhile). Returns whether it was replaced.
+        fn replace_sealed(field: SealedField, key: &RowKey, old: &str, new: &str) -> Result<bool, StoreError>;
+
+        // --- connections -----------------------------------------------------------------
+
+        /// Upserts the connection of (tenant, org, user) in one transaction. `build` gets the
+        /// row id the tokens will live under (the existing row's, else `new_id`) so that they
+        /// can be encrypted with that id in their associated data. Status becomes `active`,
+        /// the failure state is cleared, `version` grows, and a refresh lease in flight is
+        /// cleared (its holder's commit then fails instead of overwriting the new tokens).
+        fn save_authorized_connection<E>(
+            tenant_id: &str, org_id: &str, user_id: &str, new_id: Uuid, now: Millis,
+            build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
+        ) -> Result<Result<SavedConnection, E>, StoreError>
+            = save_authorized_connection(
+                tenant_id, org_id, user_id, new_id, now, build, |_: &ConnectionRecord, _: bool| None
+            );
+
+        /// [`Self::save_authorized_connection`], writing the event `event` makes of the saved
+        /// row (and whether it replaced an existing one) in the same transaction.
+        #[expect(clippy::too_many_arguments, reason = "the save's whole context")]
+        fn save_authorized_connection_with_event<E>(
+            tenant_id: &str, org_id: &str, user_id: &str, new_id: Uuid, now: Millis,
+            build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
+            event: impl FnOnce(&ConnectionRecord, bool) -> Option<NewEvent> + Send,
+        ) -> Result<Result<SavedConnection, E>, StoreError>
+            = save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build, event);
+
+        /// Inserts new connections in bulk, in one transaction (all or none), a few hundred
+        /// rows per statement: for loading many connections at once (an import, the scale
+        /// benchmark's million), where one [`Store::save_authorized_connection`] per row would
+        /// take a transaction and an identity lock each. Unlike a save it neither updates nor
+        /// serialises: a (tenant, org, user) that exists already fails the whole call.
+        /// Returns how many rows were inserted.
+        fn insert_connections(rows: &[NewConnection]) -> Result<u64, StoreError>;
+
+        fn list_connections(tenant_id: &str) -> Result<Vec<ConnectionRecord>, StoreError>;
+
+        /// One connection of one tenant (a connection id of another tenant is `None`).
+        fn get_connection(tenant_id: &str, id: Uuid) -> Result<Option<ConnectionRecord>, StoreError>;
+
+        /// Records the current access token's expiry, learned after the refresh was committed;
+        /// only while the row still has `version` (a newer token wins). Returns whether it did.
+        fn update_access_expiry(id: Uuid, version: i64, access_expires_at: Millis, expiry_assumed: bool)
+            -> Result<bool, StoreError>;
+
+        /// Deletes one connection of one tenant; returns whether a row was deleted.
+        fn delete_connection(tenant_id: &str, id: Uuid) -> Result<bool, StoreError>
+            = delete_connection(tenant_id, id, None);
+
+        /// [`Self::delete_connection`], writing `event` in the same transaction when a row was
+        /// deleted.
+        fn delete_connection_with_event(tenant_id: &str, id: Uuid, event: Option<&NewEvent>)
+            -> Result<bool, StoreError> = delete_connection(tenant_id, id, event);
+
+        /// Ids of active connections of apps with usable credentials, last refreshed before
+        /// `refreshed_before`, not backing off at `now` and not leased, oldest first, at most
+        /// `limit`.
+        fn connections_due_for_keepalive(refreshed_before: Millis, now: Millis, limit: i64)
+            -> Result<Vec<(String, Uuid)>, StoreError>;
+
+        /// The change feed: the database's clock now and, when `since` is given, every change
+        /// recorded at or after it as `(connection, min_version)` (migration 0005; the
+        /// triggers write it). Read by [`crate::broker`]'s feed follower.
+        fn connection_changes(since: Option<Millis>) -> Result<ConnectionChanges, StoreError>;
+
+        /// Forgets the feed's rows recorded before `before` (database time).
+        fn prune_connection_changes(before: Millis) -> Result<u64, StoreError>;
+
+        // --- the webhook outbox ----------------------------------------------------------
+
+        /// Records an attempt's outcome, only while the claim is still ours; returns whether
+        /// it was.
+        fn finish_event(seq: i64, claim_id: &str, outcome: &DeliveryOutcome) -> Result<bool, StoreError>;
+
+        fn outbox_stats() -> Result<OutboxStats, StoreError>;
+
+        /// Deletes events written before `before` that were delivered or given up (pending
+        /// ones stay). Returns how many.
+        fn prune_events(before: Millis) -> Result<u64, StoreError>;
+
+        // --- the audit trail -------------------------------------------------------------
+
+        /// Adds the aggregates to the trail in one transaction.
+        fn write_audit(records: &[AuditRecord]) -> Result<(), StoreError>;
+
+        fn list_audit(query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+
+        /// Deletes entries older than `before`. Returns how many.
+        fn prune_audit(before: Millis) -> Result<u64, StoreError>;
     }
 
-    /// Readiness: the database answers and every embedded migration is applied.
-    pub async fn check_ready(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.check_ready().await)
-    }
-
-    pub async fn close(&self) {
-        dispatch!(self, s => s.close().await)
-    }
-
-    // --- tenant apps -------------------------------------------------------------------
-
-    /// Inserts or replaces the tenant's app; `created_at` of an existing row is kept, the
-    /// status becomes `active` and `credentials_version` grows. Returns the stored row and
-    /// whether it was created (true) or replaced (false).
-    pub async fn put_tenant_app(
-        &self,
-        app: &TenantAppRecord,
-    ) -> Result<(TenantAppRecord, bool), StoreError> {
-        dispatch!(self, s => s.put_tenant_app(app, None).await)
-    }
-
-    /// [`Self::put_tenant_app`]; when the PUT replaces credentials marked invalid,
-    /// `fixed_event` is written in the same transaction.
-    pub async fn put_tenant_app_with_event(
-        &self,
-        app: &TenantAppRecord,
-        fixed_event: Option<&NewEvent>,
-    ) -> Result<(TenantAppRecord, bool), StoreError> {
-        dispatch!(self, s => s.put_tenant_app(app, fixed_event).await)
-    }
-
-    pub async fn get_tenant_app(
-        &self,
-        tenant_id: &str,
-    ) -> Result<Option<TenantAppRecord>, StoreError> {
-        dispatch!(self, s => s.get_tenant_app(tenant_id).await)
-    }
-
-    /// Marks the app's credentials refused, unless they were replaced since
-    /// `credentials_version` was read. Returns whether it did.
-    pub async fn mark_app_credentials_invalid(
-        &self,
-        tenant_id: &str,
-        credentials_version: i64,
-        reason: &str,
-        now: Millis,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.mark_app_credentials_invalid(tenant_id, credentials_version, reason, now, None).await)
-    }
-
-    /// [`Self::mark_app_credentials_invalid`]; when this marks an `active` app, `event` is
-    /// written in the same transaction (a second refusal writes none).
-    pub async fn mark_app_credentials_invalid_with_event(
-        &self,
-        tenant_id: &str,
-        credentials_version: i64,
-        reason: &str,
-        now: Millis,
-        event: Option<&NewEvent>,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.mark_app_credentials_invalid(tenant_id, credentials_version, reason, now, event).await)
-    }
-
-    /// Deletes the app and, by cascade, its authorization sessions and connections.
-    /// Returns whether a row was deleted.
-    pub async fn delete_tenant_app(&self, tenant_id: &str) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_tenant_app(tenant_id).await)
-    }
-
-    // --- authorization sessions ----------------------------------------------------------
-
-    pub async fn insert_authorization_session(
-        &self,
-        session: &AuthorizationSession,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, s => s.insert_authorization_session(session).await)
-    }
-
-    /// Atomically marks the session with this state hash consumed (single use).
-    pub async fn consume_authorization_session(
-        &self,
-        state_hash: &[u8],
-        now: Millis,
-    ) -> Result<ConsumeOutcome, StoreError> {
-        dispatch!(self, s => s.consume_authorization_session(state_hash, now).await)
-    }
-
-    /// Housekeeping: deletes sessions that expired before `before`. Returns how many.
-    pub async fn delete_expired_authorization_sessions(
-        &self,
-        before: Millis,
-    ) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.delete_expired_authorization_sessions(before).await)
-    }
-
-    // --- sealed values (key rotation) ------------------------------------------------------
-
-    /// Up to `limit` values of `field` in rows after `after` (from the first row when
-    /// `None`), in key order, skipping those that start with `skip_prefix` (the values
-    /// already sealed under the primary key).
-    pub async fn sealed_page(
-        &self,
-        field: SealedField,
-        after: Option<&RowKey>,
-        skip_prefix: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<SealedValue>, StoreError> {
-        dispatch!(self, s => s.sealed_page(field, after, skip_prefix, limit).await)
-    }
-
-    /// Replaces a sealed value if it is still `old` (a refresh or a re-registration may
-    /// have written a new one meanwhile). Returns whether it was replaced.
-    pub async fn replace_sealed(
-        &self,
-        field: SealedField,
-        key: &RowKey,
-        old: &str,
-        new: &str,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.replace_sealed(field, key, old, new).await)
-    }
-
-    // --- connections ---------------------------------------------------------------------
-
-    /// Upserts the connection of (tenant, org, user) in one transaction. `build` gets the
-    /// row id the tokens will live under (the existing row's, else `new_id`) so that they can
-    /// be encrypted with that id in their associated data. Status becomes `active`, the
-    /// failure state is cleared, `version` grows, and a refresh lease in flight is cleared
-    /// (its holder's commit then fails instead of overwriting the new tokens).
-    pub async fn save_authorized_connection<E>(
-        &self,
-        tenant_id: &str,
-        org_id: &str,
-        user_id: &str,
-        new_id: Uuid,
-        now: Millis,
-        build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
-    ) -> Result<Result<SavedConnection, E>, StoreError> {
-        dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build, |_: &ConnectionRecord, _: bool| None).await)
-    }
-
-    /// [`Self::save_authorized_connection`], writing the event `event` makes of the saved
-    /// row (and whether it replaced an existing one) in the same transaction.
-    #[expect(clippy::too_many_arguments, reason = "the save's whole context")]
-    pub async fn save_authorized_connection_with_event<E>(
-        &self,
-        tenant_id: &str,
-        org_id: &str,
-        user_id: &str,
-        new_id: Uuid,
-        now: Millis,
-        build: impl FnOnce(Uuid) -> Result<AuthorizedConnection, E> + Send,
-        event: impl FnOnce(&ConnectionRecord, bool) -> Option<NewEvent> + Send,
-    ) -> Result<Result<SavedConnection, E>, StoreError> {
-        dispatch!(self, s => s.save_authorized_connection(tenant_id, org_id, user_id, new_id, now, build, event).await)
-    }
-
-    /// Inserts new connections in bulk, in one transaction (all or none), a few hundred rows
-    /// per statement: for loading many connections at once (an import, the scale
-    /// benchmark's million), where one [`Store::save_authorized_connection`] per row would
-    /// take a transaction and an identity lock each. Unlike a save it neither updates nor
-    /// serialises: a (tenant, org, user) that exists already fails the whole call. Returns
-    /// how many rows were inserted.
-    pub async fn insert_connections(&self, rows: &[NewConnection]) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.insert_connections(rows).await)
-    }
-
-    pub async fn list_connections(
-        &self,
-        tenant_id: &str,
-    ) -> Result<Vec<ConnectionRecord>, StoreError> {
-        dispatch!(self, s => s.list_connections(tenant_id).await)
-    }
-
-    /// One connection of one tenant (a connection id of another tenant is `None`).
-    pub async fn get_connection(
-        &self,
-        tenant_id: &str,
-        id: Uuid,
-    ) -> Result<Option<ConnectionRecord>, StoreError> {
-        dispatch!(self, s => s.get_connection(tenant_id, id).await)
-    }
-
-    /// Records the current access token's expiry, learned after the refresh was committed;
-    /// only while the row still has `version` (a newer token wins). Returns whether it did.
-    pub async fn update_access_expiry(
-        &self,
-        id: Uuid,
-        version: i64,
-        access_expires_at: Millis,
-        expiry_assumed: bool,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.update_access_expiry(id, version, access_expires_at, expiry_assumed).await)
-    }
-
-    /// Deletes one connection of one tenant; returns whether a row was deleted.
-    pub async fn delete_connection(&self, tenant_id: &str, id: Uuid) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_connection(tenant_id, id, None).await)
-    }
-
-    /// [`Self::delete_connection`], writing `event` in the same transaction when a row was
-    /// deleted.
-    pub async fn delete_connection_with_event(
-        &self,
-        tenant_id: &str,
-        id: Uuid,
-        event: Option<&NewEvent>,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_connection(tenant_id, id, event).await)
-    }
-
-    /// Ids of active connections of apps with usable credentials, last refreshed before
-    /// `refreshed_before`, not backing off at `now` and not leased, oldest first, at most
-    /// `limit`.
-    pub async fn connections_due_for_keepalive(
-        &self,
-        refreshed_before: Millis,
-        now: Millis,
-        limit: i64,
-    ) -> Result<Vec<(String, Uuid)>, StoreError> {
-        dispatch!(self, s => s.connections_due_for_keepalive(refreshed_before, now, limit).await)
-    }
-
-    /// The change feed: the database's clock now and, when `since` is given, every change
-    /// recorded at or after it as `(connection, min_version)` (migration 0005; the triggers
-    /// write it). Read by [`crate::broker`]'s feed follower.
-    pub async fn connection_changes(
-        &self,
-        since: Option<Millis>,
-    ) -> Result<ConnectionChanges, StoreError> {
-        dispatch!(self, s => s.connection_changes(since).await)
-    }
-
-    /// Forgets the feed's rows recorded before `before` (database time).
-    pub async fn prune_connection_changes(&self, before: Millis) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.prune_connection_changes(before).await)
-    }
+    // --- what does more than hand its arguments on -------------------------------------
 
     /// Takes the connection's refresh lease for `duration` (in the database's clock) when
     /// it is free or expired, in one short statement. `holder` names this replica for
@@ -765,8 +699,6 @@ impl Store {
             None => LeaseAttempt::NotFound,
         })
     }
-    // --- the webhook outbox --------------------------------------------------------------
-
     /// Claims up to `limit` due events (each the oldest unfinished of its ordering key) for
     /// `claim_for`, under `claim_id`.
     pub async fn claim_events(
@@ -778,42 +710,5 @@ impl Store {
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let until = now.saturating_add(i64::try_from(claim_for.as_millis()).unwrap_or(i64::MAX));
         dispatch!(self, s => s.claim_events(claim_id, now, until, limit).await)
-    }
-
-    /// Records an attempt's outcome, only while the claim is still ours; returns whether it
-    /// was.
-    pub async fn finish_event(
-        &self,
-        seq: i64,
-        claim_id: &str,
-        outcome: &DeliveryOutcome,
-    ) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.finish_event(seq, claim_id, outcome).await)
-    }
-
-    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
-        dispatch!(self, s => s.outbox_stats().await)
-    }
-
-    /// Deletes events written before `before` that were delivered or given up (pending ones
-    /// stay). Returns how many.
-    pub async fn prune_events(&self, before: Millis) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.prune_events(before).await)
-    }
-
-    // --- the audit trail -----------------------------------------------------------------
-
-    /// Adds the aggregates to the trail in one transaction.
-    pub async fn write_audit(&self, records: &[AuditRecord]) -> Result<(), StoreError> {
-        dispatch!(self, s => s.write_audit(records).await)
-    }
-
-    pub async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        dispatch!(self, s => s.list_audit(query).await)
-    }
-
-    /// Deletes entries older than `before`. Returns how many.
-    pub async fn prune_audit(&self, before: Millis) -> Result<u64, StoreError> {
-        dispatch!(self, s => s.prune_audit(before).await)
     }
 }

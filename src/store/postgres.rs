@@ -7,7 +7,7 @@
 use std::str::FromStr;
 
 use sqlx::error::DatabaseError;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgRow};
 use sqlx::{Pool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -96,13 +96,12 @@ impl Backend for Postgres {
             // named prepared statement made on one is unknown on the next.
             connect_options = connect_options.statement_cache_capacity(0);
         }
-        // Eager: a wrong host or password shows at start-up, not on the first request.
-        PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect_options)
-            .await
-            .map_err(sql::map_err::<Postgres>)
+        sql::open_pool::<Postgres>(
+            connect_options,
+            options.max_connections,
+            options.acquire_timeout,
+        )
+        .await
     }
 
     /// A row lock cannot serialise two first-time saves (there is no row yet), and a plain

@@ -22,6 +22,18 @@ macro_rules! connection_columns {
     };
 }
 
+/// A `SELECT` of whole `connections` rows, then `$rest` (the `WHERE` clause and what follows).
+macro_rules! select_connections {
+    ($rest:literal) => {
+        concat!(
+            "SELECT ",
+            connection_columns!(),
+            " FROM connections ",
+            $rest
+        )
+    };
+}
+
 macro_rules! tenant_app_columns {
     () => {
         "tenant_id, login_url, consumer_key_enc, consumer_key_hint, consumer_secret_enc, \
@@ -150,19 +162,13 @@ pub(super) const SEALED_SESSION_PKCE_VERIFIER: (&str, &str) =
 
 // --- connections ---------------------------------------------------------------------------
 
-pub(super) const SELECT_CONNECTION_BY_IDENTITY: &str = concat!(
-    "SELECT ",
-    connection_columns!(),
-    " FROM connections WHERE tenant_id = $1 AND org_id = $2 AND user_id = $3"
-);
+pub(super) const SELECT_CONNECTION_BY_IDENTITY: &str =
+    select_connections!("WHERE tenant_id = $1 AND org_id = $2 AND user_id = $3");
 
 /// Postgres: also waits for (and then blocks) a refresh commit on the row, so that the
 /// row returned as `replaced` carries the latest refresh token.
-pub(super) const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str = concat!(
-    "SELECT ",
-    connection_columns!(),
-    " FROM connections WHERE tenant_id = $1 AND org_id = $2 AND user_id = $3 FOR UPDATE"
-);
+pub(super) const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str =
+    select_connections!("WHERE tenant_id = $1 AND org_id = $2 AND user_id = $3 FOR UPDATE");
 
 pub(super) const INSERT_AUTHORIZED_CONNECTION: &str = concat!(
     "INSERT INTO connections (id, tenant_id, org_id, user_id, login_url, instance_url, scopes, \
@@ -221,17 +227,10 @@ pub(super) fn insert_connections_sql(rows: usize) -> String {
     sql
 }
 
-pub(super) const LIST_CONNECTIONS: &str = concat!(
-    "SELECT ",
-    connection_columns!(),
-    " FROM connections WHERE tenant_id = $1 ORDER BY created_at, id"
-);
+pub(super) const LIST_CONNECTIONS: &str =
+    select_connections!("WHERE tenant_id = $1 ORDER BY created_at, id");
 
-pub(super) const SELECT_CONNECTION: &str = concat!(
-    "SELECT ",
-    connection_columns!(),
-    " FROM connections WHERE tenant_id = $1 AND id = $2"
-);
+pub(super) const SELECT_CONNECTION: &str = select_connections!("WHERE tenant_id = $1 AND id = $2");
 
 pub(super) const DELETE_CONNECTION: &str =
     "DELETE FROM connections WHERE tenant_id = $1 AND id = $2";
@@ -494,6 +493,22 @@ pub(super) fn map_err<DB: super::Backend>(error: sqlx::Error) -> StoreError {
         }
         error => StoreError::Database(error),
     }
+}
+
+/// Opens a pool of at most `max_connections` connections made with `connect`, eagerly (a
+/// wrong host, password or path shows at start-up, not on the first request); a statement
+/// waits at most `acquire_timeout` for a connection.
+pub(super) async fn open_pool<DB: super::Backend>(
+    connect: <DB::Connection as sqlx::Connection>::Options,
+    max_connections: u32,
+    acquire_timeout: std::time::Duration,
+) -> Result<sqlx::Pool<DB>, StoreError> {
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(map_err::<DB>)
 }
 
 /// A bad database URL, reported without echoing the URL (it may carry a password).

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use sqlx::error::DatabaseError;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Pool, Row, Sqlite, Transaction};
 use uuid::Uuid;
@@ -115,12 +114,12 @@ impl Backend for Sqlite {
             std::fs::create_dir_all(folder)
                 .map_err(|error| StoreError::Unavailable(sqlx::Error::Io(error)))?;
         }
-        SqlitePoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout.max(BUSY_TIMEOUT))
-            .connect_with(connect_options)
-            .await
-            .map_err(sql::map_err::<Sqlite>)
+        sql::open_pool::<Sqlite>(
+            connect_options,
+            options.max_connections,
+            options.acquire_timeout.max(BUSY_TIMEOUT),
+        )
+        .await
     }
 
     /// `BEGIN IMMEDIATE` takes the write lock up front, which serialises all saves (and

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 use valo_testkit::app::{KEEPALIVE_BY_HAND, TestApp, access_expires_in};
+use valo_testkit::db::TestDatabase;
 
 async fn token_of(response: reqwest::Response) -> String {
     assert_eq!(response.status(), StatusCode::OK);
@@ -30,6 +31,11 @@ async fn problem(response: reqwest::Response, status: StatusCode, code: &str) ->
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], code, "{body}");
     body
+}
+
+/// [`problem`] of a plain access-token request for `acme`'s connection `id`.
+async fn token_problem(app: &TestApp, id: Uuid, status: StatusCode, code: &str) -> Value {
+    problem(app.access_token("acme", id, None).await, status, code).await
 }
 
 async fn connection(app: &TestApp, id: Uuid) -> Value {
@@ -245,12 +251,7 @@ backend_tests! {
             "needs_reauthorization",
         )
         .await;
-        problem(
-            app.access_token("acme", id, None).await,
-            StatusCode::CONFLICT,
-            "needs_reauthorization",
-        )
-        .await;
+        token_problem(&app, id, StatusCode::CONFLICT, "needs_reauthorization").await;
         assert_eq!(app.fake.counters().token_requests, calls);
         // Authorizing again brings it back.
         app.authorize("acme").await;
@@ -409,12 +410,7 @@ backend_tests! {
         assert_eq!(app.fake.counters().revocations, 1);
         let (status, _) = app.get_json(&path, "connections:read").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        problem(
-            app.access_token("acme", id, None).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        token_problem(&app, id, StatusCode::NOT_FOUND, "not_found").await;
 
         // ?force=true deletes even when Salesforce is unreachable.
         let id = app.connect("acme").await;
@@ -503,12 +499,7 @@ backend_tests! {
             let body: Value = response.json().await.unwrap();
             assert_eq!(body["code"], "invalid_request", "{case}: {body}");
         }
-        problem(
-            app.access_token("acme", Uuid::new_v4(), None).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        token_problem(&app, Uuid::new_v4(), StatusCode::NOT_FOUND, "not_found").await;
         let wrong_scope = app.post_as(&format!("/v1/tenants/acme/connections/{id}/access-token"), "connections:read").await;
         problem(wrong_scope, StatusCode::FORBIDDEN, "forbidden").await;
         app.stop().await;
@@ -597,14 +588,20 @@ async fn follow_change_feed(app: &TestApp) -> usize {
     app.broker.follow_changes(&mut cursor).await.unwrap()
 }
 
+/// Two replicas on one database and one fake Salesforce: `a` follows the change feed only
+/// when the test says so ([`follow_change_feed`]), `b` is configured as by default.
+async fn two_replicas(db: &TestDatabase) -> (FakeSalesforce, TestApp, TestApp) {
+    let fake = fake_with(FakeOptions::default()).await;
+    let quiet = [("VALO_OAUTH_TOKEN_CACHE_REVALIDATE_SECS", "3600")];
+    let a = TestApp::spawn_with(db, &fake, &quiet).await;
+    let b = TestApp::spawn_with(db, &fake, &[]).await;
+    (fake, a, b)
+}
+
 backend_tests! {
     #[tokio::test]
     async fn changes_on_another_replica_reach_the_cache_through_the_feed(db) {
-        let fake = fake_with(FakeOptions::default()).await;
-        // Replica `a` follows the feed only when the test says so.
-        let quiet = [("VALO_OAUTH_TOKEN_CACHE_REVALIDATE_SECS", "3600")];
-        let a = TestApp::spawn_with(&db, &fake, &quiet).await;
-        let b = TestApp::spawn_with(&db, &fake, &[]).await;
+        let (fake, a, b) = two_replicas(&db).await;
         let id = a.connect("acme").await;
         let old = token_of(a.access_token("acme", id, None).await).await;
         // `b` refreshes (its caller reports the token rejected).
@@ -636,12 +633,7 @@ backend_tests! {
             StatusCode::NO_CONTENT
         );
         assert_eq!(follow_change_feed(&a).await, 1);
-        problem(
-            a.access_token("acme", id, None).await,
-            StatusCode::NOT_FOUND,
-            "not_found",
-        )
-        .await;
+        token_problem(&a, id, StatusCode::NOT_FOUND, "not_found").await;
         b.stop().await;
         a.stop().await;
         }
@@ -650,10 +642,7 @@ backend_tests! {
 backend_tests! {
     #[tokio::test]
     async fn a_cascade_and_a_status_change_are_in_the_feed(db) {
-        let fake = fake_with(FakeOptions::default()).await;
-        let quiet = [("VALO_OAUTH_TOKEN_CACHE_REVALIDATE_SECS", "3600")];
-        let a = TestApp::spawn_with(&db, &fake, &quiet).await;
-        let b = TestApp::spawn_with(&db, &fake, &[]).await;
+        let (fake, a, b) = two_replicas(&db).await;
         let refused = a.connect("acme").await;
         token_of(a.access_token("acme", refused, None).await).await;
         // Salesforce refuses the refresh token on `b`: the row needs reauthorization.
@@ -674,12 +663,7 @@ backend_tests! {
         )
         .await;
         assert_eq!(follow_change_feed(&a).await, 1);
-        problem(
-            a.access_token("acme", refused, None).await,
-            StatusCode::CONFLICT,
-            "needs_reauthorization",
-        )
-        .await;
+        token_problem(&a, refused, StatusCode::CONFLICT, "needs_reauthorization").await;
 
         // Deleting the app deletes its connections by cascade: each is in the feed.
         let other = a.connect("acme").await;

@@ -104,75 +104,58 @@ mod tests {
 
     #[tokio::test]
     async fn oauth_errors_are_classified() {
-        let e = exchange_against(|_| {
-            json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
-            )
-        })
+        // (status, error, error_description, class)
+        let cases = [
+            (
+                400,
+                "invalid_grant",
+                Some("expired access/refresh token"),
+                ErrorClass::Reauthorize,
+            ),
+            (
+                400,
+                "invalid_grant",
+                Some("IP restricted or invalid login hours"),
+                ErrorClass::Transient,
+            ),
+            (
+                400,
+                "inactive_user",
+                Some("user is inactive"),
+                ErrorClass::Reauthorize,
+            ),
+            (
+                401,
+                "invalid_client",
+                Some("invalid client credentials"),
+                ErrorClass::AppCredentials,
+            ),
+            (400, "OAUTH_EC_APP_NOT_FOUND", None, ErrorClass::Upstream),
+        ];
+        for (status, error, description, class) in cases {
+            let e = exchange_against(answer(status, oauth_error(error, description))).await;
+            assert_eq!(e.class(), class, "{error} {description:?}");
+            assert_eq!(e.oauth_error(), Some(error));
+            assert!(
+                matches!(e, SalesforceError::Refused { status: s, .. } if s == status),
+                "{e:?}"
+            );
+        }
+
+        let e = exchange_against(answer(
+            400,
+            oauth_error("invalid_grant", Some("expired access/refresh token")),
+        ))
         .await;
-        assert_eq!(e.class(), ErrorClass::Reauthorize);
-        assert_eq!(e.oauth_error(), Some("invalid_grant"));
-        assert!(
-            matches!(e, SalesforceError::Refused { status: 400, .. }),
-            "{e:?}"
-        );
         assert_eq!(
             e.summary(),
             "invalid_grant (HTTP 400): expired access/refresh token"
         );
-
-        let e = exchange_against(|_| {
-            json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "invalid_grant", "error_description": "IP restricted or invalid login hours"}),
-            )
-        })
-        .await;
-        assert_eq!(e.class(), ErrorClass::Transient);
-
-        let e = exchange_against(|_| {
-            json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "inactive_user", "error_description": "user is inactive"}),
-            )
-        })
-        .await;
-        assert_eq!(e.oauth_error(), Some("inactive_user"));
-        assert_eq!(e.class(), ErrorClass::Reauthorize);
-
-        let e = exchange_against(|_| {
-            json(
-                StatusCode::UNAUTHORIZED,
-                serde_json::json!({"error": "invalid_client", "error_description": "invalid client credentials"}),
-            )
-        })
-        .await;
-        assert!(
-            matches!(e, SalesforceError::Refused { status: 401, .. }),
-            "{e:?}"
-        );
-        assert_eq!(e.class(), ErrorClass::AppCredentials);
-
-        let e = exchange_against(|_| {
-            json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "OAUTH_EC_APP_NOT_FOUND"}),
-            )
-        })
-        .await;
-        assert_eq!(e.class(), ErrorClass::Upstream);
     }
 
     #[tokio::test]
     async fn outages_and_bad_bodies() {
-        let e = exchange_against(|_| {
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "maintenance"}),
-            )
-        })
-        .await;
+        let e = exchange_against(answer(503, oauth_error("maintenance", None))).await;
         assert!(matches!(e, SalesforceError::Unavailable(_)), "{e:?}");
         assert_eq!(e.class(), ErrorClass::Transient);
 

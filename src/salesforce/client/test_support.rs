@@ -74,6 +74,24 @@ pub(super) fn json(status: StatusCode, v: serde_json::Value) -> axum::response::
         .into_response()
 }
 
+/// Salesforce's OAuth error body: `error`, and `error_description` when given.
+pub(super) fn oauth_error(error: &str, description: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::json!({ "error": error });
+    if let Some(description) = description {
+        v["error_description"] = description.into();
+    }
+    v
+}
+
+/// A responder for [`server`] that answers every request with `body` and `status`.
+pub(super) fn answer(
+    status: u16,
+    body: serde_json::Value,
+) -> impl Fn(String) -> axum::response::Response + Clone + Send + Sync + 'static {
+    let status = StatusCode::from_u16(status).unwrap();
+    move |_| json(status, body.clone())
+}
+
 pub(super) async fn serve(router: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -427,13 +427,8 @@ mod tests {
             // Any other refusal came after the client authenticated.
             ("invalid_request", CredentialCheck::Accepted),
         ] {
-            let (base, seen) = server("/services/oauth2/token", move |_| {
-                json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"error": error, "error_description": "x"}),
-                )
-            })
-            .await;
+            let respond = answer(400, oauth_error(error, Some("x")));
+            let (base, seen) = server("/services/oauth2/token", respond).await;
             let check = client().check_credentials(&app(&base), REDIRECT).await;
             assert_eq!(check.unwrap(), expected, "{error}");
             let pairs = form(&seen.lock().unwrap()[0]);
@@ -554,21 +549,27 @@ mod tests {
         assert_eq!(grant.issued_at_ms, None);
     }
 
+    /// A refresh of [`REFRESH_TOKEN`] against a token endpoint that answers `body` with
+    /// `status`, and the request bodies the endpoint got.
+    async fn refresh_against(
+        status: u16,
+        body: serde_json::Value,
+    ) -> (Result<RefreshAnswer, SalesforceError>, Vec<String>) {
+        let (base, seen) = server("/services/oauth2/token", answer(status, body)).await;
+        let answer = client().refresh(&app(&base), &secret(REFRESH_TOKEN)).await;
+        let seen = seen.lock().unwrap().clone();
+        (answer, seen)
+    }
+
     #[tokio::test]
     async fn refresh_without_refresh_token_is_accepted() {
-        let (base, seen) = server("/services/oauth2/token", |_| {
-            json(StatusCode::OK, token_body(false))
-        })
-        .await;
-        let answer = client()
-            .refresh(&app(&base), &secret(REFRESH_TOKEN))
-            .await
-            .unwrap();
+        let (answer, seen) = refresh_against(200, token_body(false)).await;
+        let answer = answer.unwrap();
         assert!(answer.rotated_refresh_token.is_none());
         let grant = answer.checked.unwrap();
         assert!(grant.signature_verified);
         assert_eq!(grant.access_token.expose_secret(), ACCESS_TOKEN);
-        let pairs = form(&seen.lock().unwrap()[0]);
+        let pairs = form(&seen[0]);
         assert_eq!(get(&pairs, "grant_type"), Some("refresh_token"));
         assert_eq!(get(&pairs, "refresh_token"), Some(REFRESH_TOKEN));
         assert_eq!(get(&pairs, "client_id"), Some(CLIENT_ID));
@@ -578,14 +579,7 @@ mod tests {
 
     #[tokio::test]
     async fn refresh_with_rotation_and_revoked_token() {
-        let (base, _) = server("/services/oauth2/token", |_| {
-            json(StatusCode::OK, token_body(true))
-        })
-        .await;
-        let answer = client()
-            .refresh(&app(&base), &secret(REFRESH_TOKEN))
-            .await
-            .unwrap();
+        let answer = refresh_against(200, token_body(true)).await.0.unwrap();
         assert_eq!(
             answer.rotated_refresh_token.unwrap().expose_secret(),
             REFRESH_TOKEN
@@ -594,50 +588,24 @@ mod tests {
 
         // An answer that fails a check still hands back its new refresh token (Salesforce
         // has invalidated the old one): a bad signature, and a body missing `instance_url`.
-        for broken in [
-            {
-                let mut v = token_body(true);
-                v["signature"] = "bm90LXRoZS1zaWduYXR1cmU=".into();
-                v
-            },
-            {
-                let mut v = token_body(true);
-                v.as_object_mut().unwrap().remove("instance_url");
-                v
-            },
-        ] {
-            let (base, _) = server("/services/oauth2/token", move |_| {
-                json(StatusCode::OK, broken.clone())
-            })
-            .await;
-            let answer = client()
-                .refresh(&app(&base), &secret(REFRESH_TOKEN))
-                .await
-                .unwrap();
-            assert_eq!(
-                answer
-                    .rotated_refresh_token
-                    .as_ref()
-                    .unwrap()
-                    .expose_secret(),
-                REFRESH_TOKEN
-            );
+        let mut bad_signature = token_body(true);
+        bad_signature["signature"] = "bm90LXRoZS1zaWduYXR1cmU=".into();
+        let mut no_instance_url = token_body(true);
+        no_instance_url
+            .as_object_mut()
+            .unwrap()
+            .remove("instance_url");
+        for broken in [bad_signature, no_instance_url] {
+            let answer = refresh_against(200, broken).await.0.unwrap();
+            let rotated = answer.rotated_refresh_token.as_ref().unwrap();
+            assert_eq!(rotated.expose_secret(), REFRESH_TOKEN);
             assert!(!format!("{answer:?}").contains(REFRESH_TOKEN));
             let e = answer.checked.unwrap_err();
             assert_eq!(e.class(), ErrorClass::Upstream, "{e:?}");
         }
 
-        let (base, _) = server("/services/oauth2/token", |_| {
-            json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}),
-            )
-        })
-        .await;
-        let e = client()
-            .refresh(&app(&base), &secret(REFRESH_TOKEN))
-            .await
-            .unwrap_err();
+        let expired = oauth_error("invalid_grant", Some("expired access/refresh token"));
+        let e = refresh_against(400, expired).await.0.unwrap_err();
         assert_eq!(e.class(), ErrorClass::Reauthorize);
         assert_no_secrets(&e);
     }
