@@ -1,6 +1,7 @@
-//! The one layer every request crosses: what eight tower layers did (sensitive headers, the
-//! request id set and echoed, the trace span, the metrics, the body limit, load shedding, the
-//! request timeout and turning their errors into problems), in one hand-written service.
+//! The one layer every request crosses: what nine tower layers did (sensitive headers, the
+//! request id set and echoed, the trace span, the metrics, load shedding with a concurrency
+//! limit, the request timeout and turning their errors into problems), in one hand-written
+//! service. (The tenth, the body limit, is kept where bodies are read: [`super::extract`].)
 //!
 //! Why one: the hot path's profile (`docs/benchmarks.md`, the hot path section) found no
 //! single cost worth a fix, but a share in every layer — axum clones and boxes each
@@ -31,7 +32,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tower::{Layer, Service};
@@ -47,8 +48,6 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What one listener's edge needs; shared by all its routes.
 pub struct EdgeSettings {
     pub metrics: Metrics,
-    /// The largest request body (413 above).
-    pub body_limit: usize,
     /// Requests in progress on the listener beyond which new ones are shed.
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
@@ -85,11 +84,11 @@ struct RouteEdge {
 }
 
 impl<S> Layer<S> for EdgeLayer {
-    type Service = Edge<<DefaultBodyLimit as Layer<S>>::Service>;
+    type Service = Edge<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         Edge {
-            inner: DefaultBodyLimit::max(self.listener.settings.body_limit).layer(inner),
+            inner,
             route: Arc::new(RouteEdge {
                 listener: self.listener.clone(),
                 series: OnceLock::new(),
@@ -152,7 +151,7 @@ where
             .then(|| listener.settings.metrics.http_route(matched));
         let span = tracing::info_span!(
             "http",
-            method = %request.method(),
+            method = request.method().as_str(),
             route = own_series.as_ref().unwrap_or(series).route(),
             request_id = request_id.to_str().unwrap_or_default(),
         );

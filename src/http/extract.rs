@@ -1,13 +1,16 @@
 //! Request parsing that answers problems, not axum's plain-text rejections: JSON bodies,
 //! path parameters, and the RFC 3339 rendering of timestamps.
 
-use axum::body::Bytes;
+use std::pin::Pin;
+
+use axum::body::{Bytes, HttpBody as _};
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
+use super::AppState;
 use super::problem::Problem;
 use crate::broker::TenantId;
 
@@ -17,20 +20,50 @@ pub struct JsonBody<T>(pub T);
 /// Like [`JsonBody`], but an empty body means `T::default()`.
 pub struct OptionalJsonBody<T>(pub T);
 
-/// The body, and whether it was declared JSON (read before the request is consumed, so
-/// the headers need no copy).
-async fn body_bytes<S: Send + Sync>(request: Request, state: &S) -> Result<(bool, Bytes), Problem> {
-    let is_json = is_json(request.headers());
-    let bytes = Bytes::from_request(request, state)
-        .await
-        .map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::payload_too_large("the request body is larger than the configured limit")
-            } else {
-                Problem::invalid_request("the request body could not be read")
+/// The body, at most `limit` bytes (413 above), and whether it was declared JSON.
+///
+/// Request bodies are read here and nowhere else (no handler uses axum's body extractors,
+/// so axum's `DefaultBodyLimit` is not needed). The frames are read directly: the usual
+/// body is one frame, answered without a copy or a collecting buffer.
+async fn body_bytes(request: Request, limit: usize) -> Result<(bool, Bytes), Problem> {
+    let too_large =
+        || Problem::payload_too_large("the request body is larger than the configured limit");
+    let headers = request.headers();
+    let is_json = is_json(headers);
+    // A declared length over the limit is refused before a byte is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = request.into_body();
+    let mut whole = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame =
+            frame.map_err(|_| Problem::invalid_request("the request body could not be read"))?;
+        // Trailers carry no body bytes.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let read = whole.len() + joined.as_ref().map_or(0, Vec::len) + data.len();
+        if read > limit {
+            return Err(too_large());
+        }
+        match joined.as_mut() {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut buffer = Vec::with_capacity(read);
+                buffer.extend_from_slice(&std::mem::take(&mut whole));
+                buffer.extend_from_slice(&data);
+                joined = Some(buffer);
             }
-        })?;
-    Ok((is_json, bytes))
+        }
+    }
+    Ok((is_json, joined.map_or(whole, Bytes::from)))
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
@@ -66,20 +99,20 @@ fn parse<T: DeserializeOwned>(is_json: bool, bytes: &[u8]) -> Result<T, Problem>
     })
 }
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = Problem;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let (is_json, bytes) = body_bytes(request, state).await?;
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Problem> {
+        let (is_json, bytes) = body_bytes(request, state.body_limit_bytes).await?;
         parse(is_json, &bytes).map(Self)
     }
 }
 
-impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+impl<T: DeserializeOwned + Default> FromRequest<AppState> for OptionalJsonBody<T> {
     type Rejection = Problem;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, Problem> {
-        let (is_json, bytes) = body_bytes(request, state).await?;
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Problem> {
+        let (is_json, bytes) = body_bytes(request, state.body_limit_bytes).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }

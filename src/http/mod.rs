@@ -148,7 +148,6 @@ fn internal_routes() -> Router<AppState> {
 fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
     let edge = EdgeLayer::new(EdgeSettings {
         metrics: state.broker.metrics().clone(),
-        body_limit: state.body_limit_bytes,
         max_concurrent_requests: state.protection.max_concurrent_requests,
         request_timeout: state.protection.request_timeout,
     });
@@ -163,12 +162,24 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
 pub type ApiResult<T = Response> = Result<T, Problem>;
 
 /// A JSON response with `Cache-Control: no-store` (RFC 6749 §5.1 asks it of token
-/// responses; nothing this API returns belongs in a cache).
+/// responses; nothing this API returns belongs in a cache). Serialised into a buffer sized
+/// for the usual answer, so the token response is written without growing it.
 pub fn no_store_json<T: serde::Serialize>(status: axum::http::StatusCode, body: T) -> Response {
-    (
-        status,
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response()
+    let mut bytes = Vec::with_capacity(512);
+    if let Err(e) = serde_json::to_writer(&mut bytes, &body) {
+        tracing::error!(error = %e, "cannot serialise a response");
+        return Problem::internal().into_response();
+    }
+    let mut response = Response::new(axum::body::Body::from(bytes));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
