@@ -206,34 +206,14 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use serde_json::{Value, json};
-    use tracing_subscriber::fmt::MakeWriter;
 
     use super::SpanFields;
 
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Lines {
-        type Writer = Self;
-        fn make_writer(&'a self) -> Self {
-            self.clone()
-        }
-    }
-
-    /// The `span` member of each line logged by `log`, with `fields` as the span formatter
-    /// (`None`: tracing-subscriber's own `JsonFields`).
+    /// The `span` member of each line logged by `log`, with [`SpanFields`] as the span
+    /// formatter, or (`ours` false) tracing-subscriber's own `JsonFields`.
     fn spans_logged(ours: bool, log: impl FnOnce()) -> Vec<Value> {
-        let lines = Lines::default();
+        // `tracing-subscriber` writes to a shared `Mutex<Vec<u8>>` as it would to stderr.
+        let lines = Arc::new(Mutex::new(Vec::new()));
         let builder = tracing_subscriber::fmt()
             .with_writer(lines.clone())
             .json()
@@ -245,7 +225,7 @@ mod tests {
         } else {
             tracing::subscriber::with_default(builder.finish(), log);
         }
-        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
         text.lines()
             .map(|line| serde_json::from_str::<Value>(line).unwrap()["span"].clone())
             .collect()

@@ -59,19 +59,37 @@ impl Clock for SystemClock {
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, millisecond precision: `2026-12-04T09:30:00.250Z`),
-/// as the API and the webhook events render timestamps. Written digit by digit: the token
-/// response renders two on every request, and `time`'s formatter interprets its format
-/// description each time. Years outside 0–9999 (never a real token's) take that formatter.
+/// as the API and the webhook events render timestamps.
 pub fn rfc3339(ms: Millis) -> String {
-    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) else {
-        return String::new();
-    };
-    let Ok(year) = u16::try_from(t.year()) else {
-        return rfc3339_by_format(t);
-    };
-    if year > 9999 {
-        return rfc3339_by_format(t);
+    match rfc3339_text(ms) {
+        Some(text) => text.iter().map(|&b| char::from(b)).collect(),
+        None => time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .map(rfc3339_by_format)
+            .unwrap_or_default(),
     }
+}
+
+/// A timestamp that serialises as [`rfc3339`] without an allocation (the token response
+/// carries two).
+#[derive(Clone, Copy, Debug)]
+pub struct Rfc3339(pub Millis);
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match rfc3339_text(self.0) {
+            Some(text) => serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default()),
+            None => serializer.serialize_str(&rfc3339(self.0)),
+        }
+    }
+}
+
+/// The 24 ASCII bytes of [`rfc3339`], written digit by digit: `time`'s formatter interprets
+/// its format description on every call, and the token response renders two timestamps on
+/// every request. `None` for years outside 0–9999 (never a real token's), which take that
+/// formatter.
+fn rfc3339_text(ms: Millis) -> Option<[u8; 24]> {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()?;
+    let year = u16::try_from(t.year()).ok().filter(|year| *year <= 9999)?;
     let mut text = *b"0000-00-00T00:00:00.000Z";
     let mut put = |at: usize, width: usize, value: u16| {
         let mut value = value;
@@ -87,7 +105,7 @@ pub fn rfc3339(ms: Millis) -> String {
     put(14, 2, t.minute().into());
     put(17, 2, t.second().into());
     put(20, 3, t.millisecond());
-    text.iter().map(|&b| char::from(b)).collect()
+    Some(text)
 }
 
 fn rfc3339_by_format(t: time::OffsetDateTime) -> String {
@@ -553,6 +571,8 @@ mod tests {
             let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000);
             let t = t.unwrap();
             assert_eq!(rfc3339(ms), rfc3339_by_format(t), "{ms}");
+            let serialised = serde_json::to_string(&super::Rfc3339(ms)).unwrap();
+            assert_eq!(serialised, format!("\"{}\"", rfc3339_by_format(t)), "{ms}");
         }
     }
 

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, RequestId, Target, force_flag, rfc3339};
+use crate::broker::Rfc3339;
 use super::openapi::{
     BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, NeedsReauthorization, NotFound,
     RevocationErrors, ServiceUnavailable, TenantErrors, TenantPath, Unavailable, UpstreamError,
@@ -294,11 +295,11 @@ struct TokenResponse<'a> {
     #[schema(format = Uri)]
     instance_url: &'a str,
     #[schema(value_type = super::openapi::Timestamp)]
-    issued_at: String,
+    issued_at: Rfc3339,
     /// When the token expires (introspected at Salesforce, or assumed from
     /// `assumed_token_lifetime_secs`, default 7200 s, when introspection gives nothing).
     #[schema(value_type = super::openapi::Timestamp)]
-    expires_at: String,
+    expires_at: Rfc3339,
 }
 
 fn bearer() -> utoipa::openapi::Object {
@@ -366,8 +367,8 @@ async fn access_token(
             access_token: token.access_token.expose_secret(),
             token_type: "Bearer",
             instance_url: &token.instance_url,
-            issued_at: rfc3339(token.issued_at),
-            expires_at: rfc3339(token.expires_at),
+            issued_at: Rfc3339(token.issued_at),
+            expires_at: Rfc3339(token.expires_at),
         },
     ))
 }
