@@ -161,9 +161,13 @@ pub fn report(opts: &Options, hot: &HotPath) -> String {
     let token_ratios = ratios(&|r| r.token.requests_per_sec / r.bare.requests_per_sec);
     let (lowest, highest) = token_ratios
         .iter()
-        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        .fold((f64::INFINITY, 0.0_f64), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
     let ratio = median(token_ratios);
-    let healthz_ratio = median(ratios(&|r| r.healthz.requests_per_sec / r.bare.requests_per_sec));
+    let healthz_ratio = median(ratios(&|r| {
+        r.healthz.requests_per_sec / r.bare.requests_per_sec
+    }));
     let worst = |f: &dyn Fn(&HotPathRound) -> f64| hot.rounds.iter().map(f).fold(0.0, f64::max);
     let worst_p99 = worst(&|r| r.token.p99_ms);
     let bare_p99 = worst(&|r| r.bare.p99_ms);

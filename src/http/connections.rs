@@ -13,13 +13,13 @@ use utoipa_axum::routes;
 
 use super::auth::{Authenticated, Scope};
 use super::extract::{OptionalJsonBody, RequestId, Target, force_flag, rfc3339};
-use crate::broker::Rfc3339;
 use super::openapi::{
     BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, NeedsReauthorization, NotFound,
     RevocationErrors, ServiceUnavailable, TenantErrors, TenantPath, Unavailable, UpstreamError,
 };
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
+use crate::broker::Rfc3339;
 use crate::broker::audit::AuditAction;
 use crate::broker::connections::Connection;
 use crate::broker::tokens::Want;
