@@ -12,8 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{Authenticated, Scope};
-use super::extract::{JsonBody, RequestId, Target, force_flag, rfc3339};
+use super::auth::{Granted, needs};
+use super::extract::{JsonBody, RequestId, force_flag, rfc3339};
 use super::openapi::{
     BodyErrors, ForceQuery, InvalidCredentials, NotFound, RevocationErrors, ServiceUnavailable,
     TenantErrors, TenantPath, Unavailable, UpstreamError,
@@ -22,8 +22,6 @@ use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::apps::{AppMetadata, AppRegistration};
 use crate::broker::audit::AuditAction;
-
-const SCOPE: Scope = Scope::AppsWrite;
 
 pub fn router() -> Router<AppState> {
     routes().into()
@@ -172,13 +170,11 @@ fn view(state: &AppState, m: AppMetadata) -> AppView {
 )]
 async fn put_app(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { caller, target, .. }: Granted<needs::AppsWrite>,
     RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
     JsonBody(body): JsonBody<PutApp>,
 ) -> ApiResult {
-    caller.require(SCOPE, &target.tenant)?;
     let verify = verify_flag(query.as_deref())?;
     let (metadata, created) = state
         .broker
@@ -223,10 +219,8 @@ async fn put_app(
 )]
 async fn get_app(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { target, .. }: Granted<needs::AppsWrite>,
 ) -> ApiResult {
-    caller.require(SCOPE, &target.tenant)?;
     let metadata = state.broker.get_app(&target.tenant).await?;
     Ok(no_store_json(StatusCode::OK, view(&state, metadata)))
 }
@@ -249,12 +243,10 @@ async fn get_app(
 )]
 async fn delete_app(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { caller, target, .. }: Granted<needs::AppsWrite>,
     RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
-    caller.require(SCOPE, &target.tenant)?;
     state
         .broker
         .delete_app(&target.tenant, force_flag(query.as_deref()))

@@ -10,8 +10,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::auth::{Authenticated, Scope};
-use super::extract::{Target, rfc3339};
+use super::auth::{Granted, needs};
+use super::extract::rfc3339;
 use super::openapi::{ServiceUnavailable, TenantErrors, TenantPath};
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_store_json};
@@ -189,11 +189,9 @@ fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
 )]
 async fn list(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { target, .. }: Granted<needs::AuditRead>,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
-    caller.require(Scope::AuditRead, &target.tenant)?;
     let page = state
         .broker
         .audit_trail(&target.tenant, filter(query.as_deref())?)

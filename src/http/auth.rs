@@ -9,6 +9,7 @@
 //! remembered by the SHA-256 of their exact bytes until their `exp` (bounded in number).
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::FromRequestParts;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use super::extract::Target;
 use super::problem::Problem;
 use crate::broker::TenantId;
 use crate::broker::audit::Actor;
@@ -218,6 +220,60 @@ impl KindName for jsonwebtoken::errors::Error {
             .next()
             .unwrap_or_default()
             .to_owned()
+    }
+}
+
+/// The scope an operation requires, as a type: what [`Granted`] checks.
+pub trait RequiredScope: Send + Sync + 'static {
+    const SCOPE: Scope;
+}
+
+/// One type per scope, for [`Granted`] (`Granted<needs::TokensRead>`).
+pub mod needs {
+    use super::{RequiredScope, Scope};
+
+    macro_rules! scope_types {
+        ($($name:ident),+) => {$(
+            #[doc = concat!("The `", stringify!($name), "` scope.")]
+            pub struct $name;
+
+            impl RequiredScope for $name {
+                const SCOPE: Scope = Scope::$name;
+            }
+        )+};
+    }
+
+    scope_types!(
+        AppsWrite,
+        ConnectionsWrite,
+        ConnectionsRead,
+        TokensRead,
+        AuditRead
+    );
+}
+
+/// A caller granted the scope `S` on the path's tenant: the bearer token verified, the path's
+/// tenant (and connection id) read, the scope and the token's tenant confinement checked.
+/// An operation that takes it cannot forget the check, and runs it before its body is read,
+/// so a caller who may not call the operation learns nothing about its input rules.
+pub struct Granted<S> {
+    pub caller: Arc<Caller>,
+    pub target: Target,
+    scope: PhantomData<S>,
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Granted<S> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Problem> {
+        let Authenticated(caller) = Authenticated::from_request_parts(parts, state).await?;
+        let target = Target::from_request_parts(parts, state).await?;
+        caller.require(S::SCOPE, &target.tenant)?;
+        Ok(Self {
+            caller,
+            target,
+            scope: PhantomData,
+        })
     }
 }
 

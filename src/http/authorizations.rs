@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{Authenticated, Scope};
-use super::extract::{OptionalJsonBody, Target, rfc3339};
+use super::auth::{Granted, needs};
+use super::extract::{OptionalJsonBody, rfc3339};
 use super::openapi::{BodyErrors, NotFound, ServiceUnavailable, TenantErrors, TenantPath};
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::flow::StartedAuthorization;
@@ -76,11 +76,9 @@ pub(super) struct Started {
 )]
 async fn start(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { target, .. }: Granted<needs::ConnectionsWrite>,
     OptionalJsonBody(body): OptionalJsonBody<StartBody>,
 ) -> ApiResult {
-    caller.require(Scope::ConnectionsWrite, &target.tenant)?;
     let started_flow = state
         .broker
         .start_authorization(

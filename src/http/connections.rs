@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{Authenticated, Scope};
-use super::extract::{OptionalJsonBody, RequestId, Target, force_flag, rfc3339};
+use super::auth::{Granted, needs};
+use super::extract::{OptionalJsonBody, RequestId, force_flag, rfc3339};
 use super::openapi::{
     BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, NeedsReauthorization, NotFound,
     RevocationErrors, ServiceUnavailable, TenantErrors, TenantPath, Unavailable, UpstreamError,
@@ -75,11 +75,9 @@ struct ReauthorizeBody {
 )]
 async fn reauthorize(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { target, .. }: Granted<needs::ConnectionsWrite>,
     OptionalJsonBody(body): OptionalJsonBody<ReauthorizeBody>,
 ) -> ApiResult {
-    caller.require(Scope::ConnectionsWrite, &target.tenant)?;
     let id = target.connection_id()?;
     let started = state
         .broker
@@ -182,10 +180,8 @@ struct ConnectionList {
 )]
 async fn list(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { target, .. }: Granted<needs::ConnectionsRead>,
 ) -> ApiResult {
-    caller.require(Scope::ConnectionsRead, &target.tenant)?;
     let connections = state.broker.list_connections(&target.tenant).await?;
     Ok(no_store_json(
         StatusCode::OK,
@@ -211,10 +207,8 @@ async fn list(
 )]
 async fn read(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { target, .. }: Granted<needs::ConnectionsRead>,
 ) -> ApiResult {
-    caller.require(Scope::ConnectionsRead, &target.tenant)?;
     let connection = state
         .broker
         .get_connection(&target.tenant, target.connection_id()?)
@@ -243,12 +237,10 @@ async fn read(
 )]
 async fn delete(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { caller, target, .. }: Granted<needs::ConnectionsWrite>,
     RequestId(request_id): RequestId,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
-    caller.require(Scope::ConnectionsWrite, &target.tenant)?;
     let id = target.connection_id()?;
     state
         .broker
@@ -331,11 +323,9 @@ fn bearer() -> utoipa::openapi::Object {
 )]
 async fn access_token(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
-    target: Target,
+    Granted { caller, target, .. }: Granted<needs::TokensRead>,
     OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
 ) -> ApiResult {
-    caller.require(Scope::TokensRead, &target.tenant)?;
     let min_ttl = body.min_ttl_seconds.unwrap_or(DEFAULT_MIN_TTL_SECS);
     if min_ttl > MAX_MIN_TTL_SECS {
         return Err(Problem::invalid_request(format!(
