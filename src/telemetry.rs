@@ -203,7 +203,7 @@ impl fmt::Write for Escaped<'_, '_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     use serde_json::{Value, json};
 
@@ -212,10 +212,14 @@ mod tests {
     /// The `span` member of each line logged by `log`, with [`SpanFields`] as the span
     /// formatter, or (`ours` false) tracing-subscriber's own `JsonFields`.
     fn spans_logged(ours: bool, log: impl FnOnce()) -> Vec<Value> {
-        // `tracing-subscriber` writes to a shared `Mutex<Vec<u8>>` as it would to stderr.
-        let lines = Arc::new(Mutex::new(Vec::new()));
+        // The subscriber writes to a file as it would to stderr; the test reads it back.
+        let path = std::env::temp_dir().join(format!(
+            "valo-oauth-span-fields-{}-{ours}.log",
+            std::process::id()
+        ));
+        let file = std::fs::File::create(&path).unwrap();
         let builder = tracing_subscriber::fmt()
-            .with_writer(lines.clone())
+            .with_writer(Mutex::new(file))
             .json()
             .flatten_event(true)
             .with_current_span(true)
@@ -225,7 +229,8 @@ mod tests {
         } else {
             tracing::subscriber::with_default(builder.finish(), log);
         }
-        let text = String::from_utf8(lines.lock().unwrap().clone()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
         text.lines()
             .map(|line| serde_json::from_str::<Value>(line).unwrap()["span"].clone())
             .collect()

@@ -246,3 +246,86 @@ impl Drop for Exchange {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::get;
+    use tower::ServiceExt as _;
+
+    use super::{EdgeLayer, EdgeSettings, REQUEST_ID};
+    use crate::metrics::Metrics;
+
+    fn router(metrics: &Metrics, max_concurrent_requests: usize) -> Router {
+        Router::new()
+            .route("/items/{id}", get(|| async { "item" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    "late"
+                }),
+            )
+            .fallback(|| async { StatusCode::NOT_FOUND })
+            .layer(EdgeLayer::new(EdgeSettings {
+                metrics: metrics.clone(),
+                max_concurrent_requests,
+                request_timeout: Duration::from_millis(200),
+            }))
+    }
+
+    fn get_request(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_route_counts_in_its_own_series_and_every_answer_carries_a_request_id() {
+        let metrics = Metrics::new();
+        let app = router(&metrics, 8);
+        for path in ["/items/1", "/items/2", "/nowhere", "/slow"] {
+            let response = app.clone().oneshot(get_request(path)).await.unwrap();
+            assert!(response.headers().contains_key(&REQUEST_ID), "{path}");
+        }
+        // A caller's id is kept.
+        let mut request = get_request("/items/3");
+        request
+            .headers_mut()
+            .insert(REQUEST_ID, "caller-1".parse().unwrap());
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.headers()[&REQUEST_ID], "caller-1");
+        let text = metrics.render();
+        let count = "valo_oauth_http_request_duration_seconds_count";
+        for line in [
+            format!("{count}{{route=\"/items/{{id}}\",method=\"GET\",status_class=\"2xx\"}} 3"),
+            format!("{count}{{route=\"unmatched\",method=\"GET\",status_class=\"4xx\"}} 1"),
+            // Past the request timeout: 503, counted on its route.
+            format!("{count}{{route=\"/slow\",method=\"GET\",status_class=\"5xx\"}} 1"),
+        ] {
+            assert!(text.contains(&format!("{line}\n")), "{line} in {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_concurrency_limit_a_request_is_shed_at_once_and_the_place_comes_back() {
+        let metrics = Metrics::new();
+        let app = router(&metrics, 1);
+        let held = tokio::spawn(app.clone().oneshot(get_request("/slow")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let shed = app.clone().oneshot(get_request("/items/1")).await.unwrap();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(shed.headers().contains_key("retry-after"));
+        // The held request ends (at its timeout); its place is free again.
+        assert_eq!(
+            held.await.unwrap().unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let after = app.oneshot(get_request("/items/1")).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK);
+    }
+}
