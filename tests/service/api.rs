@@ -342,6 +342,21 @@ backend_tests! {
             .await
             .unwrap();
         assert_eq!(own.status(), StatusCode::NOT_FOUND, "own tenant passes");
+        // The scope is checked before the body is read: a caller who may not call the
+        // operation gets 403, not the body's 400/415.
+        let wrong_scope = mint(JWT_SECRET, "connections:read", None, 600);
+        for (content_type, body) in [("application/json", "{not json"), ("text/plain", "x")] {
+            let response = app
+                .client
+                .put(&path)
+                .bearer_auth(&wrong_scope)
+                .header("content-type", content_type)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+        }
         app.stop().await;
         }
 
