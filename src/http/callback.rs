@@ -74,10 +74,9 @@ async fn callback(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    // Set by the request-id layer before any handler runs; shown on the pages as the
-    // support reference.
+    // Set by the edge before any handler runs; shown on the pages as the support reference.
     let request_id = headers
-        .get("x-request-id")
+        .get(&super::edge::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();

@@ -163,7 +163,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Target {
     }
 }
 
-/// The request's id (`x-request-id`, set or kept by the request-id layer), for the audit
+/// The request's id (`x-request-id`, set or kept by the edge), for the audit
 /// trail. Reads the one header; never fails.
 pub struct RequestId(pub Option<std::sync::Arc<str>>);
 
@@ -174,7 +174,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
         Ok(Self(
             parts
                 .headers
-                .get("x-request-id")
+                .get(&super::edge::REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty() && v.len() <= 200)
                 .map(std::sync::Arc::from),
@@ -190,4 +190,67 @@ pub fn force_flag(query: Option<&str>) -> bool {
         .unwrap_or_default()
         .split('&')
         .any(|pair| pair == "force=true" || pair == "force=1")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+    use std::convert::Infallible;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use axum::body::{Body, Bytes};
+    use axum::http::{Request, StatusCode};
+    use hyper::body::Frame;
+
+    use super::body_bytes;
+
+    /// A body delivered in the given frames, as a chunked upload arrives.
+    struct Frames(VecDeque<&'static str>);
+
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.0.pop_front().map(|f| Ok(Frame::data(Bytes::from(f)))))
+        }
+    }
+
+    fn request(frames: &[&'static str], declared: Option<usize>) -> Request<Body> {
+        let mut builder = Request::post("/").header("content-type", "application/json");
+        if let Some(length) = declared {
+            builder = builder.header("content-length", length);
+        }
+        builder
+            .body(Body::new(Frames(frames.iter().copied().collect())))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn frames_are_joined_under_the_limit_and_refused_past_it() {
+        let (is_json, one) = body_bytes(request(&[r#"{"a":1}"#], None), 16)
+            .await
+            .unwrap();
+        assert!(is_json);
+        assert_eq!(one, r#"{"a":1}"#);
+        let (_, joined) = body_bytes(request(&[r#"{"a""#, ":", "1}"], None), 16)
+            .await
+            .unwrap();
+        assert_eq!(joined, r#"{"a":1}"#);
+        // Past the limit in the third frame, with no length declared.
+        let over = body_bytes(request(&["12345", "67890", "123456789"], None), 16).await;
+        assert_eq!(over.err().unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // A declared length over the limit is refused before any frame is read.
+        let declared = body_bytes(request(&["{}"], Some(17)), 16).await;
+        assert_eq!(
+            declared.err().unwrap().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
 }
