@@ -750,9 +750,13 @@ mod tests {
 
     #[test]
     fn codes_and_descriptions_are_sanitised() {
-        assert_eq!(sanitise_code("access_denied"), "access_denied");
-        assert_eq!(sanitise_code("<script>x"), "scriptx");
-        assert_eq!(sanitise_code("!!"), "unknown_error");
+        for (code, sanitised) in [
+            ("access_denied", "access_denied"),
+            ("<script>x", "scriptx"),
+            ("!!", "unknown_error"),
+        ] {
+            assert_eq!(sanitise_code(code), sanitised, "{code}");
+        }
         assert_eq!(sanitise_description("a\nb\u{0}c"), "a b c");
         assert_eq!(sanitise_description(&"x".repeat(500)).len(), 200);
     }

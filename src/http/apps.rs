@@ -3,9 +3,9 @@
 //! A PUT checks the credentials at the login host first unless `?verify=false`.
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::request::Parts;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -13,13 +13,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Granted, needs};
-use super::extract::{JsonBody, RequestId, force_flag, rfc3339};
+use super::extract::{Force, JsonBody, rfc3339};
 use super::openapi::{
-    BodyErrors, ForceQuery, InvalidCredentials, NotFound, RevocationErrors, ServiceUnavailable,
-    TenantErrors, TenantPath, Unavailable, UpstreamError,
+    BodyErrors, ForceQuery, InvalidCredentials, LookupErrors, RevocationErrors, TenantErrors,
+    TenantPath, Unavailable, UpstreamError,
 };
 use super::problem::Problem;
-use super::{ApiResult, AppState, no_store_json};
+use super::{ApiResult, AppState, no_content, no_store_json, ok};
 use crate::broker::apps::{AppMetadata, AppRegistration};
 use crate::broker::audit::AuditAction;
 
@@ -99,7 +99,7 @@ fn app_status() -> utoipa::openapi::Object {
     )
 }
 
-/// `?verify` of the PUT ([`verify_flag`]).
+/// `?verify` of the PUT ([`Verify`]).
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)] // Documentation only: the handler parses the raw query strictly.
@@ -111,18 +111,25 @@ struct VerifyQuery {
 
 /// `?verify=false` skips the credential check; absent or `true` keeps it. Anything else is
 /// a mistake worth a 400 rather than a silent default.
-fn verify_flag(query: Option<&str>) -> Result<bool, Problem> {
-    let mut verify = true;
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-        if name == "verify" {
-            verify = match value.as_ref() {
-                "true" | "1" => true,
-                "false" | "0" => false,
-                _ => return Err(Problem::invalid_request("verify must be true or false")),
-            };
+struct Verify(bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Verify {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        let query = parts.uri.query().unwrap_or_default();
+        let mut verify = true;
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if name == "verify" {
+                verify = match value.as_ref() {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(Problem::invalid_request("verify must be true or false")),
+                };
+            }
         }
+        Ok(Self(verify))
     }
-    Ok(verify)
 }
 
 fn view(state: &AppState, m: AppMetadata) -> AppView {
@@ -170,16 +177,14 @@ fn view(state: &AppState, m: AppMetadata) -> AppView {
 )]
 async fn put_app(
     State(state): State<AppState>,
-    Granted { caller, target, .. }: Granted<needs::AppsWrite>,
-    RequestId(request_id): RequestId,
-    RawQuery(query): RawQuery,
+    granted: Granted<needs::AppsWrite>,
+    Verify(verify): Verify,
     JsonBody(body): JsonBody<PutApp>,
 ) -> ApiResult {
-    let verify = verify_flag(query.as_deref())?;
     let (metadata, created) = state
         .broker
         .put_app(
-            &target.tenant,
+            &granted.target.tenant,
             AppRegistration {
                 consumer_key: body.consumer_key,
                 consumer_secret: body.consumer_secret,
@@ -188,10 +193,7 @@ async fn put_app(
             verify,
         )
         .await?;
-    let actor = caller.actor(request_id);
-    state
-        .broker
-        .audit(&actor, &target.tenant, AuditAction::AppUpdated, None);
+    granted.audit(&state, AuditAction::AppUpdated, None);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -211,9 +213,7 @@ async fn put_app(
     params(TenantPath),
     responses(
         (status = 200, description = "The app's metadata.", body = AppView),
-        (status = 404, response = NotFound),
-        (status = 503, response = ServiceUnavailable),
-        TenantErrors,
+        LookupErrors,
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]
@@ -222,7 +222,7 @@ async fn get_app(
     Granted { target, .. }: Granted<needs::AppsWrite>,
 ) -> ApiResult {
     let metadata = state.broker.get_app(&target.tenant).await?;
-    Ok(no_store_json(StatusCode::OK, view(&state, metadata)))
+    ok(view(&state, metadata))
 }
 
 /// Remove the tenant's External Client App and its connections
@@ -236,24 +236,19 @@ async fn get_app(
     params(TenantPath, ForceQuery),
     responses(
         (status = 204, description = "Deleted."),
-        TenantErrors,
         RevocationErrors,
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]
 async fn delete_app(
     State(state): State<AppState>,
-    Granted { caller, target, .. }: Granted<needs::AppsWrite>,
-    RequestId(request_id): RequestId,
-    RawQuery(query): RawQuery,
+    granted: Granted<needs::AppsWrite>,
+    Force(force): Force,
 ) -> ApiResult {
     state
         .broker
-        .delete_app(&target.tenant, force_flag(query.as_deref()))
+        .delete_app(&granted.target.tenant, force)
         .await?;
-    let actor = caller.actor(request_id);
-    state
-        .broker
-        .audit(&actor, &target.tenant, AuditAction::AppDeleted, None);
-    Ok(StatusCode::NO_CONTENT.into_response())
+    granted.audit(&state, AuditAction::AppDeleted, None);
+    no_content()
 }

@@ -3,7 +3,6 @@
 
 use axum::Router;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -12,9 +11,9 @@ use uuid::Uuid;
 
 use super::auth::{Granted, needs};
 use super::extract::rfc3339;
-use super::openapi::{ServiceUnavailable, TenantErrors, TenantPath};
+use super::openapi::{StoreErrors, TenantPath};
 use super::problem::Problem;
-use super::{ApiResult, AppState, no_store_json};
+use super::{ApiResult, AppState, ok};
 use crate::broker::audit::AuditFilter;
 use crate::store::{AuditEntry, Millis};
 
@@ -182,8 +181,7 @@ fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
     params(TenantPath, AuditQuery),
     responses(
         (status = 200, description = "One page of entries.", body = Page),
-        (status = 503, response = ServiceUnavailable),
-        TenantErrors,
+        StoreErrors,
     ),
     security(("bearerAuth" = ["audit:read"])),
 )]
@@ -196,13 +194,10 @@ async fn list(
         .broker
         .audit_trail(&target.tenant, filter(query.as_deref())?)
         .await?;
-    Ok(no_store_json(
-        StatusCode::OK,
-        Page {
-            entries: page.entries.into_iter().map(EntryView::from).collect(),
-            next_cursor: page.next_cursor,
-        },
-    ))
+    ok(Page {
+        entries: page.entries.into_iter().map(EntryView::from).collect(),
+        next_cursor: page.next_cursor,
+    })
 }
 
 #[cfg(test)]

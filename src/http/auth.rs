@@ -13,18 +13,19 @@ use std::marker::PhantomData;
 use std::sync::{Arc, RwLock};
 
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::AppState;
 use super::extract::Target;
 use super::problem::Problem;
 use crate::broker::TenantId;
-use crate::broker::audit::Actor;
+use crate::broker::audit::{Actor, AuditAction};
 use crate::config::{ApiAuthSettings, ApiKey, public_key};
 
 /// Clock skew tolerated on `exp` (RFC 7519 §4.1.4 allows "a small leeway").
@@ -259,7 +260,29 @@ pub mod needs {
 pub struct Granted<S> {
     pub caller: Arc<Caller>,
     pub target: Target,
+    /// The request's id (set or kept by the edge), for [`Granted::audit`]; the header's
+    /// bytes are shared, not copied, so a request that records nothing pays nothing.
+    request_id: Option<HeaderValue>,
     scope: PhantomData<S>,
+}
+
+impl<S> Granted<S> {
+    /// Records `action` on the path's tenant in the audit trail, as this caller's, in this
+    /// request.
+    pub fn audit(&self, state: &AppState, action: AuditAction, connection: Option<Uuid>) {
+        let request_id = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .map(Arc::from);
+        state.broker.audit(
+            &self.caller.actor(request_id),
+            &self.target.tenant,
+            action,
+            connection,
+        );
+    }
 }
 
 impl<S: RequiredScope> FromRequestParts<AppState> for Granted<S> {
@@ -272,6 +295,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Granted<S> {
         Ok(Self {
             caller,
             target,
+            request_id: parts.headers.get(&super::edge::REQUEST_ID).cloned(),
             scope: PhantomData,
         })
     }

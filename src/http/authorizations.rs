@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::auth::{Granted, needs};
 use super::extract::{OptionalJsonBody, rfc3339};
-use super::openapi::{BodyErrors, NotFound, ServiceUnavailable, TenantErrors, TenantPath};
+use super::openapi::{BodyErrors, LookupErrors, TenantPath};
 use super::{ApiResult, AppState, no_store_json};
 use crate::broker::flow::StartedAuthorization;
 
@@ -67,9 +67,7 @@ pub(super) struct Started {
     request_body(content = Option<StartBody>, description = "Optional; an empty body means no `return_to` and no `login_hint`."),
     responses(
         (status = 201, description = "Flow started.", body = Started),
-        (status = 404, response = NotFound),
-        (status = 503, response = ServiceUnavailable),
-        TenantErrors,
+        LookupErrors,
         BodyErrors,
     ),
     security(("bearerAuth" = ["connections:write"])),

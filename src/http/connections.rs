@@ -2,9 +2,7 @@
 //! access-token endpoint the Valo backend calls before its Salesforce API requests.
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::State;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -12,13 +10,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Granted, needs};
-use super::extract::{OptionalJsonBody, RequestId, force_flag, rfc3339};
+use super::extract::{Force, OptionalJsonBody, rfc3339};
 use super::openapi::{
-    BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, NeedsReauthorization, NotFound,
-    RevocationErrors, ServiceUnavailable, TenantErrors, TenantPath, Unavailable, UpstreamError,
+    BodyErrors, ConnectionPath, ConnectionStatus, ForceQuery, LookupErrors, NeedsReauthorization,
+    NotFound, RevocationErrors, StoreErrors, TenantErrors, TenantPath, Unavailable, UpstreamError,
 };
 use super::problem::Problem;
-use super::{ApiResult, AppState, no_store_json};
+use super::{ApiResult, AppState, no_content, ok};
 use crate::broker::Rfc3339;
 use crate::broker::audit::AuditAction;
 use crate::broker::connections::Connection;
@@ -66,9 +64,7 @@ struct ReauthorizeBody {
     request_body(content = Option<ReauthorizeBody>, description = "Optional; an empty body means no `return_to`."),
     responses(
         (status = 201, description = "Flow started.", body = super::authorizations::Started),
-        (status = 404, response = NotFound),
-        (status = 503, response = ServiceUnavailable),
-        TenantErrors,
+        LookupErrors,
         BodyErrors,
     ),
     security(("bearerAuth" = ["connections:write"])),
@@ -173,8 +169,7 @@ struct ConnectionList {
     params(TenantPath),
     responses(
         (status = 200, description = "The connections.", body = ConnectionList),
-        (status = 503, response = ServiceUnavailable),
-        TenantErrors,
+        StoreErrors,
     ),
     security(("bearerAuth" = ["connections:read"])),
 )]
@@ -183,12 +178,9 @@ async fn list(
     Granted { target, .. }: Granted<needs::ConnectionsRead>,
 ) -> ApiResult {
     let connections = state.broker.list_connections(&target.tenant).await?;
-    Ok(no_store_json(
-        StatusCode::OK,
-        ConnectionList {
-            connections: connections.into_iter().map(ConnectionView::from).collect(),
-        },
-    ))
+    ok(ConnectionList {
+        connections: connections.into_iter().map(ConnectionView::from).collect(),
+    })
 }
 
 /// Read one connection
@@ -199,9 +191,7 @@ async fn list(
     params(ConnectionPath),
     responses(
         (status = 200, description = "The connection.", body = ConnectionView),
-        (status = 404, response = NotFound),
-        (status = 503, response = ServiceUnavailable),
-        TenantErrors,
+        LookupErrors,
     ),
     security(("bearerAuth" = ["connections:read"])),
 )]
@@ -213,10 +203,7 @@ async fn read(
         .broker
         .get_connection(&target.tenant, target.connection_id()?)
         .await?;
-    Ok(no_store_json(
-        StatusCode::OK,
-        ConnectionView::from(connection),
-    ))
+    ok(ConnectionView::from(connection))
 }
 
 /// Delete a connection
@@ -230,29 +217,22 @@ async fn read(
     params(ConnectionPath, ForceQuery),
     responses(
         (status = 204, description = "Deleted."),
-        TenantErrors,
         RevocationErrors,
     ),
     security(("bearerAuth" = ["connections:write"])),
 )]
 async fn delete(
     State(state): State<AppState>,
-    Granted { caller, target, .. }: Granted<needs::ConnectionsWrite>,
-    RequestId(request_id): RequestId,
-    RawQuery(query): RawQuery,
+    granted: Granted<needs::ConnectionsWrite>,
+    Force(force): Force,
 ) -> ApiResult {
-    let id = target.connection_id()?;
+    let id = granted.target.connection_id()?;
     state
         .broker
-        .delete_connection(&target.tenant, id, force_flag(query.as_deref()))
+        .delete_connection(&granted.target.tenant, id, force)
         .await?;
-    state.broker.audit(
-        &caller.actor(request_id),
-        &target.tenant,
-        AuditAction::ConnectionDeleted,
-        Some(id),
-    );
-    Ok(StatusCode::NO_CONTENT.into_response())
+    granted.audit(&state, AuditAction::ConnectionDeleted, Some(id));
+    no_content()
 }
 
 /// Options of an access-token request; the body may be omitted altogether.
@@ -351,14 +331,11 @@ async fn access_token(
             want,
         )
         .await?;
-    Ok(no_store_json(
-        StatusCode::OK,
-        TokenResponse {
-            access_token: token.access_token.expose_secret(),
-            token_type: "Bearer",
-            instance_url: &token.instance_url,
-            issued_at: Rfc3339(token.issued_at),
-            expires_at: Rfc3339(token.expires_at),
-        },
-    ))
+    ok(TokenResponse {
+        access_token: token.access_token.expose_secret(),
+        token_type: "Bearer",
+        instance_url: &token.instance_url,
+        issued_at: Rfc3339(token.issued_at),
+        expires_at: Rfc3339(token.expires_at),
+    })
 }

@@ -163,33 +163,25 @@ impl<S: Send + Sync> FromRequestParts<S> for Target {
     }
 }
 
-/// The request's id (`x-request-id`, set or kept by the edge), for the audit
-/// trail. Reads the one header; never fails.
-pub struct RequestId(pub Option<std::sync::Arc<str>>);
+pub use crate::broker::rfc3339;
 
-impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+/// `?force=true` (or `1`) of the deletions: delete even when revocation at Salesforce
+/// fails. Anything else, or nothing, is false.
+pub struct Force(pub bool);
+
+impl<S: Send + Sync> FromRequestParts<S> for Force {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self(
             parts
-                .headers
-                .get(&super::edge::REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| !v.is_empty() && v.len() <= 200)
-                .map(std::sync::Arc::from),
+                .uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .any(|pair| pair == "force=true" || pair == "force=1"),
         ))
     }
-}
-
-pub use crate::broker::rfc3339;
-
-/// Parses `?force=true` (anything else, or nothing, is false).
-pub fn force_flag(query: Option<&str>) -> bool {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .any(|pair| pair == "force=true" || pair == "force=1")
 }
 
 #[cfg(test)]

@@ -161,6 +161,16 @@ fn with_layers(routes: Router<AppState>, state: AppState) -> Router {
 /// Handlers answer `Result<_, Problem>`; this keeps their signatures short.
 pub type ApiResult<T = Response> = Result<T, Problem>;
 
+/// 200 with `body`, as [`no_store_json`].
+pub fn ok<T: serde::Serialize>(body: T) -> ApiResult {
+    Ok(no_store_json(axum::http::StatusCode::OK, body))
+}
+
+/// 204, the answer of a deletion.
+pub fn no_content() -> ApiResult {
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
 /// A JSON response with `Cache-Control: no-store` (RFC 6749 §5.1 asks it of token
 /// responses; nothing this API returns belongs in a cache). Serialised into a buffer sized
 /// for the usual answer, so the token response is written without growing it.

@@ -344,164 +344,123 @@ fn headers() -> Value {
     })
 }
 
-/// The shared problem responses: name, description, the codes it may carry, and whether it
-/// comes with `WWW-Authenticate` or `Retry-After`.
+/// One shared problem response: its name (`#/components/responses/<name>`), description,
+/// the codes it may carry, and the header it comes with, if any.
 struct ProblemResponse {
     name: &'static str,
     description: &'static str,
     codes: &'static [ProblemCode],
-    www_authenticate: bool,
-    retry_after: bool,
+    header: Option<ProblemHeader>,
 }
 
-const fn problem(
-    name: &'static str,
-    description: &'static str,
-    codes: &'static [ProblemCode],
-) -> ProblemResponse {
-    ProblemResponse {
-        name,
-        description,
-        codes,
-        www_authenticate: false,
-        retry_after: false,
+/// The headers a problem response may carry besides `Cache-Control`.
+#[derive(Clone, Copy)]
+enum ProblemHeader {
+    WwwAuthenticate,
+    RetryAfter,
+}
+
+impl ProblemHeader {
+    /// The header's name and its component in `#/components/headers/`.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::WwwAuthenticate => ("WWW-Authenticate", "WWWAuthenticate"),
+            Self::RetryAfter => ("Retry-After", "RetryAfter"),
+        }
     }
 }
 
-const PROBLEM_RESPONSES: &[ProblemResponse] = &[
-    problem(
-        "InvalidRequest",
-        "`invalid_request`: malformed body or parameters (`detail` says what). Also for a tenant id that is not 1-64 characters of `A-Z a-z 0-9 _ -`.",
-        &[ProblemCode::InvalidRequest],
-    ),
-    ProblemResponse {
-        www_authenticate: true,
-        ..problem(
-            "Unauthenticated",
-            "`unauthenticated`: missing, malformed, expired or invalid bearer token.",
-            &[ProblemCode::Unauthenticated],
-        )
-    },
-    problem(
-        "Forbidden",
-        "`forbidden`: the token lacks the required scope, or its `tenant` claim names another tenant.",
-        &[ProblemCode::Forbidden],
-    ),
-    problem("NotFound", "`not_found`.", &[ProblemCode::NotFound]),
-    problem(
-        "NeedsReauthorization",
-        "`needs_reauthorization`: the connection's status is `needs_reauthorization` or `revoked` (possibly just now, because Salesforce refused the refresh token). Retrying will not help: a person must connect the org again (`POST /v1/tenants/{tenant}/connections/{id}/reauthorize`). Or `app_credentials_invalid`: Salesforce refused the tenant app's consumer key or secret on a refresh; the connection keeps its tokens and serves again, with no reconnect, once the app's credentials are replaced (`PUT /v1/tenants/{tenant}/salesforce-app`).",
-        &[
-            ProblemCode::NeedsReauthorization,
-            ProblemCode::AppCredentialsInvalid,
-        ],
-    ),
-    problem(
-        "PayloadTooLarge",
-        "`payload_too_large`: the body exceeds `body_limit_bytes` (default 65536).",
-        &[ProblemCode::PayloadTooLarge],
-    ),
-    problem(
-        "UnsupportedMediaType",
-        "`unsupported_media_type`: a body without `Content-Type: application/json`.",
-        &[ProblemCode::UnsupportedMediaType],
-    ),
-    problem(
-        "UpstreamError",
-        "`upstream_error`: Salesforce answered with an error that neither retrying nor reconnecting is expected to fix.",
-        &[ProblemCode::UpstreamError],
-    ),
-    ProblemResponse {
-        retry_after: true,
-        ..problem(
-            "ServiceUnavailable",
-            "`service_unavailable`: this service's database is unreachable, the refresh lock wait was exceeded, or its protective limits answered. Retry after `Retry-After`.",
-            &[ProblemCode::ServiceUnavailable],
-        )
-    },
-    ProblemResponse {
-        retry_after: true,
-        ..problem(
-            "Unavailable",
-            "`upstream_unavailable` (Salesforce unreachable, 5xx or rate-limiting) or `service_unavailable` (this service's database is unreachable, another replica's refresh of the connection outlasted the wait, or the replica is shutting down). Retry after `Retry-After`.",
-            &[
-                ProblemCode::UpstreamUnavailable,
-                ProblemCode::ServiceUnavailable,
-            ],
-        )
-    },
-    problem(
-        "InternalError",
-        "`internal_error`: a bug or corrupt data; no detail (see the logs for the request id).",
-        &[ProblemCode::InternalError],
-    ),
-    problem(
-        "InvalidCredentials",
-        "`invalid_credentials`: Salesforce refused the consumer key or secret; `field` names which. Nothing was stored.",
-        &[ProblemCode::InvalidCredentials],
-    ),
-    problem(
-        "MethodNotAllowed",
-        "`method_not_allowed`: the path exists, but not with this method.",
-        &[ProblemCode::MethodNotAllowed],
-    ),
-    ProblemResponse {
-        retry_after: true,
-        ..problem(
-            "RateLimited",
-            "`rate_limited`: too many requests from this client address; retry after `Retry-After`.",
-            &[ProblemCode::RateLimited],
-        )
-    },
-];
-
-/// Marker types for `#[utoipa::path(responses((status = …, response = T)))]`: each names one
-/// of [`PROBLEM_RESPONSES`] (a `$ref` to `#/components/responses/<name>`).
-macro_rules! problem_response_refs {
-    ($($name:ident),* $(,)?) => {$(
-        #[doc = concat!("`#/components/responses/", stringify!($name), "`.")]
-        pub struct $name;
-
-        impl<'r> ToResponse<'r> for $name {
-            fn response() -> (&'r str, RefOr<Response>) {
-                (stringify!($name), Response::new("").into())
-            }
-        }
-    )*};
+/// `None`, or `Some` of the named [`ProblemHeader`].
+macro_rules! problem_header {
+    () => {
+        None
+    };
+    ($header:ident) => {
+        Some(ProblemHeader::$header)
+    };
 }
 
-problem_response_refs!(
-    RateLimited,
-    MethodNotAllowed,
-    InvalidRequest,
-    Unauthenticated,
-    Forbidden,
-    NotFound,
-    NeedsReauthorization,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    UpstreamError,
-    ServiceUnavailable,
-    Unavailable,
-    InternalError,
-    InvalidCredentials,
-);
+/// Declares the shared problem responses once: [`PROBLEM_RESPONSES`] for the components,
+/// and for each a marker type for `#[utoipa::path(responses((status = …, response = T)))]`
+/// (a `$ref` to `#/components/responses/<name>`).
+macro_rules! problem_responses {
+    ($($name:ident [$($code:ident),+] $(with $header:ident)?: $description:literal;)+) => {
+        const PROBLEM_RESPONSES: &[ProblemResponse] = &[$(ProblemResponse {
+            name: stringify!($name),
+            description: $description,
+            codes: &[$(ProblemCode::$code),+],
+            header: problem_header!($($header)?),
+        }),+];
+
+        $(
+            #[doc = concat!("`#/components/responses/", stringify!($name), "`.")]
+            pub struct $name;
+
+            impl<'r> ToResponse<'r> for $name {
+                fn response() -> (&'r str, RefOr<Response>) {
+                    (stringify!($name), Response::new("").into())
+                }
+            }
+        )+
+    };
+}
+
+problem_responses! {
+    InvalidRequest [InvalidRequest]:
+        "`invalid_request`: malformed body or parameters (`detail` says what). Also for a tenant id that is not 1-64 characters of `A-Z a-z 0-9 _ -`.";
+    Unauthenticated [Unauthenticated] with WwwAuthenticate:
+        "`unauthenticated`: missing, malformed, expired or invalid bearer token.";
+    Forbidden [Forbidden]:
+        "`forbidden`: the token lacks the required scope, or its `tenant` claim names another tenant.";
+    NotFound [NotFound]: "`not_found`.";
+    NeedsReauthorization [NeedsReauthorization, AppCredentialsInvalid]:
+        "`needs_reauthorization`: the connection's status is `needs_reauthorization` or `revoked` (possibly just now, because Salesforce refused the refresh token). Retrying will not help: a person must connect the org again (`POST /v1/tenants/{tenant}/connections/{id}/reauthorize`). Or `app_credentials_invalid`: Salesforce refused the tenant app's consumer key or secret on a refresh; the connection keeps its tokens and serves again, with no reconnect, once the app's credentials are replaced (`PUT /v1/tenants/{tenant}/salesforce-app`).";
+    PayloadTooLarge [PayloadTooLarge]:
+        "`payload_too_large`: the body exceeds `body_limit_bytes` (default 65536).";
+    UnsupportedMediaType [UnsupportedMediaType]:
+        "`unsupported_media_type`: a body without `Content-Type: application/json`.";
+    UpstreamError [UpstreamError]:
+        "`upstream_error`: Salesforce answered with an error that neither retrying nor reconnecting is expected to fix.";
+    ServiceUnavailable [ServiceUnavailable] with RetryAfter:
+        "`service_unavailable`: this service's database is unreachable, the refresh lock wait was exceeded, or its protective limits answered. Retry after `Retry-After`.";
+    Unavailable [UpstreamUnavailable, ServiceUnavailable] with RetryAfter:
+        "`upstream_unavailable` (Salesforce unreachable, 5xx or rate-limiting) or `service_unavailable` (this service's database is unreachable, another replica's refresh of the connection outlasted the wait, or the replica is shutting down). Retry after `Retry-After`.";
+    InternalError [InternalError]:
+        "`internal_error`: a bug or corrupt data; no detail (see the logs for the request id).";
+    InvalidCredentials [InvalidCredentials]:
+        "`invalid_credentials`: Salesforce refused the consumer key or secret; `field` names which. Nothing was stored.";
+    MethodNotAllowed [MethodNotAllowed]:
+        "`method_not_allowed`: the path exists, but not with this method.";
+    RateLimited [RateLimited] with RetryAfter:
+        "`rate_limited`: too many requests from this client address; retry after `Retry-After`.";
+}
+
+/// The responses of the set a set extends, or none.
+macro_rules! base_responses {
+    () => {
+        std::collections::BTreeMap::new()
+    };
+    ($base:ident) => {
+        <$base as utoipa::IntoResponses>::responses()
+    };
+}
 
 /// Sets of problem responses many operations share, for `responses(…, Set)`: each maps
-/// statuses to `$ref`s of [`PROBLEM_RESPONSES`].
+/// statuses to `$ref`s of [`PROBLEM_RESPONSES`], on top of the set it extends (`Base +`).
 macro_rules! problem_response_sets {
-    ($($(#[$doc:meta])* $set:ident: [$($status:literal => $name:ident),* $(,)?];)*) => {$(
+    ($($(#[$doc:meta])* $set:ident: $($base:ident +)? [$($status:literal => $name:ident),* $(,)?];)*) => {$(
         $(#[$doc])*
         pub struct $set;
 
         impl utoipa::IntoResponses for $set {
             fn responses() -> std::collections::BTreeMap<String, RefOr<Response>> {
-                [$(($status, <$name as ToResponse>::response().0)),*]
-                    .into_iter()
-                    .map(|(status, name): (&str, &str)| {
+                let mut responses = base_responses!($($base)?);
+                responses.extend([$(($status, <$name as ToResponse>::response().0)),*].map(
+                    |(status, name): (&str, &str)| {
                         (status.to_owned(), RefOr::Ref(utoipa::openapi::Ref::from_response_name(name)))
-                    })
-                    .collect()
+                    },
+                ));
+                responses
             }
         }
     )*};
@@ -511,16 +470,15 @@ problem_response_sets! {
     /// What every bearer-authenticated operation may answer.
     BearerErrors: ["401" => Unauthenticated, "403" => Forbidden, "500" => InternalError];
     /// [`BearerErrors`] and the 400 of a malformed `{tenant}`.
-    TenantErrors: [
-        "400" => InvalidRequest,
-        "401" => Unauthenticated,
-        "403" => Forbidden,
-        "500" => InternalError,
-    ];
+    TenantErrors: BearerErrors + ["400" => InvalidRequest];
+    /// [`TenantErrors`] and the 503 of a database out of reach.
+    StoreErrors: TenantErrors + ["503" => ServiceUnavailable];
+    /// [`StoreErrors`] and the 404 of an unknown app, connection or connection id.
+    LookupErrors: StoreErrors + ["404" => NotFound];
     /// What a request body may get before the operation runs.
     BodyErrors: ["413" => PayloadTooLarge, "415" => UnsupportedMediaType];
-    /// A deletion that revokes at Salesforce first.
-    RevocationErrors: ["404" => NotFound, "502" => UpstreamError, "503" => Unavailable];
+    /// [`TenantErrors`] and what a deletion that revokes at Salesforce first may answer.
+    RevocationErrors: TenantErrors + ["404" => NotFound, "502" => UpstreamError, "503" => Unavailable];
 }
 
 fn problem_responses() -> Value {
@@ -529,11 +487,8 @@ fn problem_responses() -> Value {
         let mut headers = json!({
             "Cache-Control": { "$ref": "#/components/headers/CacheControlNoStore" }
         });
-        if response.www_authenticate {
-            headers["WWW-Authenticate"] = json!({ "$ref": "#/components/headers/WWWAuthenticate" });
-        }
-        if response.retry_after {
-            headers["Retry-After"] = json!({ "$ref": "#/components/headers/RetryAfter" });
+        if let Some((name, component)) = response.header.map(ProblemHeader::names) {
+            headers[name] = json!({ "$ref": format!("#/components/headers/{component}") });
         }
         let examples: Map<String, Value> = response
             .codes
@@ -679,7 +634,7 @@ pub struct ConnectionPath {
     pub id: String,
 }
 
-/// `?force` of the deletions ([`super::extract::force_flag`]).
+/// `?force` of the deletions ([`super::extract::Force`]).
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ForceQuery {

@@ -9,7 +9,6 @@ use serde::Deserialize;
 use tracing::{debug, instrument};
 
 use super::errors::{error_from_body, log_failure, non_conforming_body};
-use super::transport::form_body;
 use super::{AppCredentials, SalesforceClient};
 use crate::metrics::SalesforceEndpoint;
 use crate::salesforce::SalesforceError;
@@ -48,21 +47,15 @@ impl SalesforceClient {
         app: &AppCredentials,
         access_token: &SecretString,
     ) -> Result<Introspection, SalesforceError> {
-        let origin = self.login_origin(&app.login_url)?;
-        let body = form_body(&[
+        let form = [
             ("token", access_token.expose_secret()),
             ("token_type_hint", "access_token"),
             ("client_id", app.client_id.expose_secret()),
             ("client_secret", app.client_secret.expose_secret()),
-        ]);
+        ];
         let response = self
-            .post_form(
-                &format!("{origin}/services/oauth2/introspect"),
-                body,
-                SalesforceEndpoint::Introspect,
-            )
-            .await
-            .inspect_err(log_failure)?;
+            .post_form(&app.login_url, SalesforceEndpoint::Introspect, &form)
+            .await?;
         let status = response.status().as_u16();
         if status != 200 {
             let e = error_from_body(status, response.body());

@@ -8,7 +8,6 @@ use tracing::{debug, instrument};
 
 use super::SalesforceClient;
 use super::errors::{error_from_body, log_failure};
-use super::transport::form_body;
 use crate::metrics::SalesforceEndpoint;
 use crate::salesforce::SalesforceError;
 
@@ -22,16 +21,10 @@ impl SalesforceClient {
         login_url: &str,
         token: &SecretString,
     ) -> Result<(), SalesforceError> {
-        let origin = self.login_origin(login_url)?;
-        let body = form_body(&[("token", token.expose_secret())]);
+        let form = [("token", token.expose_secret())];
         let response = self
-            .post_form(
-                &format!("{origin}/services/oauth2/revoke"),
-                body,
-                SalesforceEndpoint::Revoke,
-            )
-            .await
-            .inspect_err(log_failure)?;
+            .post_form(login_url, SalesforceEndpoint::Revoke, &form)
+            .await?;
         let status = response.status();
         if status.is_success() {
             debug!("token revoked");

@@ -15,6 +15,7 @@ use oauth2::http::{self, HeaderValue, header};
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 
 use super::SalesforceClient;
+use super::errors::log_failure;
 use crate::metrics::{CallOutcome, SalesforceEndpoint};
 use crate::salesforce::SalesforceError;
 
@@ -106,13 +107,22 @@ impl From<Transport> for SalesforceError {
 }
 
 impl SalesforceClient {
-    /// POSTs an `application/x-www-form-urlencoded` body (see [`form_body`]), accepting JSON.
+    /// POSTs `form` as `application/x-www-form-urlencoded` (see [`form_body`]) to
+    /// `endpoint` on `login_url`'s origin (checked against the host policy and recorded in
+    /// the span as `login_host`), accepting JSON. The answer is returned whatever its status;
+    /// transport failures, 3xx, 5xx and 429 are errors ([`Self::send`]), and logged.
     pub(super) async fn post_form(
         &self,
-        url: &str,
-        body: String,
+        login_url: &str,
         endpoint: SalesforceEndpoint,
+        form: &[(&str, &str)],
     ) -> Result<HttpResponse, SalesforceError> {
+        let path = match endpoint {
+            SalesforceEndpoint::Token => "/services/oauth2/token",
+            SalesforceEndpoint::Introspect => "/services/oauth2/introspect",
+            SalesforceEndpoint::Revoke => "/services/oauth2/revoke",
+        };
+        let url = format!("{}{path}", self.login_origin(login_url)?);
         let request = http::Request::builder()
             .method(http::Method::POST)
             .uri(url)
@@ -121,10 +131,13 @@ impl SalesforceClient {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(CONTENT_TYPE_FORM),
             )
-            .body(body.into_bytes())
+            .body(form_body(form).into_bytes())
             .map_err(|_| SalesforceError::Request("cannot build the HTTP request".into()))?;
         let status = AtomicU16::new(0);
-        Ok(self.send(request, &status, endpoint).await?)
+        self.send(request, &status, endpoint)
+            .await
+            .map_err(SalesforceError::from)
+            .inspect_err(log_failure)
     }
 
     /// One HTTP exchange over the shared client; the `oauth2` crate's `AsyncHttpClient`
