@@ -57,17 +57,24 @@ pub fn init_stderr(filter: &str, format: LogFormat) -> Result<(), String> {
 /// recorded later are added to the object (the last value of a name wins when read).
 pub struct SpanFields;
 
+/// The usual span's object (`{"method":…,"route":…,"request_id":…}`) fits in this many bytes.
+const SPAN_FIELDS_CAPACITY: usize = 256;
+
 impl<'writer> FormatFields<'writer> for SpanFields {
     fn format_fields<R: RecordFields>(
         &self,
         mut writer: Writer<'writer>,
         fields: R,
     ) -> fmt::Result {
-        writer.write_char('{')?;
-        let mut visitor = JsonObject::new(&mut writer);
+        // Written into a buffer of its own and handed over at once: the span's buffer
+        // (empty when the span opens) then grows once, not once per member.
+        let mut object = String::with_capacity(SPAN_FIELDS_CAPACITY);
+        object.push('{');
+        let mut visitor = JsonObject::new(&mut object);
         fields.record(&mut visitor);
         visitor.result?;
-        writer.write_char('}')
+        object.push('}');
+        writer.write_str(&object)
     }
 
     fn add_fields(
@@ -83,8 +90,7 @@ impl<'writer> FormatFields<'writer> for SpanFields {
             current.fields.clear();
             current.fields.push('{');
         }
-        let mut writer = current.as_writer();
-        let mut visitor = JsonObject::new(&mut writer);
+        let mut visitor = JsonObject::new(&mut current.fields);
         visitor.first = !had_fields;
         fields.record(&mut visitor);
         let result = visitor.result;
@@ -94,14 +100,14 @@ impl<'writer> FormatFields<'writer> for SpanFields {
 }
 
 /// Writes visited fields as the members of a JSON object (without the braces).
-struct JsonObject<'a, 'writer> {
-    writer: &'a mut Writer<'writer>,
+struct JsonObject<'a> {
+    writer: &'a mut String,
     first: bool,
     result: fmt::Result,
 }
 
-impl<'a, 'writer> JsonObject<'a, 'writer> {
-    fn new(writer: &'a mut Writer<'writer>) -> Self {
+impl<'a> JsonObject<'a> {
+    fn new(writer: &'a mut String) -> Self {
         Self {
             writer,
             first: true,
@@ -110,29 +116,24 @@ impl<'a, 'writer> JsonObject<'a, 'writer> {
     }
 
     /// Writes `"name":` (after a comma unless first), then the value by `write_value`.
-    fn member(
-        &mut self,
-        field: &Field,
-        write_value: impl FnOnce(&mut Writer<'writer>) -> fmt::Result,
-    ) {
+    fn member(&mut self, field: &Field, write_value: impl FnOnce(&mut String) -> fmt::Result) {
         if self.result.is_err() {
             return;
         }
         let name = field.name();
         // `r#type` is the raw identifier of a field named `type`.
         let name = name.strip_prefix("r#").unwrap_or(name);
-        let separator = if self.first { "" } else { "," };
+        if !self.first {
+            self.writer.push(',');
+        }
         self.first = false;
-        self.result = self
-            .writer
-            .write_str(separator)
-            .and_then(|()| write_json_string(self.writer, name))
-            .and_then(|()| self.writer.write_char(':'))
+        self.result = write_json_string(self.writer, name)
+            .map(|()| self.writer.push(':'))
             .and_then(|()| write_value(self.writer));
     }
 }
 
-impl Visit for JsonObject<'_, '_> {
+impl Visit for JsonObject<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.member(field, |w| write_json_string(w, value));
     }
@@ -169,16 +170,17 @@ impl Visit for JsonObject<'_, '_> {
 }
 
 /// `text` as a JSON string (RFC 8259 §7).
-fn write_json_string(writer: &mut Writer<'_>, text: &str) -> fmt::Result {
-    writer.write_char('"')?;
+fn write_json_string(writer: &mut String, text: &str) -> fmt::Result {
+    writer.push('"');
     Escaped(writer).write_str(text)?;
-    writer.write_char('"')
+    writer.push('"');
+    Ok(())
 }
 
 /// Escapes what it is given for the inside of a JSON string.
-struct Escaped<'a, 'writer>(&'a mut Writer<'writer>);
+struct Escaped<'a>(&'a mut String);
 
-impl fmt::Write for Escaped<'_, '_> {
+impl fmt::Write for Escaped<'_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let needs_escape = |b: &u8| *b < b' ' || *b == b'"' || *b == b'\\';
         let mut rest = text;
