@@ -13,7 +13,7 @@
 //! few hundred bytes to each.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -26,7 +26,7 @@ use crate::metrics::{Event, Metrics};
 use crate::store::Millis;
 
 /// One cached token, the row version it was read from, and when it was cached.
-pub(super) struct CachedToken {
+pub struct CachedToken {
     /// The access token, the instance URL and the tenant id, one after the other in one
     /// allocation, wiped on drop.
     text: SecretBox<str>,
@@ -38,6 +38,17 @@ pub(super) struct CachedToken {
     version: i64,
     /// When this replica cached it.
     cached_at: Millis,
+    /// The API's answer for this token, rendered on its first hit and served as is after
+    /// (it holds the token, so it is wiped on drop like `text`).
+    rendered: OnceLock<SecretBox<[u8]>>,
+}
+
+/// The parts of a token the API answers with, borrowed.
+pub struct TokenView<'a> {
+    pub access_token: &'a str,
+    pub instance_url: &'a str,
+    pub issued_at: Millis,
+    pub expires_at: Millis,
 }
 
 impl CachedToken {
@@ -57,6 +68,7 @@ impl CachedToken {
             expires_at: token.expires_at,
             version,
             cached_at: now,
+            rendered: OnceLock::new(),
         })
     }
 
@@ -80,15 +92,53 @@ impl CachedToken {
         self.expires_at
     }
 
+    pub fn access_token(&self) -> &str {
+        self.parts().0
+    }
+
     /// The token as handed out (a copy: the entry keeps its own).
     pub fn token(&self) -> AccessToken {
-        let (token, instance_url, _) = self.parts();
+        let view = self.view();
         AccessToken {
-            access_token: SecretString::from(token.to_owned()),
-            instance_url: instance_url.to_owned(),
+            access_token: SecretString::from(view.access_token.to_owned()),
+            instance_url: view.instance_url.to_owned(),
+            issued_at: view.issued_at,
+            expires_at: view.expires_at,
+        }
+    }
+
+    pub fn view(&self) -> TokenView<'_> {
+        let (access_token, instance_url, _) = self.parts();
+        TokenView {
+            access_token,
+            instance_url,
             issued_at: self.issued_at,
             expires_at: self.expires_at,
         }
+    }
+
+    /// What `render` makes of this token, rendered on the first call and kept with the
+    /// entry: the hot path answers a cached token without copying or serialising it. The
+    /// caller passes the same `render` every time (the API's one answer format).
+    pub fn rendered<E>(
+        &self,
+        render: impl FnOnce(TokenView<'_>) -> Result<Vec<u8>, E>,
+    ) -> Result<&[u8], E> {
+        if let Some(done) = self.rendered.get() {
+            return Ok(done.expose_secret());
+        }
+        // Boxed as a secret at once: if another caller's rendering wins the race, this one
+        // is wiped when dropped.
+        let mine = SecretBox::new(render(self.view())?.into_boxed_slice());
+        Ok(self.rendered.get_or_init(|| mine).expose_secret())
+    }
+
+    /// What [`Self::rendered`] kept, if it ran (empty otherwise).
+    pub fn rendered_bytes(&self) -> &[u8] {
+        self.rendered
+            .get()
+            .map(|done| done.expose_secret())
+            .unwrap_or_default()
     }
 
     /// How long the entry may live: until the token expires (`put` caches only tokens that
@@ -293,6 +343,34 @@ mod tests {
             "the cache still caches: {}",
             cache.len()
         );
+    }
+
+    #[test]
+    fn an_entry_renders_its_answer_once_and_keeps_it() {
+        let cache = TokenCache::new(10, Metrics::new());
+        let id = cache_new(&cache, 3_600_000, 1);
+        let hit = cache.get(id).unwrap();
+        assert!(hit.rendered_bytes().is_empty(), "nothing rendered yet");
+        let calls = std::cell::Cell::new(0);
+        let render = |view: TokenView<'_>| {
+            calls.set(calls.get() + 1);
+            Ok::<_, ()>(
+                format!(
+                    "{}|{}|{}",
+                    view.access_token, view.instance_url, view.expires_at
+                )
+                .into_bytes(),
+            )
+        };
+        let first = hit.rendered(render).unwrap().to_vec();
+        assert_eq!(first, b"00Dx!token|https://x.my.salesforce.com|3600000");
+        assert_eq!(hit.rendered(render).unwrap(), first.as_slice());
+        assert_eq!(cache.get(id).unwrap().rendered_bytes(), first.as_slice());
+        assert_eq!(calls.get(), 1, "rendered once per entry");
+        // A failed rendering is not kept.
+        let other = cache.get(cache_new(&cache, 3_600_000, 1)).unwrap();
+        assert_eq!(other.rendered(|_| Err::<Vec<u8>, _>("no")), Err("no"));
+        assert!(other.rendered_bytes().is_empty());
     }
 
     #[test]

@@ -42,6 +42,7 @@ use uuid::Uuid;
 use tokio::time::Instant;
 
 use super::audit::{Actor, AuditAction};
+use super::cache::CachedToken;
 use super::events::{EventType, Subject};
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
@@ -63,6 +64,24 @@ pub struct AccessToken {
     pub instance_url: String,
     pub issued_at: Millis,
     pub expires_at: Millis,
+}
+
+/// A token answered to an API caller: on the hot path the cache entry itself (nothing
+/// copied; [`CachedToken::rendered`] keeps the answer's rendering), otherwise a token just
+/// read or refreshed.
+pub enum Served {
+    Cached(Arc<CachedToken>),
+    Fresh(AccessToken),
+}
+
+impl Served {
+    /// The token as an owned copy.
+    pub fn into_token(self) -> AccessToken {
+        match self {
+            Self::Cached(entry) => entry.token(),
+            Self::Fresh(token) => token,
+        }
+    }
 }
 
 /// Held while one refresh calls Salesforce (dropped once it answered).
@@ -91,21 +110,18 @@ pub enum Want {
 }
 
 impl Want {
-    fn rejects(&self, token: &SecretString) -> bool {
+    fn rejects(&self, token: &str) -> bool {
         match self {
-            Self::Replacing { rejected, .. } => bool::from(
-                rejected
-                    .expose_secret()
-                    .as_bytes()
-                    .ct_eq(token.expose_secret().as_bytes()),
-            ),
+            Self::Replacing { rejected, .. } => {
+                bool::from(rejected.expose_secret().as_bytes().ct_eq(token.as_bytes()))
+            }
             _ => false,
         }
     }
 
     /// Whether `token` (the current one, valid until `expires_at`) serves this want without
     /// a refresh.
-    fn served_by(&self, token: &SecretString, expires_at: Millis, now: Millis) -> bool {
+    fn served_by(&self, token: &str, expires_at: Millis, now: Millis) -> bool {
         match self {
             Self::Fresh { min_ttl_ms } => expires_at.saturating_sub(now) >= *min_ttl_ms,
             Self::Replacing { min_ttl_ms, .. } => {
@@ -121,12 +137,13 @@ impl Want {
             Self::KeepAlive {
                 refreshed_before, ..
             } => row.last_refreshed_at < *refreshed_before,
-            Self::Replacing { .. } if self.rejects(token) => true,
+            Self::Replacing { .. } if self.rejects(token.expose_secret()) => true,
             _ => {
                 let expired = row.access_expires_at <= now;
                 let recently =
                     now.saturating_sub(row.last_refreshed_at) < MIN_TTL_REFRESH_SPACING_MS;
-                !self.served_by(token, row.access_expires_at, now) && (expired || !recently)
+                !self.served_by(token.expose_secret(), row.access_expires_at, now)
+                    && (expired || !recently)
             }
         }
     }
@@ -176,7 +193,9 @@ impl Broker {
         id: Uuid,
         want: Want,
     ) -> Result<AccessToken, BrokerError> {
-        self.fetch_access_token(tenant, id, want, None).await
+        self.fetch_access_token(tenant, id, want, None)
+            .await
+            .map(Served::into_token)
     }
 
     /// [`Self::access_token`] for an API caller: the read (and a refresh it caused) is
@@ -187,7 +206,7 @@ impl Broker {
         tenant: &TenantId,
         id: Uuid,
         want: Want,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Served, BrokerError> {
         let token = self
             .fetch_access_token(tenant, id, want, Some(actor))
             .await?;
@@ -207,11 +226,11 @@ impl Broker {
         id: Uuid,
         want: Want,
         actor: Option<&Actor>,
-    ) -> Result<AccessToken, BrokerError> {
+    ) -> Result<Served, BrokerError> {
         let now = self.now();
         if let Some(hit) = self.cached(tenant, id, &want, now) {
             self.metrics.count(Event::TokenCacheHit);
-            return Ok(hit);
+            return Ok(Served::Cached(hit));
         }
         self.metrics.count(Event::TokenCacheMiss);
         let this = self.clone();
@@ -230,7 +249,7 @@ impl Broker {
                     this.now(),
                 );
             }
-            result.map(|(token, _)| token)
+            result.map(|(token, _)| Served::Fresh(token))
         });
         let wait = self.settings.tokens.refresh_wait;
         match tokio::time::timeout(wait, slow).await {
@@ -245,16 +264,21 @@ impl Broker {
     }
 
     /// The hot path: a cached token, recently checked, that serves the want.
-    fn cached(&self, tenant: &TenantId, id: Uuid, want: &Want, now: Millis) -> Option<AccessToken> {
+    fn cached(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        want: &Want,
+        now: Millis,
+    ) -> Option<Arc<CachedToken>> {
         let hit = self.tokens.get(id)?;
         // Changes made on other replicas reach the cache through the change feed
         // (`super::changes`), not by re-reading each entry.
         if hit.tenant_id() != tenant.as_str() {
             return None;
         }
-        let token = hit.token();
-        want.served_by(&token.access_token, hit.expires_at(), now)
-            .then_some(token)
+        want.served_by(hit.access_token(), hit.expires_at(), now)
+            .then_some(hit)
     }
 
     async fn access_token_slow(
@@ -268,7 +292,7 @@ impl Broker {
             let _queued = flight.lock().await;
             // A caller ahead of us in the queue may have refreshed already.
             match self.cached(tenant, id, &want, self.now()) {
-                Some(hit) => Ok((hit, false)),
+                Some(hit) => Ok((hit.token(), false)),
                 None => self.refresh_if_needed(tenant, id, &want).await,
             }
         };

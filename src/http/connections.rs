@@ -1,8 +1,12 @@
 //! `/v1/tenants/{tenant}/connections…`: listing, reading and deleting connections, and the
 //! access-token endpoint the Valo backend calls before its Salesforce API requests.
 
+use std::sync::Arc;
+
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -16,11 +20,12 @@ use super::openapi::{
     NotFound, RevocationErrors, StoreErrors, TenantErrors, TenantPath, Unavailable, UpstreamError,
 };
 use super::problem::Problem;
-use super::{ApiResult, AppState, no_content, ok};
+use super::{ApiResult, AppState, no_content, no_store_json_bytes, ok};
 use crate::broker::Rfc3339;
 use crate::broker::audit::AuditAction;
+use crate::broker::cache::{CachedToken, TokenView};
 use crate::broker::connections::Connection;
-use crate::broker::tokens::Want;
+use crate::broker::tokens::{AccessToken, Served, Want};
 
 /// The default and the largest `min_ttl_seconds`.
 const DEFAULT_MIN_TTL_SECS: u64 = 300;
@@ -331,11 +336,48 @@ async fn access_token(
             want,
         )
         .await?;
-    ok(TokenResponse {
-        access_token: token.access_token.expose_secret(),
+    let body = match token {
+        // The cached entry keeps its rendered answer: served without a copy, and the body
+        // holds the entry (whose token is wiped on drop) until it is sent.
+        Served::Cached(entry) => {
+            entry.rendered(render_token).map_err(render_failed)?;
+            Bytes::from_owner(RenderedToken(entry))
+        }
+        Served::Fresh(token) => Bytes::from(render_token(view(&token)).map_err(render_failed)?),
+    };
+    Ok(no_store_json_bytes(StatusCode::OK, body))
+}
+
+/// The access-token answer's body (one format, whether the token is cached or fresh).
+fn render_token(token: TokenView<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&TokenResponse {
+        access_token: token.access_token,
         token_type: "Bearer",
-        instance_url: &token.instance_url,
+        instance_url: token.instance_url,
         issued_at: Rfc3339(token.issued_at),
         expires_at: Rfc3339(token.expires_at),
     })
+}
+
+fn view(token: &AccessToken) -> TokenView<'_> {
+    TokenView {
+        access_token: token.access_token.expose_secret(),
+        instance_url: &token.instance_url,
+        issued_at: token.issued_at,
+        expires_at: token.expires_at,
+    }
+}
+
+fn render_failed(e: serde_json::Error) -> Problem {
+    tracing::error!(error = %e, "cannot serialise an access-token answer");
+    Problem::internal()
+}
+
+/// A cached token's rendered answer as a response body.
+struct RenderedToken(Arc<CachedToken>);
+
+impl AsRef<[u8]> for RenderedToken {
+    fn as_ref(&self) -> &[u8] {
+        self.0.rendered_bytes()
+    }
 }

@@ -180,7 +180,12 @@ pub fn no_store_json<T: serde::Serialize>(status: axum::http::StatusCode, body: 
         tracing::error!(error = %e, "cannot serialise a response");
         return Problem::internal().into_response();
     }
-    let mut response = Response::new(axum::body::Body::from(bytes));
+    no_store_json_bytes(status, bytes.into())
+}
+
+/// [`no_store_json`] of a body already serialised.
+pub fn no_store_json_bytes(status: axum::http::StatusCode, body: axum::body::Bytes) -> Response {
+    let mut response = Response::new(axum::body::Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(

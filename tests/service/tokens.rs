@@ -88,6 +88,31 @@ backend_tests! {
         }
 
     #[tokio::test]
+    async fn a_cached_answer_is_the_fresh_answer_byte_for_byte(db) {
+        let (app, id) = TestApp::spawn_connected(&db, "acme").await;
+        // Another process on the same database: its cache is empty, so its first answer is
+        // read from the database and the next ones come from its cache.
+        let replica = TestApp::spawn_with(&db, &app.fake, &[]).await;
+        let mut bodies = Vec::new();
+        for _ in 0..3 {
+            let response = replica.access_token("acme", id, None).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "application/json");
+            assert_eq!(response.headers()["cache-control"], "no-store");
+            bodies.push(response.bytes().await.unwrap());
+        }
+        assert_eq!(bodies[0], bodies[1], "fresh and cached answers differ");
+        assert_eq!(bodies[1], bodies[2]);
+        let body: Value = serde_json::from_slice(&bodies[2]).unwrap();
+        assert_eq!(body["token_type"], "Bearer");
+        assert_eq!(body["access_token"].as_str(), Some(token(&app, id, None).await.as_str()));
+        let fields: Vec<&String> = body.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["access_token", "expires_at", "instance_url", "issued_at", "token_type"]);
+        replica.stop().await;
+        app.stop().await;
+    }
+
+    #[tokio::test]
     async fn expired_tokens_are_refreshed_and_the_rotation_persisted(db) {
         let fake = fake_with(FakeOptions { access_token_lifetime: Duration::from_secs(2), ..Default::default() }).await;
         let app = TestApp::spawn_with(&db, &fake, &[]).await;
