@@ -12,7 +12,9 @@
 //! and, while the database stays away, counters beyond [`MAX_PENDING`] (counted in
 //! `valo_oauth_audit_entries_dropped_total`).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,7 +103,8 @@ impl Actor {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// A pending counter: what it counts, and when (the minute, for aggregated actions).
+#[derive(Clone, Debug)]
 struct Key {
     tenant_id: Box<str>,
     actor: Arc<str>,
@@ -109,6 +112,91 @@ struct Key {
     connection_id: Option<Uuid>,
     at: Millis,
     request_id: Option<Arc<str>>,
+}
+
+/// A [`Key`], borrowed: counting one more occurrence of a pending counter (every token
+/// read but the minute's first) looks it up by this, allocating and cloning nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct KeyRef<'a> {
+    tenant_id: &'a str,
+    actor: &'a str,
+    action: AuditAction,
+    connection_id: Option<Uuid>,
+    at: Millis,
+    request_id: Option<&'a str>,
+}
+
+impl KeyRef<'_> {
+    fn to_key(self) -> Key {
+        Key {
+            tenant_id: self.tenant_id.into(),
+            actor: self.actor.into(),
+            action: self.action,
+            connection_id: self.connection_id,
+            at: self.at,
+            request_id: self.request_id.map(Arc::from),
+        }
+    }
+}
+
+/// What the pending map's keys are compared and hashed as, owned or borrowed alike (the
+/// standard library's way to look a `HashMap` up by a borrowed form of a composite key).
+trait AsKeyRef {
+    fn key_ref(&self) -> KeyRef<'_>;
+}
+
+impl AsKeyRef for Key {
+    fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            tenant_id: &self.tenant_id,
+            actor: &self.actor,
+            action: self.action,
+            connection_id: self.connection_id,
+            at: self.at,
+            request_id: self.request_id.as_deref(),
+        }
+    }
+}
+
+impl AsKeyRef for KeyRef<'_> {
+    fn key_ref(&self) -> KeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn AsKeyRef + 'a> for Key {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+impl Hash for dyn AsKeyRef + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key_ref().hash(state);
+    }
+}
+
+// `Key` compares and hashes exactly as its borrowed form, as `Borrow` requires.
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for Key {}
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.key_ref().hash(state);
+    }
 }
 
 /// The counters not yet written.
@@ -148,11 +236,11 @@ impl AuditLog {
         let (at, request_id) = if action.aggregated() {
             (now - now.rem_euclid(MINUTE_MS), None)
         } else {
-            (now, actor.request_id.clone())
+            (now, actor.request_id.as_deref())
         };
-        let key = Key {
-            tenant_id: tenant.into(),
-            actor: actor.sub.clone(),
+        let key = KeyRef {
+            tenant_id: tenant,
+            actor: &actor.sub,
             action,
             connection_id,
             at,
@@ -161,16 +249,16 @@ impl AuditLog {
         self.add(key, 1);
     }
 
-    fn add(&self, key: Key, count: i64) {
+    fn add(&self, key: KeyRef<'_>, count: i64) {
         let Ok(mut shard) = self.shard(key.connection_id).lock() else {
             return;
         };
         let full = shard.len() >= MAX_PENDING;
-        match shard.get_mut(&key) {
+        match shard.get_mut(&key as &dyn AsKeyRef) {
             Some(total) => *total = total.saturating_add(count),
             None if full => self.metrics.count(Event::AuditDropped),
             None => {
-                shard.insert(key, count);
+                shard.insert(key.to_key(), count);
             }
         }
     }
@@ -273,7 +361,7 @@ impl Broker {
             Err(e) => {
                 self.metrics.count(Event::AuditFlushFailure);
                 for (key, count) in pending {
-                    self.audit.add(key, count);
+                    self.audit.add(key.key_ref(), count);
                 }
                 Err(e.into())
             }
@@ -369,6 +457,31 @@ mod tests {
         let log = AuditLog::new(true, Metrics::new());
         let actor = Actor::new("svc".into(), Some("r1".into()));
         let id = Uuid::new_v4();
+        for now in [60_000, 60_001, 119_999, 120_000] {
+            log.record("acme", &actor, AuditAction::TokenServed, Some(id), now);
+        }
+        log.record(
+            "acme",
+            &actor,
+            AuditAction::ConnectionDeleted,
+            Some(id),
+            61_000,
+        );
+        // Another actor, tenant or connection in the same minute is counted apart.
+        let other = Actor::new("other".into(), None);
+        log.record("acme", &other, AuditAction::TokenServed, Some(id), 60_002);
+        log.record("beta", &actor, AuditAction::TokenServed, Some(id), 60_003);
+        log.record("acme", &actor, AuditAction::TokenServed, None, 60_004);
+        let apart: Vec<_> = log
+            .drain()
+            .into_iter()
+            .filter(|(k, _)| {
+                k.at == 60_000
+                    && (&*k.actor, &*k.tenant_id, k.connection_id) != ("svc", "acme", Some(id))
+            })
+            .map(|(_, count)| count)
+            .collect();
+        assert_eq!(apart, [1, 1, 1]);
         for now in [60_000, 60_001, 119_999, 120_000] {
             log.record("acme", &actor, AuditAction::TokenServed, Some(id), now);
         }

@@ -82,8 +82,9 @@ impl Scope {
 /// An authenticated caller.
 #[derive(Debug)]
 pub struct Caller {
-    /// The token's `sub`, or [`NO_SUBJECT`].
-    sub: Arc<str>,
+    /// The token's `sub` (or [`NO_SUBJECT`]) as the audit trail names it, outside any
+    /// request.
+    actor: Actor,
     scopes: Vec<String>,
     tenant: Option<String>,
     expires_at: u64,
@@ -95,7 +96,13 @@ pub const NO_SUBJECT: &str = "(no sub)";
 impl Caller {
     /// The caller as the audit trail names it, for an action of the request `request_id`.
     pub fn actor(&self, request_id: Option<Arc<str>>) -> Actor {
-        Actor::new(self.sub.clone(), request_id)
+        Actor::new(self.actor.sub.clone(), request_id)
+    }
+
+    /// The caller as the audit trail names it for aggregated actions (no request id),
+    /// borrowed: the token path records a read without cloning anything.
+    pub fn aggregate_actor(&self) -> &Actor {
+        &self.actor
     }
 
     /// 403 unless the token grants `scope` and, if confined to a tenant, this tenant.
@@ -177,12 +184,13 @@ impl ApiAuth {
                 tracing::debug!(reason = %e.kind_name(), "bearer token refused");
                 Problem::unauthenticated("the bearer token is missing, malformed, expired or not signed for this service")
             })?;
+        let sub = data
+            .claims
+            .sub
+            .filter(|sub| !sub.is_empty())
+            .map_or_else(|| Arc::from(NO_SUBJECT), Arc::from);
         let caller = Arc::new(Caller {
-            sub: data
-                .claims
-                .sub
-                .filter(|sub| !sub.is_empty())
-                .map_or_else(|| Arc::from(NO_SUBJECT), Arc::from),
+            actor: Actor::new(sub, None),
             scopes: data
                 .claims
                 .scope

@@ -330,7 +330,7 @@ async fn access_token(
     let token = state
         .broker
         .access_token_for(
-            &caller.actor(None),
+            caller.aggregate_actor(),
             &target.tenant,
             target.connection_id()?,
             want,
