@@ -10,7 +10,9 @@
 //! token, the instance URL and the tenant id — share one zeroised allocation, and its
 //! lifetime is derived from its timestamps rather than stored. A million connections over
 //! a few replicas means hundreds of thousands of entries per replica, and moka adds its own
-//! few hundred bytes to each.
+//! few hundred bytes to each. An entry also keeps the API's answer for its token once it
+//! was served ([`CachedToken::rendered`], about 250 bytes), so that the hot path answers
+//! without copying or serialising the token.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
