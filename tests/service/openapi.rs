@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use reqwest::StatusCode;
 use serde_json::Value;
 use valo_oauth::broker::flow::FlowErrorCode;
+use valo_oauth::http::auth::Scope;
 use valo_oauth::http::problem::ProblemCode;
 use valo_testkit::app::TestApp;
 
@@ -428,6 +429,41 @@ fn the_checks_catch_wrong_documents() {
 }
 
 backend_tests! {
+    /// The scope each operation declares (`security` of its annotation) is the one its
+    /// handler enforces (`Granted<needs::…>`): every other scope together gets 403, the
+    /// declared one alone gets past authorization. The two are written apart, so this is
+    /// what keeps them from drifting.
+    #[tokio::test]
+    async fn every_operation_enforces_the_scope_it_declares(db) {
+        let app = TestApp::spawn(&db).await;
+        let doc = spec();
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut checked = 0;
+        for (path, method) in operations(&doc) {
+            let Some(declared) = doc["paths"][&path][&method]["security"][0]["bearerAuth"][0].as_str()
+            else {
+                continue;
+            };
+            let concrete = path.replace("{tenant}", "acme").replace("{id}", &id);
+            let verb = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let others: Vec<&str> = Scope::ALL
+                .iter()
+                .map(|scope| scope.as_str())
+                .filter(|scope| *scope != declared)
+                .collect();
+            let refused = app.send_as(verb.clone(), &concrete, &others.join(" ")).await;
+            assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{method} {path} without {declared}");
+            let allowed = app.send_as(verb, &concrete, declared).await.status();
+            assert!(
+                allowed != StatusCode::FORBIDDEN && allowed != StatusCode::UNAUTHORIZED,
+                "{method} {path} with {declared}: {allowed}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, ROUTES.iter().filter(|(_, _, scope)| scope.is_some()).count());
+        app.stop().await;
+    }
+
     /// `/openapi.json` serves the generated document; `/docs` renders it from this origin only.
     #[tokio::test]
     async fn the_document_and_its_offline_docs_page_are_served(db) {
