@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::broker::{Broker, BrokerSettings, Clock, SystemClock};
+use crate::broker::{Broker, Clock, SystemClock};
 use crate::config::Settings;
 use crate::http::serve::{ConnectionTimeouts, serve};
 use crate::http::{self, AppState, auth::ApiAuth};
@@ -58,11 +58,11 @@ impl Application {
         let metrics = Metrics::new();
         let salesforce = SalesforceClient::new(
             ClientSettings {
-                connect_timeout: settings.salesforce.connect_timeout,
-                request_timeout: settings.salesforce.request_timeout,
-                max_response_bytes: settings.salesforce.max_response_bytes,
+                connect_timeout: settings.broker.salesforce.connect_timeout,
+                request_timeout: settings.broker.salesforce.request_timeout,
+                max_response_bytes: settings.broker.salesforce.max_response_bytes,
             },
-            settings.login_hosts.clone(),
+            settings.broker.login_hosts.clone(),
             metrics.clone(),
         )
         .context("cannot build the HTTP client for Salesforce")?;
@@ -81,13 +81,7 @@ impl Application {
         };
         let body_limit_bytes = settings.body_limit_bytes;
         let protection = settings.protection.clone();
-        let broker = Broker::new(
-            store,
-            salesforce,
-            clock,
-            BrokerSettings::from(&settings),
-            metrics,
-        );
+        let broker = Broker::new(store, salesforce, clock, settings.broker.clone(), metrics);
         Ok(Self {
             listener,
             internal,

@@ -212,7 +212,7 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 async fn rekey(settings: Settings, batch: i64) -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
     let store = open_store(&settings).await?;
-    let keyring = &settings.keyring;
+    let keyring = &settings.broker.keyring;
     let primary = keyring.primary_key_id().to_owned();
     let usage = rekey::key_usage(&store, batch).await?;
     let todo: u64 = usage
@@ -267,7 +267,12 @@ async fn rekey(settings: Settings, batch: i64) -> anyhow::Result<()> {
 /// may leave the ring.
 async fn keys(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(&settings).await?;
-    let configured: Vec<String> = settings.keyring.key_ids().map(str::to_owned).collect();
+    let configured: Vec<String> = settings
+        .broker
+        .keyring
+        .key_ids()
+        .map(str::to_owned)
+        .collect();
     let usage = rekey::key_usage(&store, 1_000).await?;
     println!("{:<40} {:<20} {:>12}", "column", "key id", "values");
     for u in &usage {
@@ -289,7 +294,7 @@ async fn keys(settings: Settings) -> anyhow::Result<()> {
             .filter(|u| &u.key_id == id)
             .map(|u| u.values)
             .sum();
-        let role = if id == settings.keyring.primary_key_id() {
+        let role = if id == settings.broker.keyring.primary_key_id() {
             "first (seals)"
         } else if total == 0 {
             "may be removed"

@@ -36,10 +36,9 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{AuditSettings, SalesforceSettings, Settings, TokenSettings, WebhookSettings};
+use crate::config::BrokerSettings;
 use crate::crypto::{Binding, Keyring, KeyringError};
 use crate::metrics::{Metrics, StateGauges};
-use crate::salesforce::HostPolicy;
 use crate::salesforce::{AppCredentials, SalesforceClient, SalesforceError};
 use crate::store::{ConnectionRecord, Millis, Store, StoreError, TenantAppRecord};
 
@@ -257,48 +256,6 @@ pub struct BrokerParts {
     audit: Arc<audit::AuditLog>,
     /// This application instance's metrics.
     metrics: Metrics,
-}
-
-/// What the domain needs of the process's settings, and nothing more (no listener, no
-/// database URL, no API authentication, no logging).
-#[derive(Clone)]
-pub struct BrokerSettings {
-    /// The redirect URI every tenant's ECA is configured with.
-    pub callback_url: String,
-    /// Origins (`scheme://host[:port]`) allowed in `return_to`.
-    pub return_to_origins: Vec<String>,
-    /// Which login hosts a tenant's app may name.
-    pub login_hosts: HostPolicy,
-    /// How long a started authorization may be completed.
-    pub authorization_ttl: Duration,
-    pub salesforce: SalesforceSettings,
-    pub tokens: TokenSettings,
-    /// How long a shutdown waits for requests and refreshes in flight.
-    pub shutdown_grace: Duration,
-    pub keyring: Arc<Keyring>,
-    /// The database pool's size, of which the refresh path takes its share.
-    pub db_pool_size: u32,
-    /// Where and how connection events are delivered (None: no webhook, no events).
-    pub webhooks: Option<WebhookSettings>,
-    pub audit: AuditSettings,
-}
-
-impl From<&Settings> for BrokerSettings {
-    fn from(s: &Settings) -> Self {
-        Self {
-            callback_url: s.callback_url(),
-            return_to_origins: s.return_to_origins.clone(),
-            login_hosts: s.login_hosts.clone(),
-            authorization_ttl: s.authorization_ttl,
-            salesforce: s.salesforce.clone(),
-            tokens: s.tokens.clone(),
-            shutdown_grace: s.shutdown_grace,
-            keyring: s.keyring.clone(),
-            db_pool_size: s.db_max_connections,
-            webhooks: s.webhooks.clone(),
-            audit: s.audit.clone(),
-        }
-    }
 }
 
 /// How many of the pool's connections the refresh path (row reads, leases, commits) may

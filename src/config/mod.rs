@@ -81,23 +81,13 @@ pub struct Settings {
     pub db_acquire_timeout: Duration,
     /// The database URL points at a transaction-mode pooler (PgBouncer).
     pub db_transaction_pooler: bool,
-    pub keyring: Arc<Keyring>,
     pub api_auth: ApiAuthSettings,
-    pub login_hosts: HostPolicy,
-    /// Origins (`scheme://host[:port]`) allowed in `return_to`.
-    pub return_to_origins: Vec<String>,
     pub log: String,
     pub log_format: LogFormat,
     pub data_dir: PathBuf,
     pub body_limit_bytes: usize,
-    pub salesforce: SalesforceSettings,
-    pub authorization_ttl: Duration,
-    pub tokens: TokenSettings,
-    /// How long in-flight refreshes get to finish and commit after SIGTERM.
-    pub shutdown_grace: Duration,
-    /// Signed webhooks to the Valo backend; None: no events are written.
-    pub webhooks: Option<WebhookSettings>,
-    pub audit: AuditSettings,
+    /// What the domain (the broker) is given: keys, Salesforce, tokens, events, audit.
+    pub broker: BrokerSettings,
     /// What protects both listeners from slow, idle, too many or too eager clients.
     pub protection: Protection,
     /// Notes for the operator produced while loading (generated development secrets),
@@ -108,11 +98,33 @@ pub struct Settings {
 impl Settings {
     /// The redirect URI registered in every tenant's ECA.
     pub fn callback_url(&self) -> String {
-        format!(
-            "{}{CALLBACK_PATH}",
-            self.public_url.as_str().trim_end_matches('/')
-        )
+        self.broker.callback_url.clone()
     }
+}
+
+/// What the domain needs of the process's settings, and nothing more (no listener, no
+/// database URL, no API authentication, no logging).
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    /// The redirect URI every tenant's ECA is configured with.
+    pub callback_url: String,
+    /// Origins (`scheme://host[:port]`) allowed in `return_to`.
+    pub return_to_origins: Vec<String>,
+    /// Which login hosts a tenant's app may name.
+    pub login_hosts: HostPolicy,
+    /// How long a started authorization may be completed.
+    pub authorization_ttl: Duration,
+    pub salesforce: SalesforceSettings,
+    pub tokens: TokenSettings,
+    /// How long in-flight requests and refreshes get to finish and commit after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// The encryption keys; the first seals.
+    pub keyring: Arc<Keyring>,
+    /// The database pool's size (`db_max_connections`), of which the refresh path takes its share.
+    pub db_pool_size: u32,
+    /// Signed webhooks to the Valo backend; None: no events are written.
+    pub webhooks: Option<WebhookSettings>,
+    pub audit: AuditSettings,
 }
 
 /// A setting that could not be used, named as the operator wrote it.
@@ -158,6 +170,22 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
     }
     let webhooks = events::webhooks(l)?;
     let audit = events::audit(l)?;
+    let broker = BrokerSettings {
+        callback_url: format!(
+            "{}{CALLBACK_PATH}",
+            server.public_url.as_str().trim_end_matches('/')
+        ),
+        return_to_origins: redirects.return_to_origins,
+        login_hosts: redirects.login_hosts,
+        authorization_ttl: limits.authorization_ttl,
+        salesforce,
+        tokens,
+        shutdown_grace: limits.shutdown_grace,
+        keyring: Arc::new(keyring),
+        db_pool_size: pool.max_connections,
+        webhooks,
+        audit,
+    };
     Ok(Settings {
         env: server.env,
         listen: server.listen,
@@ -168,21 +196,13 @@ fn resolve(l: &Layers) -> Result<Settings, ConfigError> {
         db_max_connections: pool.max_connections,
         db_acquire_timeout: pool.acquire_timeout,
         db_transaction_pooler: pool.transaction_pooler,
-        keyring: Arc::new(keyring),
         api_auth,
-        login_hosts: redirects.login_hosts,
-        return_to_origins: redirects.return_to_origins,
         log: logging.log,
         log_format: logging.format,
         data_dir: server.data_dir,
         body_limit_bytes: limits.body_limit_bytes,
-        salesforce,
-        authorization_ttl: limits.authorization_ttl,
-        tokens,
-        shutdown_grace: limits.shutdown_grace,
+        broker,
         protection: limits.protection,
-        webhooks,
-        audit,
         warnings,
     })
 }

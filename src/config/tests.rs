@@ -62,7 +62,7 @@ fn development_defaults_generate_private_secrets() {
     // The second start reuses them, silently.
     let again = load(&dir.join("none.toml"), None, &env(&[], &dir)).unwrap();
     assert!(again.warnings.is_empty());
-    assert_eq!(again.keyring.primary_key_id(), "dev1");
+    assert_eq!(again.broker.keyring.primary_key_id(), "dev1");
 }
 
 #[test]
@@ -139,7 +139,10 @@ fn layers_file_then_env_and_secret_files() {
     .unwrap();
     let s = load(&dir.join("none.toml"), Some(&file), &env(&[], &dir)).unwrap();
     assert_eq!(s.listen.port(), 9000);
-    assert_eq!(s.return_to_origins, vec!["https://app.valo.ai".to_owned()]);
+    assert_eq!(
+        s.broker.return_to_origins,
+        vec!["https://app.valo.ai".to_owned()]
+    );
     match &s.api_auth.key {
         ApiKey::Hs256(k) => assert_eq!(k.expose_secret(), "from-a-file-0123456789abcdef012345"),
         ApiKey::PublicKeyPem(_) => unreachable!(),
@@ -201,19 +204,19 @@ const PROBES: [Probe; 9] = [
         "return_to_origins",
         "[\"https://file.valo.ai\"]",
         "https://env.valo.ai",
-        |s| s.return_to_origins.join(","),
+        |s| s.broker.return_to_origins.join(","),
     ),
     ("salesforce_max_in_flight", "31", "32", |s| {
-        s.salesforce.max_in_flight.to_string()
+        s.broker.salesforce.max_in_flight.to_string()
     }),
     ("keepalive_concurrency", "5", "6", |s| {
-        s.tokens.keepalive_concurrency.to_string()
+        s.broker.tokens.keepalive_concurrency.to_string()
     }),
     ("max_concurrent_requests", "7", "8", |s| {
         s.protection.max_concurrent_requests.to_string()
     }),
     ("audit_retention_days", "2", "3", |s| {
-        (s.audit.retention.as_secs() / 86_400).to_string()
+        (s.broker.audit.retention.as_secs() / 86_400).to_string()
     }),
 ];
 
@@ -265,7 +268,7 @@ fn secrets_come_from_files_named_by_file_variables() {
         ("DATABASE_URL_FILE", db_file.to_str().unwrap()),
     ])
     .unwrap();
-    assert_eq!(s.keyring.primary_key_id(), "f1");
+    assert_eq!(s.broker.keyring.primary_key_id(), "f1");
     assert_eq!(s.database_url.expose_secret(), db_url);
     // Only the trailing newline goes (the API secret is used as it is).
     let jwt_file = dir.join("jwt");
@@ -319,7 +322,7 @@ fn secrets_come_from_files_named_by_file_variables() {
         ),
     )
     .unwrap();
-    assert_eq!(s.keyring.primary_key_id(), "e1");
+    assert_eq!(s.broker.keyring.primary_key_id(), "e1");
 }
 
 #[test]

@@ -897,7 +897,7 @@ async fn a_bad_webhook_secret_is_a_configuration_error_naming_the_setting() {
     );
     let settings =
         valo_oauth::config::load(std::path::Path::new("config/none.toml"), None, &env).unwrap();
-    assert!(settings.webhooks.is_some());
+    assert!(settings.broker.webhooks.is_some());
     std::fs::remove_file(file).ok();
 }
 
