@@ -42,7 +42,7 @@ use uuid::Uuid;
 use tokio::time::Instant;
 
 use super::audit::{Actor, AuditAction};
-use super::cache::CachedToken;
+use super::cache::{CachedToken, TokenView};
 use super::events::{EventType, Subject};
 use super::limiter::Permit;
 use super::{Broker, BrokerError, SecretColumn, TenantId, upstream_error};
@@ -64,6 +64,18 @@ pub struct AccessToken {
     pub instance_url: String,
     pub issued_at: Millis,
     pub expires_at: Millis,
+}
+
+impl AccessToken {
+    /// The parts the API answers with, borrowed (as [`CachedToken::view`]).
+    pub fn view(&self) -> TokenView<'_> {
+        TokenView {
+            access_token: self.access_token.expose_secret(),
+            instance_url: &self.instance_url,
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 /// A token answered to an API caller: on the hot path the cache entry itself (nothing

@@ -25,7 +25,7 @@ use crate::broker::Rfc3339;
 use crate::broker::audit::AuditAction;
 use crate::broker::cache::{CachedToken, TokenView};
 use crate::broker::connections::Connection;
-use crate::broker::tokens::{AccessToken, Served, Want};
+use crate::broker::tokens::{Served, Want};
 
 /// The default and the largest `min_ttl_seconds`.
 const DEFAULT_MIN_TTL_SECS: u64 = 300;
@@ -340,10 +340,9 @@ async fn access_token(
         // The cached entry keeps its rendered answer: served without a copy, and the body
         // holds the entry (whose token is wiped on drop) until it is sent.
         Served::Cached(entry) => {
-            entry.rendered(render_token).map_err(render_failed)?;
-            Bytes::from_owner(RenderedToken(entry))
+            Bytes::from_owner(RenderedToken::new(entry).map_err(render_failed)?)
         }
-        Served::Fresh(token) => Bytes::from(render_token(view(&token)).map_err(render_failed)?),
+        Served::Fresh(token) => Bytes::from(render_token(token.view()).map_err(render_failed)?),
     };
     Ok(no_store_json_bytes(StatusCode::OK, body))
 }
@@ -359,22 +358,21 @@ fn render_token(token: TokenView<'_>) -> Result<Vec<u8>, serde_json::Error> {
     })
 }
 
-fn view(token: &AccessToken) -> TokenView<'_> {
-    TokenView {
-        access_token: token.access_token.expose_secret(),
-        instance_url: &token.instance_url,
-        issued_at: token.issued_at,
-        expires_at: token.expires_at,
-    }
-}
-
 fn render_failed(e: serde_json::Error) -> Problem {
     tracing::error!(error = %e, "cannot serialise an access-token answer");
     Problem::internal()
 }
 
-/// A cached token's rendered answer as a response body.
+/// A cached token's rendered answer as a response body (rendered, if it was not yet, when
+/// made).
 struct RenderedToken(Arc<CachedToken>);
+
+impl RenderedToken {
+    fn new(entry: Arc<CachedToken>) -> Result<Self, serde_json::Error> {
+        entry.rendered(render_token)?;
+        Ok(Self(entry))
+    }
+}
 
 impl AsRef<[u8]> for RenderedToken {
     fn as_ref(&self) -> &[u8] {

@@ -101,6 +101,15 @@ backend_tests! {
             assert_eq!(response.headers()["cache-control"], "no-store");
             bodies.push(response.bytes().await.unwrap());
         }
+        // The first answer came from the database, the next two from the cache.
+        let metrics = replica.get_text("/metrics").await;
+        let count = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        };
+        assert_eq!(count("valo_oauth_token_cache_misses_total"), Some(1.0), "{metrics}");
+        assert_eq!(count("valo_oauth_token_cache_hits_total"), Some(2.0), "{metrics}");
         assert_eq!(bodies[0], bodies[1], "fresh and cached answers differ");
         assert_eq!(bodies[1], bodies[2]);
         let body: Value = serde_json::from_slice(&bodies[2]).unwrap();

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, instrument};
 
 use super::errors::{log_failure, token_error};
-use super::transport::{HttpCall, Transport};
+use super::transport::{HttpCall, Transport, endpoint_path};
 use super::{AppCredentials, SalesforceClient};
 use crate::metrics::SalesforceEndpoint;
 use crate::salesforce::{SalesforceError, parse_identity_url, verify_signature};
@@ -396,8 +396,11 @@ impl SalesforceClient {
 
 /// An `oauth2` client for the tenant's token endpoint with client_secret_post.
 fn token_client(origin: &str, app: &AppCredentials) -> Result<TokenClient, SalesforceError> {
-    let token_url = TokenUrl::new(format!("{origin}/services/oauth2/token"))
-        .map_err(|_| SalesforceError::Request("cannot build the token URL".into()))?;
+    let token_url = TokenUrl::new(format!(
+        "{origin}{}",
+        endpoint_path(SalesforceEndpoint::Token)
+    ))
+    .map_err(|_| SalesforceError::Request("cannot build the token URL".into()))?;
     Ok(
         Client::new(ClientId::new(app.client_id.expose_secret().to_owned()))
             .set_client_secret(ClientSecret::new(

@@ -117,12 +117,11 @@ impl SalesforceClient {
         endpoint: SalesforceEndpoint,
         form: &[(&str, &str)],
     ) -> Result<HttpResponse, SalesforceError> {
-        let path = match endpoint {
-            SalesforceEndpoint::Token => "/services/oauth2/token",
-            SalesforceEndpoint::Introspect => "/services/oauth2/introspect",
-            SalesforceEndpoint::Revoke => "/services/oauth2/revoke",
-        };
-        let url = format!("{}{path}", self.login_origin(login_url)?);
+        let url = format!(
+            "{}{}",
+            self.login_origin(login_url)?,
+            endpoint_path(endpoint)
+        );
         let request = http::Request::builder()
             .method(http::Method::POST)
             .uri(url)
@@ -211,6 +210,15 @@ impl SalesforceClient {
 }
 
 /// `application/x-www-form-urlencoded` body (each value encoded exactly once).
+/// Where each OAuth endpoint lives on a login host (Salesforce Help, "OAuth Endpoints").
+pub(super) fn endpoint_path(endpoint: SalesforceEndpoint) -> &'static str {
+    match endpoint {
+        SalesforceEndpoint::Token => "/services/oauth2/token",
+        SalesforceEndpoint::Introspect => "/services/oauth2/introspect",
+        SalesforceEndpoint::Revoke => "/services/oauth2/revoke",
+    }
+}
+
 pub(super) fn form_body(pairs: &[(&str, &str)]) -> String {
     url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(pairs)
