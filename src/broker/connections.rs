@@ -80,7 +80,7 @@ impl Broker {
     }
 
     /// The stored row, token material included (for this layer only).
-    async fn connection_record(
+    pub(super) async fn connection_record(
         &self,
         tenant: &TenantId,
         id: Uuid,

@@ -297,11 +297,7 @@ impl Broker {
         connection_id: Uuid,
         return_to: Option<&str>,
     ) -> Result<StartedAuthorization, BrokerError> {
-        let connection = self
-            .store
-            .get_connection(tenant.as_str(), connection_id)
-            .await?
-            .ok_or(BrokerError::NotFound("no such connection for this tenant"))?;
+        let connection = self.connection_record(tenant, connection_id).await?;
         if connection.username.is_none() {
             tracing::info!(connection = %connection_id, "reconnect without login_hint: the connection's username is not known");
         }

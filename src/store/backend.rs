@@ -13,14 +13,8 @@ use super::{StoreError, StoreOptions};
 pub trait Backend: sqlx::Database {
     /// `"postgres"` or `"sqlite"`.
     const LABEL: &'static str;
-    /// Takes a refresh lease, reading the database's own clock (see `sql::acquire_lease_sql`).
-    const ACQUIRE_LEASE: &'static str;
-    /// Reads the (tenant, org, user) row inside a save's transaction.
-    const SELECT_FOR_SAVE: &'static str;
-    /// Claims due webhook events (see `sql::claim_events_sql`).
-    const CLAIM_EVENTS: &'static str;
-    /// Reads the database's clock (Unix milliseconds): the clock of the change feed.
-    const SELECT_NOW: &'static str;
+    /// The statements whose text is this database's own.
+    const SQL: super::sql::Dialect;
 
     /// How an id is bound: Postgres `UUID`, SQLite hyphenated `TEXT`.
     type Id: for<'q> sqlx::Encode<'q, Self> + sqlx::Type<Self> + Send + Sync;

@@ -53,12 +53,7 @@ const PG_TOO_MANY_CONNECTIONS: &str = "53300";
 
 impl Backend for Postgres {
     const LABEL: &'static str = "postgres";
-    const ACQUIRE_LEASE: &'static str = sql::ACQUIRE_LEASE_POSTGRES;
-    /// `FOR UPDATE` also waits for a refresh commit on the row, so that the row returned as
-    /// `replaced` carries the latest refresh token.
-    const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE;
-    const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_POSTGRES;
-    const SELECT_NOW: &'static str = sql::SELECT_NOW_POSTGRES;
+    const SQL: sql::Dialect = sql::POSTGRES;
 
     type Id = Uuid;
 

@@ -167,7 +167,7 @@ pub(super) const SELECT_CONNECTION_BY_IDENTITY: &str =
 
 /// Postgres: also waits for (and then blocks) a refresh commit on the row, so that the
 /// row returned as `replaced` carries the latest refresh token.
-pub(super) const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str =
+const SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE: &str =
     select_connections!("WHERE tenant_id = $1 AND org_id = $2 AND user_id = $3 FOR UPDATE");
 
 pub(super) const INSERT_AUTHORIZED_CONNECTION: &str = concat!(
@@ -271,19 +271,19 @@ macro_rules! acquire_lease_sql {
 }
 
 /// Postgres: `clock_timestamp()`, the time of the statement (not of the transaction).
-pub(super) const ACQUIRE_LEASE_POSTGRES: &str =
+const ACQUIRE_LEASE_POSTGRES: &str =
     acquire_lease_sql!("(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT");
 
 /// SQLite: `julianday('now')`, the process's clock (SQLite serves one replica).
-pub(super) const ACQUIRE_LEASE_SQLITE: &str =
+const ACQUIRE_LEASE_SQLITE: &str =
     acquire_lease_sql!("CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)");
 
 /// Postgres: the database's clock, as the lease and the change feed's triggers read it.
-pub(super) const SELECT_NOW_POSTGRES: &str =
+const SELECT_NOW_POSTGRES: &str =
     "SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT AS now";
 
 /// SQLite: the same, from `julianday('now')`.
-pub(super) const SELECT_NOW_SQLITE: &str =
+const SELECT_NOW_SQLITE: &str =
     "SELECT CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) AS now";
 
 /// The change feed (migration 0005): what changed at or after `$1`, database time.
@@ -367,8 +367,8 @@ macro_rules! claim_events_sql {
     };
 }
 
-pub(super) const CLAIM_EVENTS_POSTGRES: &str = claim_events_sql!(" FOR UPDATE SKIP LOCKED");
-pub(super) const CLAIM_EVENTS_SQLITE: &str = claim_events_sql!("");
+const CLAIM_EVENTS_POSTGRES: &str = claim_events_sql!(" FOR UPDATE SKIP LOCKED");
+const CLAIM_EVENTS_SQLITE: &str = claim_events_sql!("");
 
 pub(super) const MARK_EVENT_DELIVERED: &str = "UPDATE webhook_events SET delivered_at = $3, \
      attempts = attempts + 1, last_error = NULL, claim_id = NULL, claim_expires_at = NULL \
@@ -523,3 +523,32 @@ pub(super) fn invalid_url(backend: &str, error: &sqlx::Error) -> StoreError {
         format!("invalid {backend} database URL: {reason}").into(),
     ))
 }
+
+// --- what differs per database ---------------------------------------------------------------
+
+/// The statements whose text differs between the two databases; each backend names its own
+/// ([`super::Backend::SQL`]).
+pub struct Dialect {
+    /// Takes a refresh lease, reading the database's own clock.
+    pub acquire_lease: &'static str,
+    /// Reads the (tenant, org, user) row inside a save's transaction.
+    pub select_for_save: &'static str,
+    /// Claims due webhook events.
+    pub claim_events: &'static str,
+    /// Reads the database's clock (Unix milliseconds): the clock of the change feed.
+    pub select_now: &'static str,
+}
+
+pub(super) const POSTGRES: Dialect = Dialect {
+    acquire_lease: ACQUIRE_LEASE_POSTGRES,
+    select_for_save: SELECT_CONNECTION_BY_IDENTITY_FOR_UPDATE,
+    claim_events: CLAIM_EVENTS_POSTGRES,
+    select_now: SELECT_NOW_POSTGRES,
+};
+
+pub(super) const SQLITE: Dialect = Dialect {
+    acquire_lease: ACQUIRE_LEASE_SQLITE,
+    select_for_save: SELECT_CONNECTION_BY_IDENTITY,
+    claim_events: CLAIM_EVENTS_SQLITE,
+    select_now: SELECT_NOW_SQLITE,
+};

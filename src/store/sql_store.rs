@@ -35,6 +35,17 @@ macro_rules! run_statement {
     }};
 }
 
+/// A record read from `$row`: the fields listed before `;` from the columns of the same
+/// names (so a field and its column cannot drift apart), the rest from the expressions given.
+macro_rules! from_columns {
+    ($row:ident => $record:ident { $($column:ident),+ ; $($field:ident $(: $value:expr)?),* $(,)? }) => {
+        $record {
+            $($column: $row.try_get(stringify!($column)).map_err(sql::map_err::<DB>)?,)+
+            $($field $(: $value)?,)*
+        }
+    };
+}
+
 /// The store over one database.
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
@@ -100,6 +111,80 @@ where
         Ok(DB::rows_affected(&done))
     }
 
+    async fn fetch_connection(&self, query: Q<DB>) -> Result<Option<ConnectionRecord>, StoreError> {
+        Self::connection_from_optional(self.fetch_optional(query).await?)
+    }
+
+    /// Runs a change and, when there is an event to report it and the change wrote, the
+    /// event, in one transaction (the outbox's guarantee: an event exists exactly when its
+    /// change does). Returns the rows it affected.
+    async fn execute_reported(
+        &self,
+        change: Q<DB>,
+        event: Option<&NewEvent>,
+    ) -> Result<u64, StoreError> {
+        let Some(event) = event else {
+            return self.execute(change).await;
+        };
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        let affected = DB::rows_affected(&change.execute(&mut *tx).await.map_err(map)?);
+        if affected > 0 {
+            self.insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(affected)
+    }
+
+    /// [`Self::execute_reported`] for a change that returns the row it wrote.
+    async fn fetch_reported(
+        &self,
+        change: Q<DB>,
+        event: Option<&NewEvent>,
+    ) -> Result<Option<ConnectionRecord>, StoreError> {
+        let Some(event) = event else {
+            return self.fetch_connection(change).await;
+        };
+        let map = sql::map_err::<DB>;
+        let mut tx = self.pool.begin().await.map_err(map)?;
+        let row = change.fetch_optional(&mut *tx).await.map_err(map)?;
+        let record = Self::connection_from_optional(row)?;
+        if record.is_some() {
+            self.insert_event(&mut tx, event).await?;
+        }
+        tx.commit().await.map_err(map)?;
+        Ok(record)
+    }
+
+    // --- parameters ------------------------------------------------------------------------
+
+    /// Binds an app's credentials in the order both statements that write them take them.
+    fn bind_app_credentials(query: Q<DB>, app: &TenantAppRecord) -> Q<DB> {
+        query
+            .bind(app.tenant_id.as_str())
+            .bind(app.login_url.as_str())
+            .bind(app.consumer_key_enc.as_str())
+            .bind(app.consumer_key_hint.as_str())
+            .bind(app.consumer_secret_enc.as_str())
+    }
+
+    /// Binds an authorized connection's columns in the order every statement that writes one
+    /// takes them: the token material and its metadata, `at` (the time of the save), then
+    /// the username.
+    fn bind_authorized(query: Q<DB>, new: &AuthorizedConnection, at: Millis) -> Q<DB> {
+        query
+            .bind(new.login_url.as_str())
+            .bind(new.instance_url.as_str())
+            .bind(new.scopes.as_str())
+            .bind(new.access_token_enc.as_str())
+            .bind(new.refresh_token_enc.as_str())
+            .bind(new.issued_at)
+            .bind(new.access_expires_at)
+            .bind(new.expiry_assumed)
+            .bind(at)
+            .bind(new.username.as_deref())
+    }
+
     // --- rows ------------------------------------------------------------------------------
 
     fn tenant_app_from_row(row: &DB::Row) -> Result<TenantAppRecord, StoreError> {
@@ -107,33 +192,21 @@ where
         let status: String = row.try_get("status").map_err(map)?;
         let status = AppStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown app status {status:?}")))?;
-        Ok(TenantAppRecord {
-            tenant_id: row.try_get("tenant_id").map_err(map)?,
-            login_url: row.try_get("login_url").map_err(map)?,
-            consumer_key_enc: row.try_get("consumer_key_enc").map_err(map)?,
-            consumer_key_hint: row.try_get("consumer_key_hint").map_err(map)?,
-            consumer_secret_enc: row.try_get("consumer_secret_enc").map_err(map)?,
+        Ok(from_columns!(row => TenantAppRecord {
+            tenant_id, login_url, consumer_key_enc, consumer_key_hint, consumer_secret_enc,
+            status_reason, credentials_version, created_at, updated_at;
             status,
-            status_reason: row.try_get("status_reason").map_err(map)?,
-            credentials_version: row.try_get("credentials_version").map_err(map)?,
-            created_at: row.try_get("created_at").map_err(map)?,
-            updated_at: row.try_get("updated_at").map_err(map)?,
-        })
+        }))
     }
 
     fn session_from_row(row: &DB::Row) -> Result<AuthorizationSession, StoreError> {
         let map = sql::map_err::<DB>;
-        Ok(AuthorizationSession {
-            state_hash: row.try_get("state_hash").map_err(map)?,
+        Ok(from_columns!(row => AuthorizationSession {
+            state_hash, tenant_id, pkce_verifier_enc, return_to, created_at, expires_at,
+            consumed_at;
             id: DB::read_id(row, "id").map_err(map)?,
-            tenant_id: row.try_get("tenant_id").map_err(map)?,
-            pkce_verifier_enc: row.try_get("pkce_verifier_enc").map_err(map)?,
-            return_to: row.try_get("return_to").map_err(map)?,
-            created_at: row.try_get("created_at").map_err(map)?,
-            expires_at: row.try_get("expires_at").map_err(map)?,
-            consumed_at: row.try_get("consumed_at").map_err(map)?,
             connection_id: DB::read_optional_id(row, "connection_id").map_err(map)?,
-        })
+        }))
     }
 
     fn connection_from_row(row: &DB::Row) -> Result<ConnectionRecord, StoreError> {
@@ -141,31 +214,14 @@ where
         let status: String = row.try_get("status").map_err(map)?;
         let status = ConnectionStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown connection status {status:?}")))?;
-        Ok(ConnectionRecord {
+        Ok(from_columns!(row => ConnectionRecord {
+            tenant_id, org_id, user_id, login_url, instance_url, scopes, access_token_enc,
+            refresh_token_enc, issued_at, access_expires_at, expiry_assumed, last_error,
+            failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version,
+            lease_id, lease_expires_at, username;
             id: DB::read_id(row, "id").map_err(map)?,
-            tenant_id: row.try_get("tenant_id").map_err(map)?,
-            org_id: row.try_get("org_id").map_err(map)?,
-            user_id: row.try_get("user_id").map_err(map)?,
-            login_url: row.try_get("login_url").map_err(map)?,
-            instance_url: row.try_get("instance_url").map_err(map)?,
-            scopes: row.try_get("scopes").map_err(map)?,
-            access_token_enc: row.try_get("access_token_enc").map_err(map)?,
-            refresh_token_enc: row.try_get("refresh_token_enc").map_err(map)?,
-            issued_at: row.try_get("issued_at").map_err(map)?,
-            access_expires_at: row.try_get("access_expires_at").map_err(map)?,
-            expiry_assumed: row.try_get("expiry_assumed").map_err(map)?,
             status,
-            last_error: row.try_get("last_error").map_err(map)?,
-            failure_count: row.try_get("failure_count").map_err(map)?,
-            next_attempt_at: row.try_get("next_attempt_at").map_err(map)?,
-            created_at: row.try_get("created_at").map_err(map)?,
-            updated_at: row.try_get("updated_at").map_err(map)?,
-            last_refreshed_at: row.try_get("last_refreshed_at").map_err(map)?,
-            version: row.try_get("version").map_err(map)?,
-            lease_id: row.try_get("lease_id").map_err(map)?,
-            lease_expires_at: row.try_get("lease_expires_at").map_err(map)?,
-            username: row.try_get("username").map_err(map)?,
-        })
+        }))
     }
 
     fn connection_from_optional(
@@ -225,28 +281,14 @@ where
         // Insert-or-update in two statements so that the caller learns which one happened;
         // the loop covers a delete racing between the two.
         for _ in 0..3 {
-            let inserted = self
-                .fetch_optional(
-                    self.query(sql::INSERT_TENANT_APP)
-                        .bind(app.tenant_id.as_str())
-                        .bind(app.login_url.as_str())
-                        .bind(app.consumer_key_enc.as_str())
-                        .bind(app.consumer_key_hint.as_str())
-                        .bind(app.consumer_secret_enc.as_str())
-                        .bind(app.created_at)
-                        .bind(app.updated_at),
-                )
-                .await?;
+            let insert = Self::bind_app_credentials(self.query(sql::INSERT_TENANT_APP), app)
+                .bind(app.created_at)
+                .bind(app.updated_at);
+            let inserted = self.fetch_optional(insert).await?;
             if let Some(row) = inserted {
                 return Ok((Self::tenant_app_from_row(&row)?, true));
             }
-            let update = self
-                .query(sql::UPDATE_TENANT_APP)
-                .bind(app.tenant_id.as_str())
-                .bind(app.login_url.as_str())
-                .bind(app.consumer_key_enc.as_str())
-                .bind(app.consumer_key_hint.as_str())
-                .bind(app.consumer_secret_enc.as_str())
+            let update = Self::bind_app_credentials(self.query(sql::UPDATE_TENANT_APP), app)
                 .bind(app.updated_at);
             let updated = match fixed_event {
                 None => self.fetch_optional(update).await?,
@@ -300,30 +342,21 @@ where
             .bind(credentials_version)
             .bind(reason)
             .bind(now);
-        let Some(event) = event else {
-            return Ok(self.execute(mark).await? > 0);
-        };
-        // One transaction: the change from `active` writes the event; an app already marked
-        // only gets the newer reason.
-        let map = sql::map_err::<DB>;
-        let mut tx = self.pool.begin().await.map_err(map)?;
-        let from_active = self
-            .query(sql::MARK_APP_CREDENTIALS_INVALID_FROM_ACTIVE)
-            .bind(tenant_id)
-            .bind(credentials_version)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(map)?;
-        let marked = if DB::rows_affected(&from_active) > 0 {
-            self.insert_event(&mut tx, event).await?;
-            true
-        } else {
-            DB::rows_affected(&mark.execute(&mut *tx).await.map_err(map)?) > 0
-        };
-        tx.commit().await.map_err(map)?;
-        Ok(marked)
+        if event.is_some() {
+            // The change from `active` writes the event; an app already marked only gets the
+            // newer reason, below. Between the two, a PUT of new credentials raises the
+            // version, which the second statement then no longer matches.
+            let from_active = self
+                .query(sql::MARK_APP_CREDENTIALS_INVALID_FROM_ACTIVE)
+                .bind(tenant_id)
+                .bind(credentials_version)
+                .bind(reason)
+                .bind(now);
+            if self.execute_reported(from_active, event).await? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(self.execute(mark).await? > 0)
     }
 
     pub async fn delete_tenant_app(&self, tenant_id: &str) -> Result<bool, StoreError> {
@@ -493,7 +526,7 @@ where
         .await
         .map_err(map)?;
         let row = self
-            .query(DB::SELECT_FOR_SAVE)
+            .query(DB::SQL.select_for_save)
             .bind(tenant_id)
             .bind(org_id)
             .bind(user_id)
@@ -509,42 +542,20 @@ where
                 return Ok(Err(error));
             }
         };
-        let row = if existing.is_some() {
+        let save = if existing.is_some() {
             self.query(sql::UPDATE_AUTHORIZED_CONNECTION)
                 .bind(DB::id_param(id))
-                .bind(new.login_url.as_str())
-                .bind(new.instance_url.as_str())
-                .bind(new.scopes.as_str())
-                .bind(new.access_token_enc.as_str())
-                .bind(new.refresh_token_enc.as_str())
-                .bind(new.issued_at)
-                .bind(new.access_expires_at)
-                .bind(new.expiry_assumed)
-                .bind(now)
-                .bind(new.username.as_deref())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map)?
         } else {
             self.query(sql::INSERT_AUTHORIZED_CONNECTION)
                 .bind(DB::id_param(id))
                 .bind(tenant_id)
                 .bind(org_id)
                 .bind(user_id)
-                .bind(new.login_url.as_str())
-                .bind(new.instance_url.as_str())
-                .bind(new.scopes.as_str())
-                .bind(new.access_token_enc.as_str())
-                .bind(new.refresh_token_enc.as_str())
-                .bind(new.issued_at)
-                .bind(new.access_expires_at)
-                .bind(new.expiry_assumed)
-                .bind(now)
-                .bind(new.username.as_deref())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map)?
         };
+        let row = Self::bind_authorized(save, &new, now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map)?;
         let connection = Self::connection_from_row(&row)?;
         if let Some(event) = event(&connection, existing.is_some()) {
             self.insert_event(&mut tx, &event).await?;
@@ -565,22 +576,12 @@ where
             // A few distinct texts at most (full batches and one remainder): cacheable.
             let mut query = sqlx::query(text).persistent(!self.transaction_pooler);
             for row in chunk {
-                let tokens = &row.tokens;
                 query = query
                     .bind(DB::id_param(row.id))
                     .bind(row.tenant_id.as_str())
                     .bind(row.org_id.as_str())
-                    .bind(row.user_id.as_str())
-                    .bind(tokens.login_url.as_str())
-                    .bind(tokens.instance_url.as_str())
-                    .bind(tokens.scopes.as_str())
-                    .bind(tokens.access_token_enc.as_str())
-                    .bind(tokens.refresh_token_enc.as_str())
-                    .bind(tokens.issued_at)
-                    .bind(tokens.access_expires_at)
-                    .bind(tokens.expiry_assumed)
-                    .bind(row.created_at)
-                    .bind(tokens.username.as_deref());
+                    .bind(row.user_id.as_str());
+                query = Self::bind_authorized(query, &row.tokens, row.created_at);
             }
             let done = query.execute(&mut *tx).await.map_err(map)?;
             inserted += DB::rows_affected(&done);
@@ -604,14 +605,12 @@ where
         tenant_id: &str,
         id: Uuid,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
-        let row = self
-            .fetch_optional(
-                self.query(sql::SELECT_CONNECTION)
-                    .bind(tenant_id)
-                    .bind(DB::id_param(id)),
-            )
-            .await?;
-        Self::connection_from_optional(row)
+        self.fetch_connection(
+            self.query(sql::SELECT_CONNECTION)
+                .bind(tenant_id)
+                .bind(DB::id_param(id)),
+        )
+        .await
     }
 
     pub async fn update_access_expiry(
@@ -643,17 +642,7 @@ where
             .query(sql::DELETE_CONNECTION)
             .bind(tenant_id)
             .bind(DB::id_param(id));
-        let Some(event) = event else {
-            return Ok(self.execute(delete).await? > 0);
-        };
-        let map = sql::map_err::<DB>;
-        let mut tx = self.pool.begin().await.map_err(map)?;
-        let deleted = DB::rows_affected(&delete.execute(&mut *tx).await.map_err(map)?) > 0;
-        if deleted {
-            self.insert_event(&mut tx, event).await?;
-        }
-        tx.commit().await.map_err(map)?;
-        Ok(deleted)
+        Ok(self.execute_reported(delete, event).await? > 0)
     }
 
     pub async fn connections_due_for_keepalive(
@@ -683,7 +672,7 @@ where
         since: Option<Millis>,
     ) -> Result<ConnectionChanges, StoreError> {
         let map = sql::map_err::<DB>;
-        let now_row = self.fetch_optional(self.query(DB::SELECT_NOW)).await?;
+        let now_row = self.fetch_optional(self.query(DB::SQL.select_now)).await?;
         let now = match now_row {
             Some(row) => row.try_get("now").map_err(map)?,
             None => return Err(StoreError::Corrupt("the database clock read no row".into())),
@@ -727,17 +716,15 @@ where
         holder: &str,
         duration_ms: i64,
     ) -> Result<Option<ConnectionRecord>, StoreError> {
-        let row = self
-            .fetch_optional(
-                self.query(DB::ACQUIRE_LEASE)
-                    .bind(tenant_id)
-                    .bind(DB::id_param(id))
-                    .bind(lease_id)
-                    .bind(holder)
-                    .bind(duration_ms),
-            )
-            .await?;
-        Self::connection_from_optional(row)
+        self.fetch_connection(
+            self.query(DB::SQL.acquire_lease)
+                .bind(tenant_id)
+                .bind(DB::id_param(id))
+                .bind(lease_id)
+                .bind(holder)
+                .bind(duration_ms),
+        )
+        .await
     }
 
     pub async fn commit_refreshed(
@@ -746,22 +733,21 @@ where
         lease_id: &str,
         update: &RefreshedTokens,
     ) -> Result<ConnectionRecord, StoreError> {
-        let row = self
-            .fetch_optional(
-                self.query(sql::COMMIT_REFRESHED)
-                    .bind(DB::id_param(id))
-                    .bind(lease_id)
-                    .bind(update.instance_url.as_str())
-                    .bind(update.scopes.as_deref())
-                    .bind(update.access_token_enc.as_str())
-                    .bind(update.refresh_token_enc.as_str())
-                    .bind(update.issued_at)
-                    .bind(update.access_expires_at)
-                    .bind(update.expiry_assumed)
-                    .bind(update.now),
-            )
-            .await?;
-        Self::connection_from_optional(row)?.ok_or(StoreError::LeaseLost)
+        self.fetch_connection(
+            self.query(sql::COMMIT_REFRESHED)
+                .bind(DB::id_param(id))
+                .bind(lease_id)
+                .bind(update.instance_url.as_str())
+                .bind(update.scopes.as_deref())
+                .bind(update.access_token_enc.as_str())
+                .bind(update.refresh_token_enc.as_str())
+                .bind(update.issued_at)
+                .bind(update.access_expires_at)
+                .bind(update.expiry_assumed)
+                .bind(update.now),
+        )
+        .await?
+        .ok_or(StoreError::LeaseLost)
     }
 
     pub async fn commit_failure(
@@ -818,20 +804,9 @@ where
                 .bind(*next_attempt_at)
                 .bind(*now),
         };
-        let Some(event) = event else {
-            let row = self.fetch_optional(query).await?;
-            return Self::connection_from_optional(row)?.ok_or(StoreError::LeaseLost);
-        };
-        let map = sql::map_err::<DB>;
-        let mut tx = self.pool.begin().await.map_err(map)?;
-        let row = query.fetch_optional(&mut *tx).await.map_err(map)?;
-        let Some(record) = Self::connection_from_optional(row)? else {
-            tx.rollback().await.map_err(map)?;
-            return Err(StoreError::LeaseLost);
-        };
-        self.insert_event(&mut tx, event).await?;
-        tx.commit().await.map_err(map)?;
-        Ok(record)
+        self.fetch_reported(query, event)
+            .await?
+            .ok_or(StoreError::LeaseLost)
     }
 
     pub async fn release_lease(&self, id: Uuid, lease_id: &str) -> Result<bool, StoreError> {
@@ -874,7 +849,7 @@ where
     ) -> Result<Vec<ClaimedEvent>, StoreError> {
         let rows = self
             .fetch_all(
-                self.query(DB::CLAIM_EVENTS)
+                self.query(DB::SQL.claim_events)
                     .bind(claim_id)
                     .bind(now)
                     .bind(until)
@@ -884,17 +859,11 @@ where
         let mut events = rows
             .iter()
             .map(|row| {
-                Ok(ClaimedEvent {
-                    seq: row.try_get("seq")?,
-                    id: row.try_get("id")?,
-                    event_type: row.try_get("event_type")?,
-                    payload: row.try_get("payload")?,
-                    created_at: row.try_get("created_at")?,
-                    attempts: row.try_get("attempts")?,
-                })
+                Ok(from_columns!(row => ClaimedEvent {
+                    seq, id, event_type, payload, created_at, attempts;
+                }))
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(sql::map_err::<DB>)?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         // RETURNING keeps no order.
         events.sort_by_key(|e| e.seq);
         Ok(events)
@@ -1001,21 +970,18 @@ where
                 let map = sql::map_err::<DB>;
                 let connection_id: String = row.try_get("connection_id").map_err(map)?;
                 let request_id: String = row.try_get("request_id").map_err(map)?;
-                Ok(AuditEntry {
-                    id: row.try_get("id").map_err(map)?,
-                    at: row.try_get("at").map_err(map)?,
-                    actor: row.try_get("actor").map_err(map)?,
-                    action: row.try_get("action").map_err(map)?,
-                    connection_id: if connection_id.is_empty() {
-                        None
-                    } else {
-                        Some(Uuid::parse_str(&connection_id).map_err(|_| {
-                            StoreError::Corrupt("audit entry with a malformed connection id".into())
-                        })?)
-                    },
+                let connection_id = if connection_id.is_empty() {
+                    None
+                } else {
+                    Some(Uuid::parse_str(&connection_id).map_err(|_| {
+                        StoreError::Corrupt("audit entry with a malformed connection id".into())
+                    })?)
+                };
+                Ok(from_columns!(row => AuditEntry {
+                    id, at, actor, action, count;
+                    connection_id,
                     request_id: (!request_id.is_empty()).then_some(request_id),
-                    count: row.try_get("count").map_err(map)?,
-                })
+                }))
             })
             .collect()
     }

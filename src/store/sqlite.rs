@@ -61,10 +61,7 @@ const SQLITE_LOCKED: i32 = 6;
 
 impl Backend for Sqlite {
     const LABEL: &'static str = "sqlite";
-    const ACQUIRE_LEASE: &'static str = sql::ACQUIRE_LEASE_SQLITE;
-    const SELECT_FOR_SAVE: &'static str = sql::SELECT_CONNECTION_BY_IDENTITY;
-    const CLAIM_EVENTS: &'static str = sql::CLAIM_EVENTS_SQLITE;
-    const SELECT_NOW: &'static str = sql::SELECT_NOW_SQLITE;
+    const SQL: sql::Dialect = sql::SQLITE;
 
     /// Ids are stored as hyphenated text (sqlx would bind a bare `Uuid` as a 16-byte BLOB).
     type Id = Hyphenated;
