@@ -10,57 +10,8 @@ use uuid::Uuid;
 use super::events::{EventType, Subject};
 use super::{Broker, BrokerError, SecretColumn, TenantId};
 use crate::salesforce::ErrorClass;
-pub use crate::store::ConnectionStatus;
-use crate::store::{ConnectionRecord, Millis};
-
-/// A connection as the domain shows it: everything but the token material.
-#[derive(Clone, Debug)]
-pub struct Connection {
-    pub id: Uuid,
-    pub tenant_id: String,
-    /// 18-character Salesforce org id (`00D…`).
-    pub org_id: String,
-    /// 18-character Salesforce user id (`005…`).
-    pub user_id: String,
-    /// The user's Salesforce username (from introspection), when known; a reconnect passes
-    /// it as `login_hint`.
-    pub username: Option<String>,
-    pub login_url: String,
-    pub instance_url: String,
-    pub status: ConnectionStatus,
-    /// Granted scopes, as Salesforce listed them.
-    pub scopes: Vec<String>,
-    pub access_expires_at: Millis,
-    /// True when `access_expires_at` is an assumption, not Salesforce's answer.
-    pub expiry_assumed: bool,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-    pub last_refreshed_at: Millis,
-    /// Why the last refresh failed (a short, secret-free reason).
-    pub last_error: Option<String>,
-}
-
-impl From<ConnectionRecord> for Connection {
-    fn from(c: ConnectionRecord) -> Self {
-        Self {
-            id: c.id,
-            scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
-            tenant_id: c.tenant_id,
-            org_id: c.org_id,
-            user_id: c.user_id,
-            username: c.username,
-            login_url: c.login_url,
-            instance_url: c.instance_url,
-            status: c.status,
-            access_expires_at: c.access_expires_at,
-            expiry_assumed: c.expiry_assumed,
-            created_at: c.created_at,
-            updated_at: c.updated_at,
-            last_refreshed_at: c.last_refreshed_at,
-            last_error: c.last_error,
-        }
-    }
-}
+use crate::store::ConnectionRecord;
+pub use crate::store::{Connection, ConnectionStatus};
 
 impl Broker {
     pub async fn list_connections(
@@ -68,7 +19,7 @@ impl Broker {
         tenant: &TenantId,
     ) -> Result<Vec<Connection>, BrokerError> {
         let rows = self.store.list_connections(tenant.as_str()).await?;
-        Ok(rows.into_iter().map(Connection::from).collect())
+        Ok(rows.into_iter().map(|row| row.connection).collect())
     }
 
     pub async fn get_connection(
@@ -76,7 +27,7 @@ impl Broker {
         tenant: &TenantId,
         id: Uuid,
     ) -> Result<Connection, BrokerError> {
-        Ok(Connection::from(self.connection_record(tenant, id).await?))
+        Ok(self.connection_record(tenant, id).await?.connection)
     }
 
     /// The stored row, token material included (for this layer only).
@@ -121,10 +72,14 @@ impl Broker {
             Some(reason),
         );
         self.store
-            .delete_connection_with_event(&connection.tenant_id, connection.id, event.as_ref())
+            .delete_connection_with_event(
+                &connection.connection.tenant_id,
+                connection.connection.id,
+                event.as_ref(),
+            )
             .await?;
         self.wake_outbox();
-        self.tokens.forget(connection.id);
+        self.tokens.forget(connection.connection.id);
         Ok(())
     }
 
@@ -134,7 +89,7 @@ impl Broker {
         connection: &ConnectionRecord,
         force: bool,
     ) -> Result<(), BrokerError> {
-        if connection.status == ConnectionStatus::Revoked {
+        if connection.connection.status == ConnectionStatus::Revoked {
             return Ok(());
         }
         let token = match self.open_connection_secret(connection, SecretColumn::RefreshToken) {
@@ -143,22 +98,26 @@ impl Broker {
             // nothing to revoke with. A forced delete goes on; the token stays valid at
             // Salesforce until it expires or is revoked there.
             Err(e) if force => {
-                tracing::warn!(connection = %connection.id, error = %e, "refresh token cannot be decrypted; nothing to revoke it with; deleting anyway (force)");
+                tracing::warn!(connection = %connection.connection.id, error = %e, "refresh token cannot be decrypted; nothing to revoke it with; deleting anyway (force)");
                 return Ok(());
             }
             Err(e) => {
-                tracing::error!(connection = %connection.id, error = %e, "refresh token cannot be decrypted, so it cannot be revoked; configure its key again, or delete with force=true");
+                tracing::error!(connection = %connection.connection.id, error = %e, "refresh token cannot be decrypted, so it cannot be revoked; configure its key again, or delete with force=true");
                 return Err(e);
             }
         };
-        match self.salesforce.revoke(&connection.login_url, &token).await {
+        match self
+            .salesforce
+            .revoke(&connection.connection.login_url, &token)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if force => {
-                tracing::warn!(connection = %connection.id, error = %e.summary(), "revocation failed; deleting anyway (force)");
+                tracing::warn!(connection = %connection.connection.id, error = %e.summary(), "revocation failed; deleting anyway (force)");
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(connection = %connection.id, error = %e.summary(), "revocation failed; connection kept");
+                tracing::warn!(connection = %connection.connection.id, error = %e.summary(), "revocation failed; connection kept");
                 Err(match e.class() {
                     ErrorClass::Transient => BrokerError::UpstreamUnavailable {
                         reason: e.summary(),
@@ -188,7 +147,7 @@ impl Broker {
             return;
         }
         if let Err(e) = self.revoke_connection(replaced, false).await {
-            tracing::warn!(connection = %replaced.id, error = %e, "could not revoke the replaced refresh token");
+            tracing::warn!(connection = %replaced.connection.id, error = %e, "could not revoke the replaced refresh token");
         }
     }
 }

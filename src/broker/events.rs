@@ -92,12 +92,12 @@ impl<'a> Data<'a> {
     fn about(subject: Subject<'a>, status: &'a str, reason: Option<&'a str>) -> (String, Self) {
         match subject {
             Subject::Connection(row) => (
-                row.id.to_string(),
+                row.connection.id.to_string(),
                 Data {
-                    tenant_id: &row.tenant_id,
-                    connection_id: Some(row.id.to_string()),
-                    org_id: Some(&row.org_id),
-                    user_id: Some(&row.user_id),
+                    tenant_id: &row.connection.tenant_id,
+                    connection_id: Some(row.connection.id.to_string()),
+                    org_id: Some(&row.connection.org_id),
+                    user_id: Some(&row.connection.user_id),
                     status,
                     reason,
                 },
@@ -176,7 +176,7 @@ impl Broker {
                 &Actor::salesforce_user(user_id),
                 tenant,
                 AuditAction::ConnectionCreated,
-                Some(saved.connection.id),
+                Some(saved.connection.connection.id),
             );
         }
     }

@@ -298,13 +298,13 @@ impl Broker {
         return_to: Option<&str>,
     ) -> Result<StartedAuthorization, BrokerError> {
         let connection = self.connection_record(tenant, connection_id).await?;
-        if connection.username.is_none() {
+        if connection.connection.username.is_none() {
             tracing::info!(connection = %connection_id, "reconnect without login_hint: the connection's username is not known");
         }
         self.start_flow(
             tenant,
             return_to,
-            connection.username.as_deref(),
+            connection.connection.username.as_deref(),
             Some(connection_id),
         )
         .await
@@ -582,7 +582,7 @@ impl Broker {
             .map_err(|e| internal(e.into()))?
             .map_err(|e| internal(e.into()))?;
 
-        let connection_id = saved.connection.id;
+        let connection_id = saved.connection.connection.id;
         self.flow_completed(&tenant, &saved, &grant.user_id);
         self.tokens.forget(connection_id);
         if let Some(replaced) = saved.replaced {
@@ -619,14 +619,16 @@ impl Broker {
         let Some(existing) = existing else {
             return Ok(());
         };
-        if existing.org_id == grant.org_id && existing.user_id == grant.user_id {
+        if existing.connection.org_id == grant.org_id
+            && existing.connection.user_id == grant.user_id
+        {
             return Ok(());
         }
         if let Err(e) = self.salesforce.revoke(login_url, refresh_token).await {
             tracing::warn!(error = %e.summary(), "could not revoke the other user's new grant");
         }
         tracing::warn!(connection = %renewed, "reconnect completed by another Salesforce user: refused");
-        let who = existing.username.map_or_else(
+        let who = existing.connection.username.map_or_else(
             || "the connection's user".to_owned(),
             |name| sanitise_description(&name),
         );

@@ -427,7 +427,7 @@ impl Broker {
         };
         Ok(self
             .keyring
-            .open(sealed, column.binding(&row.id.to_string()))?)
+            .open(sealed, column.binding(&row.connection.id.to_string()))?)
     }
 
     fn open_app_secret(

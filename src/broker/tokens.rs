@@ -148,13 +148,13 @@ impl Want {
         match self {
             Self::KeepAlive {
                 refreshed_before, ..
-            } => row.last_refreshed_at < *refreshed_before,
+            } => row.connection.last_refreshed_at < *refreshed_before,
             Self::Replacing { .. } if self.rejects(token.expose_secret()) => true,
             _ => {
-                let expired = row.access_expires_at <= now;
-                let recently =
-                    now.saturating_sub(row.last_refreshed_at) < MIN_TTL_REFRESH_SPACING_MS;
-                !self.served_by(token.expose_secret(), row.access_expires_at, now)
+                let expired = row.connection.access_expires_at <= now;
+                let recently = now.saturating_sub(row.connection.last_refreshed_at)
+                    < MIN_TTL_REFRESH_SPACING_MS;
+                !self.served_by(token.expose_secret(), row.connection.access_expires_at, now)
                     && (expired || !recently)
             }
         }
@@ -180,7 +180,7 @@ enum CommitLost {
 /// Gives a lease back; if that fails, the lease simply expires.
 async fn release_quietly(lease: &RefreshLease) {
     if let Err(e) = lease.release().await {
-        tracing::warn!(connection = %lease.record().id, error = %e, "could not release a refresh lease; it expires by itself");
+        tracing::warn!(connection = %lease.record().connection.id, error = %e, "could not release a refresh lease; it expires by itself");
     }
 }
 
@@ -475,7 +475,7 @@ impl Broker {
         credentials_version: i64,
     ) -> Result<AccessToken, BrokerError> {
         let row = lease.record().clone();
-        let id = row.id;
+        let id = row.connection.id;
         let deadline = lease_started + self.settings.salesforce.request_timeout;
         // Past this, another replica may take the lease: stop retrying the commit.
         let lease_end = lease_started + self.settings.tokens.lease_duration;
@@ -570,7 +570,7 @@ impl Broker {
         rotated: Option<SecretString>,
         old_refresh_token: &SecretString,
     ) -> Result<AccessToken, BrokerError> {
-        let id = row.id;
+        let id = row.connection.id;
         // Salesforce sends no `expires_in`. The lifetime is the org's session policy, so the
         // previous token's lifetime is the estimate; when that was not measured,
         // introspection confirms it after the commit, off the caller's path (and off the
@@ -620,9 +620,9 @@ impl Broker {
         let version = saved.version;
         let token = AccessToken {
             access_token: grant.access_token,
-            instance_url: saved.instance_url,
+            instance_url: saved.connection.instance_url,
             issued_at: saved.issued_at,
-            expires_at: saved.access_expires_at,
+            expires_at: saved.connection.access_expires_at,
         };
         self.tokens
             .put(id, tenant.as_str(), token.clone(), version, self.now());
@@ -651,7 +651,7 @@ impl Broker {
         e: SalesforceError,
         now: Millis,
     ) -> Result<AccessToken, BrokerError> {
-        let id = row.id;
+        let id = row.connection.id;
         let class = e.class();
         let failure = match class {
             ErrorClass::AppCredentials => {
@@ -760,7 +760,7 @@ impl Broker {
                 Ok(saved) => return Ok(saved),
                 Err(StoreError::LeaseLost) => return Err(CommitLost::LeaseLost),
                 Err(StoreError::Unavailable(e)) if Instant::now() + pause < lease_end => {
-                    tracing::warn!(connection = %lease.record().id, error = %e, "database unreachable while committing a refresh; retrying until the lease ends");
+                    tracing::warn!(connection = %lease.record().connection.id, error = %e, "database unreachable while committing a refresh; retrying until the lease ends");
                     self.metrics.count(Event::RefreshCommitRetry);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(COMMIT_RETRY_MAX);
@@ -782,7 +782,7 @@ impl Broker {
         credentials: &AppCredentials,
         why: CommitLost,
     ) {
-        let id = row.id;
+        let id = row.connection.id;
         let superseded = match &why {
             CommitLost::LeaseLost => match self.store.get_connection(tenant.as_str(), id).await {
                 Ok(None) => Some("the connection was deleted"),
@@ -830,11 +830,14 @@ impl Broker {
     /// reported back as `rejected_token` — else the previous assumed one or the configured
     /// lifetime, to be confirmed by introspection.
     fn lifetime_estimate(&self, row: &ConnectionRecord) -> (Millis, bool) {
-        let previous = row.access_expires_at.saturating_sub(row.issued_at);
+        let previous = row
+            .connection
+            .access_expires_at
+            .saturating_sub(row.issued_at);
         let configured =
             i64::try_from(self.settings.salesforce.assumed_token_lifetime.as_millis()).unwrap_or(0);
         if (60_000..=7 * 24 * 3_600_000).contains(&previous) {
-            (previous, !row.expiry_assumed)
+            (previous, !row.connection.expiry_assumed)
         } else {
             (configured, false)
         }
@@ -894,19 +897,20 @@ impl Broker {
         want: &Want,
         now: Millis,
     ) -> Result<Option<AccessToken>, BrokerError> {
-        match row.status {
+        let connection = &row.connection;
+        match connection.status {
             ConnectionStatus::Active => {}
             ConnectionStatus::NeedsReauthorization => {
-                self.tokens.forget(row.id);
+                self.tokens.forget(connection.id);
                 return Err(BrokerError::NeedsReauthorization {
-                    reason: row
+                    reason: connection
                         .last_error
                         .clone()
                         .unwrap_or_else(|| "salesforce refused the refresh token".into()),
                 });
             }
             ConnectionStatus::Revoked => {
-                self.tokens.forget(row.id);
+                self.tokens.forget(connection.id);
                 return Err(BrokerError::NeedsReauthorization {
                     reason: "the connection was revoked".into(),
                 });
@@ -916,14 +920,19 @@ impl Broker {
         if !want.needs_refresh(row, &access_token, now) {
             let token = AccessToken {
                 access_token,
-                instance_url: row.instance_url.clone(),
+                instance_url: connection.instance_url.clone(),
                 issued_at: row.issued_at,
-                expires_at: row.access_expires_at,
+                expires_at: connection.access_expires_at,
             };
             // A keep-alive that found nothing to do must not warm the cache.
             if !matches!(want, Want::KeepAlive { .. }) {
-                self.tokens
-                    .put(row.id, &row.tenant_id, token.clone(), row.version, now);
+                self.tokens.put(
+                    connection.id,
+                    &connection.tenant_id,
+                    token.clone(),
+                    row.version,
+                    now,
+                );
             }
             return Ok(Some(token));
         }
@@ -932,7 +941,7 @@ impl Broker {
         {
             // Backing off after transient failures: don't hammer Salesforce.
             return Err(BrokerError::UpstreamUnavailable {
-                reason: row
+                reason: connection
                     .last_error
                     .clone()
                     .unwrap_or_else(|| "salesforce unavailable".into()),

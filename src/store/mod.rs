@@ -164,47 +164,57 @@ impl ConnectionStatus {
     }
 }
 
-/// One Salesforce user of one org, connected for one tenant.
-#[derive(Clone)]
-pub struct ConnectionRecord {
+/// One Salesforce user of one org, connected for one tenant, as the domain shows it:
+/// everything but the token material and the refresh's bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Connection {
     pub id: Uuid,
     pub tenant_id: String,
     /// 18-character Salesforce org id (`00D…`).
     pub org_id: String,
     /// 18-character Salesforce user id (`005…`).
     pub user_id: String,
+    /// The user's Salesforce username (from introspection), when known; a reconnect passes
+    /// it as `login_hint`.
+    pub username: Option<String>,
     pub login_url: String,
     pub instance_url: String,
-    /// Granted scopes, space-separated, as Salesforce returned them.
-    pub scopes: String,
+    pub status: ConnectionStatus,
+    /// Granted scopes, as Salesforce listed them (stored space-separated).
+    pub scopes: Vec<String>,
+    /// When the current access token expires (introspected, or assumed).
+    pub access_expires_at: Millis,
+    /// True when `access_expires_at` is the configured lifetime, not Salesforce's answer.
+    pub expiry_assumed: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Last successful token issue (authorization or refresh).
+    pub last_refreshed_at: Millis,
+    /// Why the last refresh failed (a short, secret-free reason).
+    pub last_error: Option<String>,
+}
+
+/// A stored connection: what the domain shows of it, its sealed tokens, and the state of
+/// its refreshes.
+#[derive(Clone)]
+pub struct ConnectionRecord {
+    pub connection: Connection,
     /// Encrypted access token (AAD: `connections/{id}/access_token`).
     pub access_token_enc: String,
     /// Encrypted refresh token (AAD: `connections/{id}/refresh_token`).
     pub refresh_token_enc: String,
     /// When Salesforce issued the current access token.
     pub issued_at: Millis,
-    /// When the current access token expires (introspected, or assumed).
-    pub access_expires_at: Millis,
-    /// True when `access_expires_at` is the configured lifetime, not Salesforce's answer.
-    pub expiry_assumed: bool,
-    pub status: ConnectionStatus,
-    /// Why the last refresh failed (a short, secret-free reason).
-    pub last_error: Option<String>,
     /// Consecutive transient refresh failures (for back-off).
     pub failure_count: i32,
     /// No refresh attempt before this time (back-off after transient failures).
     pub next_attempt_at: Option<Millis>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
-    pub last_refreshed_at: Millis,
     /// Incremented on every change of the token material.
     pub version: i64,
     /// The refresh lease, when one was taken and not released (it may have expired).
     pub lease_id: Option<String>,
     /// When that lease ends, in the database's clock.
     pub lease_expires_at: Option<Millis>,
-    /// The Salesforce username of the connection's user (from introspection), when known.
-    pub username: Option<String>,
 }
 
 /// The token material and metadata of a freshly authorized connection.
@@ -309,7 +319,7 @@ impl RefreshLease {
         &self,
         update: &RefreshedTokens,
     ) -> Result<ConnectionRecord, StoreError> {
-        dispatch!(&self.store, s => s.commit_refreshed(self.record.id, &self.lease_id, update).await)
+        dispatch!(&self.store, s => s.commit_refreshed(self.record.connection.id, &self.lease_id, update).await)
     }
 
     /// Records a failed refresh and releases the lease in one statement, only if the row
@@ -318,7 +328,7 @@ impl RefreshLease {
         &self,
         failure: &RefreshFailure,
     ) -> Result<ConnectionRecord, StoreError> {
-        dispatch!(&self.store, s => s.commit_failure(self.record.id, &self.lease_id, failure).await)
+        dispatch!(&self.store, s => s.commit_failure(self.record.connection.id, &self.lease_id, failure).await)
     }
 
     /// [`Self::commit_failure`], writing `event` in the same transaction when the failure
@@ -329,13 +339,13 @@ impl RefreshLease {
         failure: &RefreshFailure,
         event: Option<&NewEvent>,
     ) -> Result<ConnectionRecord, StoreError> {
-        dispatch!(&self.store, s => s.commit_failure_with_event(self.record.id, &self.lease_id, failure, event).await)
+        dispatch!(&self.store, s => s.commit_failure_with_event(self.record.connection.id, &self.lease_id, failure, event).await)
     }
 
     /// Releases the lease without changing anything else; `false` when it was no longer
     /// ours.
     pub async fn release(&self) -> Result<bool, StoreError> {
-        dispatch!(&self.store, s => s.release_lease(self.record.id, &self.lease_id).await)
+        dispatch!(&self.store, s => s.release_lease(self.record.connection.id, &self.lease_id).await)
     }
 }
 

@@ -14,9 +14,10 @@ use super::backend::Backend;
 use super::sql;
 use super::{
     AppStatus, AuditEntry, AuditQuery, AuditRecord, AuthorizationSession, AuthorizedConnection,
-    ClaimedEvent, ConnectionChanges, ConnectionRecord, ConnectionStatus, ConsumeOutcome,
-    DeliveryOutcome, Millis, NewConnection, NewEvent, OutboxStats, RefreshFailure, RefreshedTokens,
-    RowKey, SavedConnection, SealedField, SealedValue, StoreError, StoreOptions, TenantAppRecord,
+    ClaimedEvent, Connection, ConnectionChanges, ConnectionRecord, ConnectionStatus,
+    ConsumeOutcome, DeliveryOutcome, Millis, NewConnection, NewEvent, OutboxStats, RefreshFailure,
+    RefreshedTokens, RowKey, SavedConnection, SealedField, SealedValue, StoreError, StoreOptions,
+    TenantAppRecord,
 };
 
 /// Runs one statement (`query.method(executor)`) on the pool; behind a transaction pooler,
@@ -214,13 +215,18 @@ where
         let status: String = row.try_get("status").map_err(map)?;
         let status = ConnectionStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown connection status {status:?}")))?;
-        Ok(from_columns!(row => ConnectionRecord {
-            tenant_id, org_id, user_id, login_url, instance_url, scopes, access_token_enc,
-            refresh_token_enc, issued_at, access_expires_at, expiry_assumed, last_error,
-            failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version,
-            lease_id, lease_expires_at, username;
+        let scopes: String = row.try_get("scopes").map_err(map)?;
+        let connection = from_columns!(row => Connection {
+            tenant_id, org_id, user_id, username, login_url, instance_url, access_expires_at,
+            expiry_assumed, created_at, updated_at, last_refreshed_at, last_error;
             id: DB::read_id(row, "id").map_err(map)?,
             status,
+            scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        });
+        Ok(from_columns!(row => ConnectionRecord {
+            access_token_enc, refresh_token_enc, issued_at, failure_count, next_attempt_at,
+            version, lease_id, lease_expires_at;
+            connection,
         }))
     }
 
@@ -534,7 +540,7 @@ where
             .await
             .map_err(map)?;
         let existing = Self::connection_from_optional(row)?;
-        let id = existing.as_ref().map_or(new_id, |row| row.id);
+        let id = existing.as_ref().map_or(new_id, |row| row.connection.id);
         let new = match build(id) {
             Ok(new) => new,
             Err(error) => {

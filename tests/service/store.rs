@@ -355,7 +355,7 @@ store_tests! {
         );
         assert!(
             store
-                .get_connection("acme", acme.connection.id)
+                .get_connection("acme", acme.connection.connection.id)
                 .await
                 .unwrap()
                 .is_none(),
@@ -369,7 +369,7 @@ store_tests! {
         assert!(matches!(consume(&store, 2, T0).await, ConsumeOutcome::Consumed(_)));
         assert!(
             store
-                .get_connection("other", other.connection.id)
+                .get_connection("other", other.connection.connection.id)
                 .await
                 .unwrap()
                 .is_some()
@@ -483,24 +483,24 @@ store_tests! {
         assert_eq!(seen, Some(first_id), "{b}: build gets new_id for a new row");
         assert!(first.replaced.is_none(), "{b}");
         let c = &first.connection;
-        assert_eq!(c.id, first_id);
+        assert_eq!(c.connection.id, first_id);
         assert_eq!(
-            (c.tenant_id.as_str(), c.org_id.as_str(), c.user_id.as_str()),
+            (c.connection.tenant_id.as_str(), c.connection.org_id.as_str(), c.connection.user_id.as_str()),
             ("acme", "00D000000000001AAA", user)
         );
         assert_eq!(c.access_token_enc, format!("at:{first_id}:one"));
         assert_eq!(c.refresh_token_enc, format!("rt:{first_id}:one"));
-        assert_eq!(c.instance_url, "https://one.my.salesforce.com");
-        assert_eq!(c.scopes, "api refresh_token offline_access");
-        assert_eq!((c.issued_at, c.access_expires_at), (T0, T0 + 7_200_000));
-        assert!(c.expiry_assumed);
-        assert_eq!(c.status, ConnectionStatus::Active);
+        assert_eq!(c.connection.instance_url, "https://one.my.salesforce.com");
+        assert_eq!(c.connection.scopes, ["api", "refresh_token", "offline_access"]);
+        assert_eq!((c.issued_at, c.connection.access_expires_at), (T0, T0 + 7_200_000));
+        assert!(c.connection.expiry_assumed);
+        assert_eq!(c.connection.status, ConnectionStatus::Active);
         assert_eq!((c.version, c.failure_count), (1, 0));
         assert_eq!(
-            (c.created_at, c.updated_at, c.last_refreshed_at),
+            (c.connection.created_at, c.connection.updated_at, c.connection.last_refreshed_at),
             (T0, T0, T0)
         );
-        assert!(c.last_error.is_none() && c.next_attempt_at.is_none());
+        assert!(c.connection.last_error.is_none() && c.next_attempt_at.is_none());
 
         // The connection then broke for good.
         let l = lock(&store, "acme", first_id).await;
@@ -535,14 +535,14 @@ store_tests! {
             "{b}: build gets the existing row's id"
         );
         let c = &second.connection;
-        assert_eq!(c.id, first_id, "{b}");
+        assert_eq!(c.connection.id, first_id, "{b}");
         assert_eq!(c.refresh_token_enc, format!("rt:{first_id}:two"));
-        assert_eq!(c.instance_url, "https://two.my.salesforce.com");
-        assert_eq!(c.status, ConnectionStatus::Active, "{b}");
-        assert!(c.last_error.is_none(), "{b}");
+        assert_eq!(c.connection.instance_url, "https://two.my.salesforce.com");
+        assert_eq!(c.connection.status, ConnectionStatus::Active, "{b}");
+        assert!(c.connection.last_error.is_none(), "{b}");
         assert_eq!(c.version, 2, "{b}");
         assert_eq!(
-            (c.created_at, c.updated_at, c.last_refreshed_at),
+            (c.connection.created_at, c.connection.updated_at, c.connection.last_refreshed_at),
             (T0, t1, t1)
         );
         let replaced = second.replaced.expect("the previous row");
@@ -551,7 +551,7 @@ store_tests! {
             format!("rt:{first_id}:one"),
             "{b}"
         );
-        assert_eq!(replaced.status, ConnectionStatus::NeedsReauthorization);
+        assert_eq!(replaced.connection.status, ConnectionStatus::NeedsReauthorization);
         assert_eq!(replaced.version, 1);
         assert_eq!(
             store.list_connections("acme").await.unwrap().len(),
@@ -561,15 +561,15 @@ store_tests! {
 
         // Another user of the org is another connection.
         let other = save(&store, "acme", "005000000000002AAA", t1, "x").await;
-        assert_ne!(other.connection.id, first_id);
+        assert_ne!(other.connection.connection.id, first_id);
         let listed: Vec<Uuid> = store
             .list_connections("acme")
             .await
             .unwrap()
             .iter()
-            .map(|c| c.id)
+            .map(|c| c.connection.id)
             .collect();
-        assert_eq!(listed, vec![first_id, other.connection.id], "{b}");
+        assert_eq!(listed, vec![first_id, other.connection.connection.id], "{b}");
     }
 
     #[tokio::test]
@@ -586,12 +586,12 @@ store_tests! {
         let saved = save(&store, "acme", user, T0, "one").await;
         let failed = save_failing(&store, user, T0 + 1).await;
         assert!(failed.is_err(), "{b}");
-        let row = get(&store, "acme", saved.connection.id).await;
+        let row = get(&store, "acme", saved.connection.connection.id).await;
         assert_eq!(row.version, 1, "{b}: unchanged");
         assert_eq!(row.refresh_token_enc, saved.connection.refresh_token_enc);
         // Nothing is left locked.
         assert!(
-            lock(&store, "acme", saved.connection.id)
+            lock(&store, "acme", saved.connection.connection.id)
                 .await
                 .release()
                 .await
@@ -638,13 +638,13 @@ store_tests! {
                 .unwrap_or_else(|e| panic!("{b}: {e}"))
                 .unwrap();
             fresh += usize::from(saved.replaced.is_none());
-            ids.insert(saved.connection.id);
+            ids.insert(saved.connection.connection.id);
             // The tokens stored are the ones made for the row's id.
             assert!(
                 saved
                     .connection
                     .refresh_token_enc
-                    .starts_with(&format!("rt:{}:", saved.connection.id)),
+                    .starts_with(&format!("rt:{}:", saved.connection.connection.id)),
                 "{b}"
             );
         }
@@ -652,13 +652,13 @@ store_tests! {
         let rows = store.list_connections("acme").await.unwrap();
         assert_eq!(rows.len(), 1, "{b}");
         let row = &rows[0];
-        assert_eq!(ids, HashSet::from([row.id]), "{b}");
+        assert_eq!(ids, HashSet::from([row.connection.id]), "{b}");
         assert!(
-            built_for.lock().unwrap().iter().all(|id| *id == row.id),
+            built_for.lock().unwrap().iter().all(|id| *id == row.connection.id),
             "{b}"
         );
         assert_eq!(row.version, 10, "{b}");
-        assert!(row.access_token_enc.starts_with(&format!("at:{}:", row.id)));
+        assert!(row.access_token_enc.starts_with(&format!("at:{}:", row.connection.id)));
     }
 
     // --- reading and deleting connections --------------------------------------------------
@@ -666,7 +666,7 @@ store_tests! {
     #[tokio::test]
     async fn connections_are_tenant_scoped(db, b, store) {
         store.put_tenant_app(&app("evil", T0, "k")).await.unwrap();
-        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.connection.id;
 
         assert!(
             store.get_connection("evil", id).await.unwrap().is_none(),
@@ -692,7 +692,7 @@ store_tests! {
                 .is_none()
         );
 
-        assert_eq!(get(&store, "acme", id).await.id, id, "{b}: still there");
+        assert_eq!(get(&store, "acme", id).await.connection.id, id, "{b}: still there");
         assert!(store.delete_connection("acme", id).await.unwrap(), "{b}");
         assert!(
             store.get_connection("acme", id).await.unwrap().is_none(),
@@ -705,7 +705,7 @@ store_tests! {
 
     #[tokio::test]
     async fn a_held_lease_is_refused_until_its_commit_releases_it(db, b, store) {
-        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.connection.id;
 
         let first = lock(&store, "acme", id).await;
         assert_eq!(first.record().version, 1);
@@ -745,7 +745,7 @@ store_tests! {
 
     #[tokio::test]
     async fn an_expired_lease_is_taken_over_and_its_old_holder_cannot_commit(db, b, store) {
-        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.connection.id;
         let short = match store
             .acquire_lease("acme", id, "dying", Duration::from_millis(300))
             .await
@@ -784,13 +784,13 @@ store_tests! {
             .await
             .unwrap();
         assert_eq!(row.refresh_token_enc, "rt:taker", "{b}");
-        assert_eq!(row.status, ConnectionStatus::Active, "{b}");
+        assert_eq!(row.connection.status, ConnectionStatus::Active, "{b}");
     }
 
     #[tokio::test]
     async fn a_reauthorization_or_a_delete_ends_a_lease_in_flight(db, b, store) {
         let user = "005000000000001AAA";
-        let id = connection(&store, "acme", user, T0, "a").await.id;
+        let id = connection(&store, "acme", user, T0, "a").await.connection.id;
         let holder = lock(&store, "acme", id).await;
         let again = save(&store, "acme", user, T0 + 1, "b").await;
         assert!(again.connection.lease_id.is_none(), "{b}");
@@ -810,7 +810,7 @@ store_tests! {
     #[tokio::test]
     async fn an_unverified_rotation_keeps_the_new_refresh_token_only(db, b, store) {
         let saved = connection(&store, "acme", "005000000000001AAA", T0, "a").await;
-        let row = lock(&store, "acme", saved.id)
+        let row = lock(&store, "acme", saved.connection.id)
             .await
             .commit_failure(&RefreshFailure::UnverifiedRotation {
                 refresh_token_enc: "rt:rotated".into(),
@@ -823,9 +823,9 @@ store_tests! {
             .unwrap();
         assert_eq!(row.refresh_token_enc, "rt:rotated", "{b}");
         assert_eq!(row.access_token_enc, saved.access_token_enc, "{b}");
-        assert_eq!(row.status, ConnectionStatus::Active, "{b}");
+        assert_eq!(row.connection.status, ConnectionStatus::Active, "{b}");
         assert_eq!(
-            row.last_error.as_deref(),
+            row.connection.last_error.as_deref(),
             Some("token response signature did not verify")
         );
         assert_eq!(
@@ -887,30 +887,31 @@ backend_tests! {
 store_tests! {
     #[tokio::test]
     async fn commit_refreshed_writes_tokens_and_clears_the_failure_state(db, b, store) {
-        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.id;
+        let id = connection(&store, "acme", "005000000000001AAA", T0, "a").await.connection.id;
         fail(&store, "acme", id, transient("timeout", 2, T0 + 50_000, T0 + 100)).await;
 
         let t = T0 + 1_000;
         let new = refresh(&store, "acme", id, &refreshed("r1", t, None)).await;
         assert_eq!(new.access_token_enc, "at:r1", "{b}");
         assert_eq!(new.refresh_token_enc, "rt:r1");
-        assert_eq!(new.instance_url, "https://r1.my.salesforce.com");
+        assert_eq!(new.connection.instance_url, "https://r1.my.salesforce.com");
         assert_eq!(
-            new.scopes, "api refresh_token offline_access",
+            new.connection.scopes,
+            ["api", "refresh_token", "offline_access"],
             "{b}: kept when None"
         );
-        assert_eq!((new.issued_at, new.access_expires_at), (t, t + 3_600_000));
-        assert!(!new.expiry_assumed);
+        assert_eq!((new.issued_at, new.connection.access_expires_at), (t, t + 3_600_000));
+        assert!(!new.connection.expiry_assumed);
         assert_eq!(
-            (new.last_refreshed_at, new.updated_at, new.created_at),
+            (new.connection.last_refreshed_at, new.connection.updated_at, new.connection.created_at),
             (t, t, T0)
         );
         assert!(
-            new.last_error.is_none() && new.next_attempt_at.is_none(),
+            new.connection.last_error.is_none() && new.next_attempt_at.is_none(),
             "{b}"
         );
         assert_eq!(new.failure_count, 0);
-        assert_eq!(new.status, ConnectionStatus::Active);
+        assert_eq!(new.connection.status, ConnectionStatus::Active);
         assert_eq!(new.version, 2, "{b}");
         let stored = get(&store, "acme", id).await;
         assert_eq!(
@@ -928,23 +929,24 @@ store_tests! {
             .commit_refreshed(&refreshed("r2", t + 1, Some("api")))
             .await
             .unwrap();
-        assert_eq!((new.scopes.as_str(), new.version), ("api", 3), "{b}");
+        assert_eq!(new.connection.scopes, ["api"], "{b}");
+        assert_eq!(new.version, 3, "{b}");
     }
 
     #[tokio::test]
     async fn commit_failure_and_release(db, b, store) {
         let saved = connection(&store, "acme", "005000000000001AAA", T0, "a").await;
-        let id = saved.id;
+        let id = saved.connection.id;
 
         // Release changes nothing.
         let l = lock(&store, "acme", id).await;
         l.release().await.unwrap();
         let row = get(&store, "acme", id).await;
-        assert_eq!((row.version, row.updated_at), (1, T0), "{b}");
+        assert_eq!((row.version, row.connection.updated_at), (1, T0), "{b}");
 
         let row = fail(&store, "acme", id, transient("salesforce 503", 3, T0 + 80_000, T0 + 10)).await;
-        assert_eq!(row.status, ConnectionStatus::Active, "{b}: status stays");
-        assert_eq!(row.last_error.as_deref(), Some("salesforce 503"));
+        assert_eq!(row.connection.status, ConnectionStatus::Active, "{b}: status stays");
+        assert_eq!(row.connection.last_error.as_deref(), Some("salesforce 503"));
         assert_eq!(
             (row.failure_count, row.next_attempt_at),
             (3, Some(T0 + 80_000))
@@ -954,7 +956,7 @@ store_tests! {
             "{b}: token kept"
         );
         assert_eq!(row.version, 1, "{b}: token material unchanged");
-        assert_eq!((row.updated_at, row.last_refreshed_at), (T0 + 10, T0));
+        assert_eq!((row.connection.updated_at, row.connection.last_refreshed_at), (T0 + 10, T0));
         assert_eq!(
             get(&store, "acme", id).await.failure_count,
             3,
@@ -962,14 +964,14 @@ store_tests! {
         );
 
         let row = fail(&store, "acme", id, needs_reauthorization("invalid_grant", T0 + 20)).await;
-        assert_eq!(row.status, ConnectionStatus::NeedsReauthorization, "{b}");
-        assert_eq!(row.last_error.as_deref(), Some("invalid_grant"));
+        assert_eq!(row.connection.status, ConnectionStatus::NeedsReauthorization, "{b}");
+        assert_eq!(row.connection.last_error.as_deref(), Some("invalid_grant"));
         assert_eq!(row.version, 1, "{b}");
         assert_eq!(row.refresh_token_enc, saved.refresh_token_enc);
-        assert_eq!(row.updated_at, T0 + 20);
+        assert_eq!(row.connection.updated_at, T0 + 20);
         let stored = get(&store, "acme", id).await;
         assert_eq!(
-            stored.status,
+            stored.connection.status,
             ConnectionStatus::NeedsReauthorization,
             "{b}: committed"
         );
@@ -991,14 +993,14 @@ store_tests! {
         let at_threshold = connection(&store, "acme", "005000000000006AAA", threshold, "f").await;
         let fresh = connection(&store, "acme", "005000000000007AAA", T0 + 900, "g").await;
 
-        fail(&store, "acme", backing_off.id, transient("timeout", 1, now + 1, now)).await;
-        fail(&store, "acme", retry_due.id, transient("timeout", 1, now, now)).await;
-        fail(&store, "acme", broken.id, needs_reauthorization("invalid_grant", now)).await;
+        fail(&store, "acme", backing_off.connection.id, transient("timeout", 1, now + 1, now)).await;
+        fail(&store, "acme", retry_due.connection.id, transient("timeout", 1, now, now)).await;
+        fail(&store, "acme", broken.connection.id, needs_reauthorization("invalid_grant", now)).await;
 
         // A connection whose refresh is under way (leased) and the connections of an app
         // whose credentials were refused are skipped.
         let leased = connection(&store, "acme", "005000000000008AAA", T0 + 60, "h").await;
-        let _held = lock(&store, "acme", leased.id).await;
+        let _held = lock(&store, "acme", leased.connection.id).await;
         store.put_tenant_app(&app("gamma", T0, "k")).await.unwrap();
         let _refused = save(&store, "gamma", "005000000000009AAA", T0 + 70, "i").await;
         assert!(
@@ -1015,9 +1017,9 @@ store_tests! {
         assert_eq!(
             due,
             vec![
-                ("acme".to_string(), oldest.id),
-                ("beta".to_string(), second.id),
-                ("acme".to_string(), retry_due.id),
+                ("acme".to_string(), oldest.connection.id),
+                ("beta".to_string(), second.connection.id),
+                ("acme".to_string(), retry_due.connection.id),
             ],
             "{b}"
         );
@@ -1056,15 +1058,15 @@ backend_tests! {
         let listed = store.list_connections("acme").await.unwrap();
         assert_eq!(listed.len(), 1_203, "{b}");
         let last = get(&store, "acme", rows[1_202].id).await;
-        assert_eq!(last.user_id, rows[1_202].user_id, "{b}");
+        assert_eq!(last.connection.user_id, rows[1_202].user_id, "{b}");
         assert_eq!(last.access_token_enc, rows[1_202].tokens.access_token_enc, "{b}");
         assert_eq!(last.refresh_token_enc, rows[1_202].tokens.refresh_token_enc, "{b}");
-        assert_eq!(last.access_expires_at, T0 + 7_200_000, "{b}");
-        assert_eq!(last.status, ConnectionStatus::Active, "{b}");
+        assert_eq!(last.connection.access_expires_at, T0 + 7_200_000, "{b}");
+        assert_eq!(last.connection.status, ConnectionStatus::Active, "{b}");
         assert_eq!((last.version, last.failure_count), (1, 0), "{b}");
-        assert_eq!(last.created_at, T0 + 1_202, "{b}");
-        assert_eq!(last.username.as_deref(), Some("bulk1202@example.com"), "{b}");
-        assert_eq!(last.last_refreshed_at, T0 + 1_202, "{b}");
+        assert_eq!(last.connection.created_at, T0 + 1_202, "{b}");
+        assert_eq!(last.connection.username.as_deref(), Some("bulk1202@example.com"), "{b}");
+        assert_eq!(last.connection.last_refreshed_at, T0 + 1_202, "{b}");
         assert!(last.lease_id.is_none(), "{b}");
 
         // An identity that exists fails the whole call, including the rows before it.
