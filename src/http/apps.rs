@@ -3,7 +3,7 @@
 //! A PUT checks the credentials at the login host first unless `?verify=false`.
 
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use secrecy::SecretString;
@@ -20,6 +20,7 @@ use super::openapi::{
 };
 use super::problem::Problem;
 use super::{ApiResult, AppState, no_content, no_store_json, ok};
+use crate::broker::Broker;
 use crate::broker::apps::{AppMetadata, AppRegistration};
 use crate::broker::audit::AuditAction;
 
@@ -132,13 +133,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Verify {
     }
 }
 
-fn view(state: &AppState, m: AppMetadata) -> AppView {
+fn view(broker: &Broker, m: AppMetadata) -> AppView {
     AppView {
         credentials_verified: None,
         tenant_id: m.tenant_id,
         login_url: m.login_url,
         consumer_key_hint: m.consumer_key_hint,
-        callback_url: state.broker.callback_url(),
+        callback_url: broker.callback_url(),
         status: m.status.as_str(),
         status_reason: m.status_reason,
         created_at: rfc3339(m.created_at),
@@ -176,12 +177,11 @@ fn view(state: &AppState, m: AppMetadata) -> AppView {
     security(("bearerAuth" = ["apps:write"])),
 )]
 async fn put_app(
-    State(state): State<AppState>,
     granted: Granted<needs::AppsWrite>,
     Verify(verify): Verify,
     JsonBody(body): JsonBody<PutApp>,
 ) -> ApiResult {
-    let (metadata, created) = state
+    let (metadata, created) = granted
         .broker
         .put_app(
             &granted.target.tenant,
@@ -193,13 +193,13 @@ async fn put_app(
             verify,
         )
         .await?;
-    granted.audit(&state, AuditAction::AppUpdated, None);
+    granted.audit(AuditAction::AppUpdated, None);
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let mut view = view(&state, metadata);
+    let mut view = view(&granted.broker, metadata);
     view.credentials_verified = Some(verify);
     Ok(no_store_json(status, view))
 }
@@ -217,12 +217,9 @@ async fn put_app(
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]
-async fn get_app(
-    State(state): State<AppState>,
-    Granted { target, .. }: Granted<needs::AppsWrite>,
-) -> ApiResult {
-    let metadata = state.broker.get_app(&target.tenant).await?;
-    ok(view(&state, metadata))
+async fn get_app(Granted { broker, target, .. }: Granted<needs::AppsWrite>) -> ApiResult {
+    let metadata = broker.get_app(&target.tenant).await?;
+    ok(view(&broker, metadata))
 }
 
 /// Remove the tenant's External Client App and its connections
@@ -240,15 +237,11 @@ async fn get_app(
     ),
     security(("bearerAuth" = ["apps:write"])),
 )]
-async fn delete_app(
-    State(state): State<AppState>,
-    granted: Granted<needs::AppsWrite>,
-    Force(force): Force,
-) -> ApiResult {
-    state
+async fn delete_app(granted: Granted<needs::AppsWrite>, Force(force): Force) -> ApiResult {
+    granted
         .broker
         .delete_app(&granted.target.tenant, force)
         .await?;
-    granted.audit(&state, AuditAction::AppDeleted, None);
+    granted.audit(AuditAction::AppDeleted, None);
     no_content()
 }

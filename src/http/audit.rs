@@ -2,7 +2,7 @@
 //! time (`limit`, and `cursor` = the previous page's `next_cursor`).
 
 use axum::Router;
-use axum::extract::{RawQuery, State};
+use axum::extract::RawQuery;
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -186,12 +186,10 @@ fn filter(query: Option<&str>) -> Result<AuditFilter, Problem> {
     security(("bearerAuth" = ["audit:read"])),
 )]
 async fn list(
-    State(state): State<AppState>,
-    Granted { target, .. }: Granted<needs::AuditRead>,
+    Granted { broker, target, .. }: Granted<needs::AuditRead>,
     RawQuery(query): RawQuery,
 ) -> ApiResult {
-    let page = state
-        .broker
+    let page = broker
         .audit_trail(&target.tenant, filter(query.as_deref())?)
         .await?;
     ok(Page {

@@ -24,8 +24,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::extract::Target;
 use super::problem::Problem;
-use crate::broker::TenantId;
 use crate::broker::audit::{Actor, AuditAction};
+use crate::broker::{Broker, TenantId};
 use crate::config::{ApiAuthSettings, ApiKey, public_key};
 
 /// Clock skew tolerated on `exp` (RFC 7519 §4.1.4 allows "a small leeway").
@@ -266,6 +266,8 @@ pub mod needs {
 /// An operation that takes it cannot forget the check, and runs it before its body is read,
 /// so a caller who may not call the operation learns nothing about its input rules.
 pub struct Granted<S> {
+    /// The domain: an operation of the internal API reaches it only through a grant.
+    pub broker: Broker,
     pub caller: Arc<Caller>,
     pub target: Target,
     /// The request's id (set or kept by the edge), for [`Granted::audit`]; the header's
@@ -277,14 +279,14 @@ pub struct Granted<S> {
 impl<S> Granted<S> {
     /// Records `action` on the path's tenant in the audit trail, as this caller's, in this
     /// request.
-    pub fn audit(&self, state: &AppState, action: AuditAction, connection: Option<Uuid>) {
+    pub fn audit(&self, action: AuditAction, connection: Option<Uuid>) {
         let request_id = self
             .request_id
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 200)
             .map(Arc::from);
-        state.broker.audit(
+        self.broker.audit(
             &self.caller.actor(request_id),
             &self.target.tenant,
             action,
@@ -301,6 +303,7 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Granted<S> {
         let target = Target::from_request_parts(parts, state).await?;
         caller.require(S::SCOPE, &target.tenant)?;
         Ok(Self {
+            broker: state.broker.clone(),
             caller,
             target,
             request_id: parts.headers.get(&super::edge::REQUEST_ID).cloned(),

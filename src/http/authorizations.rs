@@ -2,7 +2,6 @@
 //! the URL to send the person's browser to.
 
 use axum::Router;
-use axum::extract::State;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -73,12 +72,10 @@ pub(super) struct Started {
     security(("bearerAuth" = ["connections:write"])),
 )]
 async fn start(
-    State(state): State<AppState>,
-    Granted { target, .. }: Granted<needs::ConnectionsWrite>,
+    Granted { broker, target, .. }: Granted<needs::ConnectionsWrite>,
     OptionalJsonBody(body): OptionalJsonBody<StartBody>,
 ) -> ApiResult {
-    let started_flow = state
-        .broker
+    let started_flow = broker
         .start_authorization(
             &target.tenant,
             body.return_to.as_deref(),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::http::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -75,13 +74,11 @@ struct ReauthorizeBody {
     security(("bearerAuth" = ["connections:write"])),
 )]
 async fn reauthorize(
-    State(state): State<AppState>,
-    Granted { target, .. }: Granted<needs::ConnectionsWrite>,
+    Granted { broker, target, .. }: Granted<needs::ConnectionsWrite>,
     OptionalJsonBody(body): OptionalJsonBody<ReauthorizeBody>,
 ) -> ApiResult {
     let id = target.connection_id()?;
-    let started = state
-        .broker
+    let started = broker
         .start_reauthorization(&target.tenant, id, body.return_to.as_deref())
         .await?;
     Ok(super::authorizations::started(started))
@@ -178,11 +175,8 @@ struct ConnectionList {
     ),
     security(("bearerAuth" = ["connections:read"])),
 )]
-async fn list(
-    State(state): State<AppState>,
-    Granted { target, .. }: Granted<needs::ConnectionsRead>,
-) -> ApiResult {
-    let connections = state.broker.list_connections(&target.tenant).await?;
+async fn list(Granted { broker, target, .. }: Granted<needs::ConnectionsRead>) -> ApiResult {
+    let connections = broker.list_connections(&target.tenant).await?;
     ok(ConnectionList {
         connections: connections.into_iter().map(ConnectionView::from).collect(),
     })
@@ -200,12 +194,8 @@ async fn list(
     ),
     security(("bearerAuth" = ["connections:read"])),
 )]
-async fn read(
-    State(state): State<AppState>,
-    Granted { target, .. }: Granted<needs::ConnectionsRead>,
-) -> ApiResult {
-    let connection = state
-        .broker
+async fn read(Granted { broker, target, .. }: Granted<needs::ConnectionsRead>) -> ApiResult {
+    let connection = broker
         .get_connection(&target.tenant, target.connection_id()?)
         .await?;
     ok(ConnectionView::from(connection))
@@ -226,17 +216,13 @@ async fn read(
     ),
     security(("bearerAuth" = ["connections:write"])),
 )]
-async fn delete(
-    State(state): State<AppState>,
-    granted: Granted<needs::ConnectionsWrite>,
-    Force(force): Force,
-) -> ApiResult {
+async fn delete(granted: Granted<needs::ConnectionsWrite>, Force(force): Force) -> ApiResult {
     let id = granted.target.connection_id()?;
-    state
+    granted
         .broker
         .delete_connection(&granted.target.tenant, id, force)
         .await?;
-    granted.audit(&state, AuditAction::ConnectionDeleted, Some(id));
+    granted.audit(AuditAction::ConnectionDeleted, Some(id));
     no_content()
 }
 
@@ -307,8 +293,12 @@ fn bearer() -> utoipa::openapi::Object {
     security(("bearerAuth" = ["tokens:read"])),
 )]
 async fn access_token(
-    State(state): State<AppState>,
-    Granted { caller, target, .. }: Granted<needs::TokensRead>,
+    Granted {
+        broker,
+        caller,
+        target,
+        ..
+    }: Granted<needs::TokensRead>,
     OptionalJsonBody(body): OptionalJsonBody<TokenRequest>,
 ) -> ApiResult {
     let min_ttl = body.min_ttl_seconds.unwrap_or(DEFAULT_MIN_TTL_SECS);
@@ -327,8 +317,7 @@ async fn access_token(
         None => Want::Fresh { min_ttl_ms },
     };
     // Aggregated per minute: no request id.
-    let token = state
-        .broker
+    let token = broker
         .access_token_for(
             caller.aggregate_actor(),
             &target.tenant,

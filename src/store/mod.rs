@@ -213,8 +213,6 @@ pub struct ConnectionRecord {
     pub version: i64,
     /// The refresh lease, when one was taken and not released (it may have expired).
     pub lease_id: Option<String>,
-    /// When that lease ends, in the database's clock.
-    pub lease_expires_at: Option<Millis>,
 }
 
 /// The token material and metadata of a freshly authorized connection.

@@ -12,13 +12,13 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::StoreError;
 
-/// The columns of `connections`, in the order the row readers expect them.
+/// The columns a connection is read from (the row reader takes each by name).
 macro_rules! connection_columns {
     () => {
         "id, tenant_id, org_id, user_id, login_url, instance_url, scopes, access_token_enc, \
          refresh_token_enc, issued_at, access_expires_at, expiry_assumed, status, last_error, \
          failure_count, next_attempt_at, created_at, updated_at, last_refreshed_at, version, \
-         lease_id, lease_expires_at, username"
+         lease_id, username"
     };
 }
 

@@ -225,7 +225,7 @@ where
         });
         Ok(from_columns!(row => ConnectionRecord {
             access_token_enc, refresh_token_enc, issued_at, failure_count, next_attempt_at,
-            version, lease_id, lease_expires_at;
+            version, lease_id;
             connection,
         }))
     }
