@@ -62,62 +62,62 @@ impl Broker {
     /// (one transaction), and forgets its cached token.
     pub(super) async fn delete_revoked_connection(
         &self,
-        connection: &ConnectionRecord,
+        record: &ConnectionRecord,
         reason: &str,
     ) -> Result<(), BrokerError> {
         let event = self.event_about(
             EventType::ConnectionDeleted,
-            Subject::Connection(connection),
+            Subject::Connection(record),
             "deleted",
             Some(reason),
         );
         self.store
             .delete_connection_with_event(
-                &connection.connection.tenant_id,
-                connection.connection.id,
+                &record.connection.tenant_id,
+                record.connection.id,
                 event.as_ref(),
             )
             .await?;
         self.wake_outbox();
-        self.tokens.forget(connection.connection.id);
+        self.tokens.forget(record.connection.id);
         Ok(())
     }
 
     /// Revokes a connection's refresh token. Failures stop the caller unless `force`.
     pub(super) async fn revoke_connection(
         &self,
-        connection: &ConnectionRecord,
+        record: &ConnectionRecord,
         force: bool,
     ) -> Result<(), BrokerError> {
-        if connection.connection.status == ConnectionStatus::Revoked {
+        if record.connection.status == ConnectionStatus::Revoked {
             return Ok(());
         }
-        let token = match self.open_connection_secret(connection, SecretColumn::RefreshToken) {
+        let token = match self.open_connection_secret(record, SecretColumn::RefreshToken) {
             Ok(token) => token,
             // The key that sealed it has left the ring (or the value is damaged): there is
             // nothing to revoke with. A forced delete goes on; the token stays valid at
             // Salesforce until it expires or is revoked there.
             Err(e) if force => {
-                tracing::warn!(connection = %connection.connection.id, error = %e, "refresh token cannot be decrypted; nothing to revoke it with; deleting anyway (force)");
+                tracing::warn!(connection = %record.connection.id, error = %e, "refresh token cannot be decrypted; nothing to revoke it with; deleting anyway (force)");
                 return Ok(());
             }
             Err(e) => {
-                tracing::error!(connection = %connection.connection.id, error = %e, "refresh token cannot be decrypted, so it cannot be revoked; configure its key again, or delete with force=true");
+                tracing::error!(connection = %record.connection.id, error = %e, "refresh token cannot be decrypted, so it cannot be revoked; configure its key again, or delete with force=true");
                 return Err(e);
             }
         };
         match self
             .salesforce
-            .revoke(&connection.connection.login_url, &token)
+            .revoke(&record.connection.login_url, &token)
             .await
         {
             Ok(()) => Ok(()),
             Err(e) if force => {
-                tracing::warn!(connection = %connection.connection.id, error = %e.summary(), "revocation failed; deleting anyway (force)");
+                tracing::warn!(connection = %record.connection.id, error = %e.summary(), "revocation failed; deleting anyway (force)");
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(connection = %connection.connection.id, error = %e.summary(), "revocation failed; connection kept");
+                tracing::warn!(connection = %record.connection.id, error = %e.summary(), "revocation failed; connection kept");
                 Err(match e.class() {
                     ErrorClass::Transient => BrokerError::UpstreamUnavailable {
                         reason: e.summary(),

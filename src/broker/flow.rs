@@ -297,17 +297,16 @@ impl Broker {
         connection_id: Uuid,
         return_to: Option<&str>,
     ) -> Result<StartedAuthorization, BrokerError> {
-        let connection = self.connection_record(tenant, connection_id).await?;
-        if connection.connection.username.is_none() {
+        let username = self
+            .connection_record(tenant, connection_id)
+            .await?
+            .connection
+            .username;
+        if username.is_none() {
             tracing::info!(connection = %connection_id, "reconnect without login_hint: the connection's username is not known");
         }
-        self.start_flow(
-            tenant,
-            return_to,
-            connection.connection.username.as_deref(),
-            Some(connection_id),
-        )
-        .await
+        self.start_flow(tenant, return_to, username.as_deref(), Some(connection_id))
+            .await
     }
 
     async fn start_flow(
